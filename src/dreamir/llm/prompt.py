@@ -1,0 +1,178 @@
+"""Prompt layout: chat template, user turn = instruction, the K documents, the query; assistant = target.
+
+Documents come first, so in a causal LM their hidden states cannot depend on the retriever's scores; this
+is what lets the optimised step encode them once without autograd. Every candidate's token span is
+recovered from the tokenizer's character offsets, so the spans are exact whatever the template adds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+DEFAULT_INSTRUCTION = "Answer the question using the documents below. Reply with a short answer only."
+
+
+@dataclass
+class PromptSettings:
+    instruction: str = DEFAULT_INSTRUCTION
+    max_document_tokens: int = 128
+    max_query_tokens: int = 64
+    max_target_tokens: int = 16
+    # Injected rows: those predicting target tokens; optionally also the query's rows.
+    inject_query_rows: bool = False
+
+
+@dataclass
+class EncodedPrompt:
+    input_ids: list[int]
+    document_spans: list[tuple[int, int]]  # token [start, end) of each candidate, in prompt order
+    query_span: tuple[int, int]
+    target_start: int  # input_ids[target_start:] are the target tokens (end-of-turn included)
+    documents_end: int  # the documents prefix input_ids[:documents_end] does not depend on the scores
+
+
+@dataclass
+class PromptBatch:
+    """Padded batch: documents prefixes left-padded to ``prefix_length``, suffixes right-padded after it."""
+
+    input_ids: Tensor  # [B, L]
+    attention_mask: Tensor  # [B, L]
+    position_ids: Tensor  # [B, L]
+    labels: Tensor  # [B, L] target token ids, -100 elsewhere
+    doc_index: Tensor  # [B, L] candidate number of each position, -1 outside documents
+    inject_rows: Tensor  # [B, L] rows whose attention is redistributed
+    query_rows: Tensor  # [B, L]
+    candidate_mask: Tensor  # [B, K] which candidate slots hold a document
+    prefix_length: int
+
+    @property
+    def num_candidates(self) -> int:
+        return self.candidate_mask.shape[1]
+
+    def to(self, device: torch.device | str) -> PromptBatch:
+        moved = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.__dict__.items()}
+        return PromptBatch(**moved)
+
+
+def _truncate(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int) -> str:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return text
+    return tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
+
+
+def format_document(number: int, title: str, text: str) -> str:
+    return f"[{number}] {title}: {text}" if title else f"[{number}] {text}"
+
+
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    query: str,
+    documents: Sequence[tuple[str, str]],
+    target: str | None,
+    settings: PromptSettings,
+) -> EncodedPrompt:
+    """Tokenise one example; ``documents`` are (title, text) pairs in the order the LLM reads them."""
+    blocks = [
+        _truncate(tokenizer, format_document(i + 1, title, text), settings.max_document_tokens)
+        for i, (title, text) in enumerate(documents)
+    ]
+    query = _truncate(tokenizer, query, settings.max_query_tokens)
+    pieces = [settings.instruction, "\n\n"]
+    block_chars: list[tuple[int, int]] = []
+    position = len(settings.instruction) + 2
+    for block in blocks:
+        block_chars.append((position, position + len(block)))
+        pieces += [block, "\n\n"]
+        position += len(block) + 2
+    pieces.append("Question: ")
+    query_chars = (position + len("Question: "), position + len("Question: ") + len(query))
+    pieces.append(query)
+    user_turn = "".join(pieces)
+
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_turn}], tokenize=False, add_generation_prompt=True
+    )
+    offset = rendered.find(user_turn)
+    if offset < 0:
+        raise ValueError("the chat template altered the user turn; cannot locate document spans")
+    encoding = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids: list[int] = list(encoding["input_ids"])
+    offsets = encoding["offset_mapping"]
+
+    def token_span(char_start: int, char_end: int) -> tuple[int, int]:
+        # Tokens overlapping the characters: a leading-space token such as " What" starts one char early.
+        lo, hi = offset + char_start, offset + char_end
+        inside = [i for i, (s, e) in enumerate(offsets) if s < hi and e > lo]
+        return (inside[0], inside[-1] + 1) if inside else (0, 0)
+
+    document_spans = [token_span(a, b) for a, b in block_chars]
+    query_span = token_span(*query_chars)
+    documents_end = max((end for _, end in document_spans), default=query_span[0])
+    target_start = len(input_ids)
+    if target is not None:
+        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"][: settings.max_target_tokens]
+        input_ids += [*target_ids, _end_of_turn_id(tokenizer)]
+    return EncodedPrompt(input_ids, document_spans, query_span, target_start, documents_end)
+
+
+def _end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    for token in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id is not None:
+            return token_id
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no end-of-turn or eos token")
+    return tokenizer.eos_token_id
+
+
+def collate_prompts(
+    prompts: Sequence[EncodedPrompt], pad_token_id: int, inject_query_rows: bool = False
+) -> PromptBatch:
+    """Left-pad the documents prefixes to a common split point and right-pad the suffixes."""
+    prefix_length = max(p.documents_end for p in prompts)
+    suffix_length = max(len(p.input_ids) - p.documents_end for p in prompts)
+    num_candidates = max(max(len(p.document_spans) for p in prompts), 1)
+    size = (len(prompts), prefix_length + suffix_length)
+    input_ids = torch.full(size, pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros(size, dtype=torch.long)
+    labels = torch.full(size, -100, dtype=torch.long)
+    doc_index = torch.full(size, -1, dtype=torch.long)
+    inject_rows = torch.zeros(size, dtype=torch.bool)
+    query_rows = torch.zeros(size, dtype=torch.bool)
+    candidate_mask = torch.zeros(len(prompts), num_candidates, dtype=torch.bool)
+    for b, prompt in enumerate(prompts):
+        shift = prefix_length - prompt.documents_end  # left padding of this row
+        length = len(prompt.input_ids)
+        input_ids[b, shift : shift + length] = torch.tensor(prompt.input_ids)
+        attention_mask[b, shift : shift + length] = 1
+        labels[b, shift + prompt.target_start : shift + length] = torch.tensor(
+            prompt.input_ids[prompt.target_start :]
+        )
+        for k, (start, end) in enumerate(prompt.document_spans):
+            doc_index[b, shift + start : shift + end] = k
+            candidate_mask[b, k] = end > start
+        # Rows t predicting target tokens t+1: from the last prompt token to the second-to-last target token.
+        if length > prompt.target_start:
+            inject_rows[b, shift + prompt.target_start - 1 : shift + length - 1] = True
+        q_start, q_end = prompt.query_span
+        query_rows[b, shift + q_start : shift + q_end] = True
+        if inject_query_rows:
+            inject_rows[b, shift + q_start : shift + q_end] = True
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return PromptBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        labels=labels,
+        doc_index=doc_index,
+        inject_rows=inject_rows,
+        query_rows=query_rows,
+        candidate_mask=candidate_mask,
+        prefix_length=prefix_length,
+    )

@@ -1,0 +1,109 @@
+"""The injection operator: exact shares, untouched heads/rows, identity at the head's own shares."""
+
+import pytest
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from dreamir.llm.injection import InjectionPlan, dream_attention, redistribute
+
+
+def _random_attention(batch=2, heads=3, rows=5, keys=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(batch, heads, rows, keys, generator=g) * 2, dim=-1, dtype=torch.float64)
+
+
+def _layout(batch=2, keys=12, docs=3):
+    # Row 0: docs at [2,5) [5,8) [8,10); row 1: a different layout with only two documents.
+    doc_index = torch.full((batch, keys), -1)
+    doc_index[0, 2:5], doc_index[0, 5:8], doc_index[0, 8:10] = 0, 1, 2
+    doc_index[1, 1:4], doc_index[1, 6:11] = 0, 1
+    probs = torch.tensor([[0.5, 0.3, 0.2], [0.9, 0.1, 0.0]], dtype=torch.float64)
+    return doc_index, probs
+
+
+def _shares(attn, doc_index, docs=3):
+    onehot = torch.nn.functional.one_hot(doc_index.clamp(min=0), docs).double() * (doc_index >= 0)[..., None]
+    return attn @ onehot[:, None]  # [B, H, T, K]
+
+
+@pytest.mark.parametrize("mode", ["preserve", "replace", "prior"])
+def test_document_shares_follow_the_mode(mode):
+    attn = _random_attention()
+    doc_index, probs = _layout()
+    rows = torch.zeros(2, 5, dtype=torch.bool)
+    rows[:, 2:] = True
+    new = redistribute(attn, doc_index, probs, rows, mode)
+    before, after = _shares(attn, doc_index), _shares(new, doc_index)
+    injected = after[:, :, 2:]
+    if mode == "replace":
+        torch.testing.assert_close(injected, probs[:, None, None, :].expand_as(injected))
+        torch.testing.assert_close(new[:, :, 2:].sum(-1), torch.ones(2, 3, 3, dtype=torch.float64))
+    elif mode == "preserve":
+        total = before[:, :, 2:].sum(-1, keepdim=True)
+        torch.testing.assert_close(injected, total * probs[:, None, None, :])
+        torch.testing.assert_close(new.sum(-1), torch.ones(2, 3, 5, dtype=torch.float64))
+        outside = doc_index < 0
+        torch.testing.assert_close(new[..., outside[0]][0], attn[..., outside[0]][0])
+    else:  # prior: a * p_k renormalised
+        weights = (
+            attn * torch.where(doc_index >= 0, probs.gather(1, doc_index.clamp(min=0)), 1.0)[:, None, None]
+        )
+        torch.testing.assert_close(new[:, :, 2:], (weights / weights.sum(-1, keepdim=True))[:, :, 2:])
+    # Rows that are not injected are untouched.
+    torch.testing.assert_close(new[:, :, :2], attn[:, :, :2])
+    # Within a document the head keeps its own distribution over tokens.
+    inside = new[0, 0, 3, 2:5] / new[0, 0, 3, 2:5].sum()
+    torch.testing.assert_close(inside, attn[0, 0, 3, 2:5] / attn[0, 0, 3, 2:5].sum())
+
+
+def test_own_shares_are_the_identity():
+    attn = _random_attention(batch=2, heads=1)
+    doc_index, _ = _layout()
+    rows = torch.ones(2, 5, dtype=torch.bool)
+    shares = _shares(attn, doc_index)[:, 0]  # [B, T, K]
+    own = shares / shares.sum(-1, keepdim=True)
+    torch.testing.assert_close(redistribute(attn, doc_index, own, rows, "preserve"), attn)
+
+
+class _Attention(torch.nn.Module):
+    def __init__(self, layer_idx, groups):
+        super().__init__()
+        self.layer_idx, self.num_key_value_groups, self.is_causal = layer_idx, groups, True
+
+
+def test_attention_function_touches_only_selected_heads_under_gqa():
+    torch.manual_seed(0)
+    batch, heads, kv_heads, length, dim = 2, 4, 2, 12, 8
+    q = torch.randn(batch, heads, length, dim)
+    k, v = torch.randn(batch, kv_heads, length, dim), torch.randn(batch, kv_heads, length, dim)
+    causal = torch.full((length, length), float("-inf")).triu(1)
+    mask = causal.expand(batch, 1, length, length).clone()
+    mask[1, :, :, :2] = float("-inf")  # row 1 is left-padded by two positions
+    mask[1, :, :2, 0] = 0.0  # keep padded rows finite
+    doc_index, probs = _layout(batch, length)
+    doc_index[1, :2] = -1
+    rows = torch.zeros(batch, length, dtype=torch.bool)
+    rows[:, 10:] = True
+    module = _Attention(layer_idx=1, groups=heads // kv_heads)
+    plan = InjectionPlan({1: torch.tensor([3])}, doc_index, probs.float(), rows, "replace")
+    out, _ = dream_attention(module, q, k, v, mask, scaling=dim**-0.5, dream_injection=plan)
+    stock, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=dim**-0.5)
+    torch.testing.assert_close(out[:, :, :3], stock[:, :, :3])  # other heads
+    torch.testing.assert_close(out[:, :10, 3], stock[:, :10, 3])  # other rows
+    # Head 3 shares key/value head 1 under GQA; recompute it by hand.
+    logits = q[:, 3] @ k[:, 1].transpose(1, 2) * dim**-0.5 + mask[:, 0]
+    attn = torch.softmax(logits, -1)
+    onehot = torch.nn.functional.one_hot(doc_index.clamp(min=0), 3).float() * (doc_index >= 0)[..., None]
+    share = attn @ onehot
+    factor = probs.float()[:, None, :] / share.clamp_min(1e-12)  # absent document: p = 0, share = 0
+    expected_attn = attn * (factor @ onehot.transpose(1, 2))
+    torch.testing.assert_close(out[:, 10:, 3], (expected_attn @ v[:, 1])[:, 10:], rtol=1e-4, atol=1e-5)
+    # A layer without selected heads is exactly SDPA.
+    other, _ = dream_attention(_Attention(0, 2), q, k, v, mask, scaling=dim**-0.5, dream_injection=plan)
+    torch.testing.assert_close(other, stock)
+
+
+def test_unknown_mode_is_rejected():
+    doc_index, probs = _layout()
+    with pytest.raises(ValueError, match="injection mode"):
+        InjectionPlan({}, doc_index, probs, torch.ones(2, 5, dtype=torch.bool), "sharpen")
