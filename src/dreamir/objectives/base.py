@@ -1,0 +1,86 @@
+"""What every objective shares: the training instance it receives and the retriever's candidate scores."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from dreamir.data.beir import Document
+from dreamir.retriever import Retriever
+
+
+@dataclass
+class TrainingInstance:
+    """One query with its K candidates, in the order the objective should use them."""
+
+    query: str
+    target: str
+    documents: list[Document]
+    gold_index: int | None = None  # only labelled baselines (and logging) may look at it
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class Temperature(nn.Module):
+    """Softmax temperature tau over candidate scores, fixed or learnable (kept in log space, positive)."""
+
+    def __init__(self, value: float = 0.05, learnable: bool = False) -> None:
+        super().__init__()
+        if value <= 0:
+            raise ValueError(f"temperature must be positive, got {value}")
+        self.log_tau = nn.Parameter(torch.tensor(math.log(value)), requires_grad=learnable)
+
+    @property
+    def value(self) -> Tensor:
+        return self.log_tau.exp()
+
+
+class Objective(nn.Module):
+    """Base class: a loss module over the retriever (sentence-transformers style)."""
+
+    def __init__(
+        self, retriever: Retriever, temperature: float = 0.05, learn_temperature: bool = False
+    ) -> None:
+        super().__init__()
+        self.retriever = retriever
+        self.temperature = Temperature(temperature, learn_temperature)
+
+    def candidate_scores(self, instances: list[TrainingInstance]) -> tuple[Tensor, Tensor]:
+        """Cosine scores [B, K] between each query and its candidates, and the mask of real candidates."""
+        width = max(len(i.documents) for i in instances)
+        queries = self.retriever([i.query for i in instances], is_query=True)
+        texts = [d.full_text for i in instances for d in i.documents]
+        documents = self.retriever(texts, is_query=False)
+        scores = queries.new_zeros(len(instances), width)
+        mask = torch.zeros(len(instances), width, dtype=torch.bool, device=queries.device)
+        offset = 0
+        for b, instance in enumerate(instances):
+            count = len(instance.documents)
+            scores[b, :count] = documents[offset : offset + count] @ queries[b]
+            mask[b, :count] = True
+            offset += count
+        return scores, mask
+
+    def candidate_distribution(self, scores: Tensor, mask: Tensor) -> Tensor:
+        """p = softmax_k(s_k / tau) over the real candidates."""
+        return torch.softmax((scores / self.temperature.value).masked_fill(~mask, float("-inf")), dim=-1)
+
+    def forward(self, instances: list[TrainingInstance]) -> ObjectiveOutput:
+        raise NotImplementedError
+
+    @staticmethod
+    def gold_logs(probs: Tensor, instances: list[TrainingInstance]) -> dict[str, float]:
+        """Diagnostics only: how much of p the gold document gets, where a gold is known."""
+        rows = [(b, i.gold_index) for b, i in enumerate(instances) if i.gold_index is not None]
+        if not rows:
+            return {}
+        gold = torch.stack([probs[b, g] for b, g in rows]).detach()
+        ranks = [int((probs[b] > probs[b, g]).sum()) for b, g in rows]
+        return {"p_gold": float(gold.mean()), "gold_top1": sum(r == 0 for r in ranks) / len(ranks)}

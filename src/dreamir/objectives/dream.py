@@ -1,0 +1,35 @@
+"""DREAM: the retriever's distribution over candidates is written into the frozen LLM's query-focused heads,
+and the LLM's next-token loss on the target is the retriever's loss. No relevance labels are used."""
+
+from __future__ import annotations
+
+from dreamir.llm.frozen import FrozenLLM
+from dreamir.objectives.base import Objective, ObjectiveOutput, TrainingInstance
+from dreamir.retriever import Retriever
+
+
+class DreamLoss(Objective):
+    def __init__(
+        self,
+        retriever: Retriever,
+        llm: FrozenLLM,
+        temperature: float = 0.05,
+        learn_temperature: bool = False,
+        reuse_prefix: bool = True,
+    ) -> None:
+        super().__init__(retriever, temperature, learn_temperature)
+        if not llm.heads:
+            raise ValueError("DREAM needs at least one selected head to inject into")
+        self.llm = llm
+        self.reuse_prefix = reuse_prefix
+
+    def forward(self, instances: list[TrainingInstance]) -> ObjectiveOutput:
+        scores, mask = self.candidate_scores(instances)
+        probs = self.candidate_distribution(scores, mask)
+        prompts = [
+            self.llm.encode(i.query, [(d.title, d.text) for d in i.documents], i.target) for i in instances
+        ]
+        loss = self.llm.target_loss(self.llm.collate(prompts), probs, reuse_prefix=self.reuse_prefix)
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
+        logs = {"entropy": float(entropy.detach()), **self.gold_logs(probs, instances)}
+        return ObjectiveOutput(loss, logs)
