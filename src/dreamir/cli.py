@@ -1,0 +1,134 @@
+"""`dreamir` command line: thin entry points over the dataclass arguments of each step."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from dreamir.data.errors import DataFormatError
+from dreamir.trainer import TrainingArguments
+
+
+def _add_dataclass(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(cls.__name__)
+    for spec in dataclasses.fields(cls):
+        if spec.name in skip:
+            continue
+        kind = hints[spec.name]
+        options: dict[str, Any] = {"help": spec.metadata.get("help", "")}
+        flag = "--" + spec.name.replace("_", "-")
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        required = spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=spec.default, **options)
+            continue
+        if typing.get_origin(kind) is Literal:
+            options["choices"] = list(typing.get_args(kind))
+            kind = type(options["choices"][0])
+        if required:
+            options["required"] = True
+        else:
+            options["default"] = spec.default
+            options["help"] += f" (default: {spec.default})"
+        group.add_argument(flag, type=kind, **options)
+
+
+def _build(cls: type, namespace: argparse.Namespace, **fixed: Any):
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(namespace).items() if k in names}
+    return cls(**{**values, **fixed})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from dreamir import workflow
+    from dreamir.quickstart import QuickstartArguments
+
+    parser = argparse.ArgumentParser(prog="dreamir", description=__doc__)
+    parser.add_argument("--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    factbook = commands.add_parser(
+        "factbook", help="build the Factbook retrieval task (BEIR layout + train files)"
+    )
+    factbook.add_argument("--out", required=True)
+    factbook.add_argument("--seed", type=int, default=0)
+
+    mine = commands.add_parser("mine", help="add BM25 top-K candidate_ids to a training file (label-free)")
+    mine.add_argument("--train", required=True)
+    mine.add_argument("--corpus", required=True, help="BEIR directory or corpus.jsonl")
+    mine.add_argument("--out", required=True)
+    mine.add_argument("--k", type=int, default=8)
+
+    heads = commands.add_parser("heads", help="select query-focused heads; writes a head file")
+    _add_dataclass(heads, workflow.HeadSelectionArguments)
+
+    train = commands.add_parser("train", help="train a retriever with DREAM")
+    _add_dataclass(train, workflow.ModelArguments)
+    _add_dataclass(train, workflow.DreamArguments)
+    _add_dataclass(train, TrainingArguments)
+
+    evaluate = commands.add_parser("eval", help="nDCG@10, Recall@100, MRR@10 on a BEIR-layout directory")
+    _add_dataclass(evaluate, workflow.EvaluationArguments)
+
+    quick = commands.add_parser("quickstart", help="the whole pipeline on packaged models and data")
+    _add_dataclass(quick, QuickstartArguments)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    try:
+        return _run(args)
+    except (DataFormatError, FileNotFoundError, ValueError) as error:
+        print(f"dreamir {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dreamir import workflow
+    from dreamir.quickstart import QuickstartArguments, run_quickstart
+
+    if args.command == "factbook":
+        from dreamir.data.factbook import build_factbook
+
+        paths = build_factbook(args.out, seed=args.seed)
+        print(
+            f"{paths.num_passages} passages, {paths.num_train} train, {paths.num_eval} eval questions -> {args.out}"
+        )
+    elif args.command == "mine":
+        from dreamir.data.training import write_training_file
+
+        corpus = workflow.load_corpus(args.corpus)
+        examples = workflow.prepare_training_examples(args.train, corpus, args.k, None)
+        write_training_file(args.out, examples)
+        print(f"{len(examples)} examples with candidates -> {args.out}")
+    elif args.command == "heads":
+        head_set = workflow.select_heads(_build(workflow.HeadSelectionArguments, args))
+        top = head_set.top(args.top_k)
+        print(f"top {len(top)} heads (layer, head): {top} -> {args.out}")
+    elif args.command == "train":
+        result = workflow.train_dream(
+            _build(workflow.ModelArguments, args),
+            _build(workflow.DreamArguments, args),
+            _build(TrainingArguments, args),
+        )
+        print(f"trained {result.steps} steps (resumed from {result.resumed_from}) -> {result.final_dir}")
+    elif args.command == "eval":
+        metrics = workflow.evaluate(_build(workflow.EvaluationArguments, args))
+        print(json.dumps(metrics, indent=2))
+    elif args.command == "quickstart":
+        run_quickstart(_build(QuickstartArguments, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

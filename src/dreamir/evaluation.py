@@ -1,0 +1,180 @@
+"""Retrieval evaluation: exact dense search, BEIR-style metrics and a results table.
+
+Knows nothing of models: encoders come in as callables from texts to numpy arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import pytrec_eval
+
+from dreamir.candidates import bm25_run
+from dreamir.data.beir import BeirDataset
+
+METRICS = ("ndcg@10", "recall@100", "mrr@10")
+# pytrec_eval measure names for the metrics it computes (MRR@10 is computed here: its recip_rank has
+# no cutoff).
+_PYTREC_MEASURES = {"ndcg@10": "ndcg_cut_10", "recall@100": "recall_100"}
+# Upper bound on the float32 score block of one query batch in exact_search.
+_SCORE_BLOCK_BYTES = 256 * 1024**2
+
+Run = dict[str, dict[str, float]]
+Qrels = Mapping[str, Mapping[str, int]]
+
+
+def _l2_normalise(embeddings: np.ndarray) -> np.ndarray:
+    matrix = np.asarray(embeddings, dtype=np.float32)
+    if matrix.ndim != 2:
+        raise ValueError(f"expected a 2-D embedding matrix, got shape {matrix.shape}")
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    # A zero vector stays zero (scores 0) rather than turning into NaNs.
+    return matrix / np.maximum(norms, np.float32(1e-12))
+
+
+def exact_search(
+    query_embeddings: np.ndarray,
+    doc_embeddings: np.ndarray,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    k: int = 100,
+    batch_size: int | None = None,
+) -> Run:
+    """Top-``k`` documents per query by cosine similarity (dot product of L2-normalised float32).
+
+    Queries are scored in batches so the score block stays under ~256 MiB; ``batch_size`` overrides.
+    """
+    query_ids, doc_ids = list(query_ids), list(doc_ids)
+    queries = _l2_normalise(query_embeddings)
+    docs = _l2_normalise(doc_embeddings)
+    if queries.shape[0] != len(query_ids):
+        raise ValueError(f"{queries.shape[0]} query embeddings but {len(query_ids)} query ids")
+    if docs.shape[0] != len(doc_ids):
+        raise ValueError(f"{docs.shape[0]} document embeddings but {len(doc_ids)} document ids")
+    if queries.shape[1] != docs.shape[1]:
+        raise ValueError(f"query dimension {queries.shape[1]} != document dimension {docs.shape[1]}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    num_docs = docs.shape[0]
+    run: Run = {query_id: {} for query_id in query_ids}
+    if num_docs == 0:
+        return run
+    k = min(k, num_docs)
+    if batch_size is None:
+        batch_size = max(1, min(1024, _SCORE_BLOCK_BYTES // (4 * num_docs)))
+    for start in range(0, queries.shape[0], batch_size):
+        scores = queries[start : start + batch_size] @ docs.T
+        if k < num_docs:
+            # argpartition is O(n): only the k winners get sorted below.
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        else:
+            top = np.broadcast_to(np.arange(num_docs), scores.shape)
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        top_scores = np.take_along_axis(top_scores, order, axis=1)
+        for row, query_id in enumerate(query_ids[start : start + batch_size]):
+            run[query_id] = {
+                doc_ids[int(doc)]: float(score) for doc, score in zip(top[row], top_scores[row], strict=True)
+            }
+    return run
+
+
+def _trec_ranking(scored: Mapping[str, float]) -> list[str]:
+    # trec_eval's order: score descending, ties broken by document id descending.
+    return [doc_id for doc_id, _ in sorted(scored.items(), key=lambda item: (item[1], item[0]), reverse=True)]
+
+
+def _reciprocal_rank_at(ranking: list[str], relevant: set[str], cutoff: int) -> float:
+    for rank, doc_id in enumerate(ranking[:cutoff], start=1):
+        if doc_id in relevant:
+            return 1.0 / rank
+    return 0.0
+
+
+def compute_metrics(qrels: Qrels, run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """nDCG@10, Recall@100 and MRR@10, averaged over every query in ``qrels``.
+
+    A query missing from ``run`` (or with no hits) scores 0 on every metric; pytrec_eval alone would
+    silently drop it from the average. Only qrels scores > 0 count as relevant (as in BEIR).
+    Rankings follow trec_eval: score descending, ties by document id descending.
+    """
+    if not qrels:
+        raise ValueError("qrels are empty: nothing to evaluate")
+    clean_qrels = {
+        str(query_id): {str(doc_id): int(score) for doc_id, score in judged.items()}
+        for query_id, judged in qrels.items()
+    }
+    clean_run = {
+        str(query_id): {str(doc_id): float(score) for doc_id, score in scored.items()}
+        for query_id, scored in run.items()
+        if query_id in clean_qrels and scored
+    }
+    evaluator = pytrec_eval.RelevanceEvaluator(clean_qrels, set(_PYTREC_MEASURES.values()))
+    per_query = evaluator.evaluate(clean_run)
+    totals = dict.fromkeys(METRICS, 0.0)
+    for query_id, judged in clean_qrels.items():
+        measures = per_query.get(query_id)
+        if measures is None:
+            continue  # absent from the run: contributes 0
+        for metric, measure in _PYTREC_MEASURES.items():
+            totals[metric] += measures[measure]
+        relevant = {doc_id for doc_id, score in judged.items() if score > 0}
+        totals["mrr@10"] += _reciprocal_rank_at(_trec_ranking(clean_run[query_id]), relevant, 10)
+    return {metric: total / len(clean_qrels) for metric, total in totals.items()}
+
+
+def evaluate_encoder(
+    dataset: BeirDataset,
+    encode_queries: Callable[[list[str]], np.ndarray],
+    encode_documents: Callable[[list[str]], np.ndarray],
+    k: int = 100,
+) -> dict[str, float]:
+    """Encode ``dataset`` with the two callables, search exactly and score with compute_metrics.
+
+    Documents are encoded as ``Document.full_text`` (title + " " + text), the BEIR convention.
+    """
+    query_ids = list(dataset.queries)
+    doc_ids = list(dataset.corpus)
+    query_embeddings = np.asarray(encode_queries([dataset.queries[query_id] for query_id in query_ids]))
+    doc_embeddings = np.asarray(encode_documents([dataset.corpus[doc_id].full_text for doc_id in doc_ids]))
+    run = exact_search(query_embeddings, doc_embeddings, query_ids, doc_ids, k=k)
+    return compute_metrics(dataset.qrels, run)
+
+
+def evaluate_bm25(dataset: BeirDataset, k: int = 100) -> dict[str, float]:
+    """BM25 (bm25s, see dreamir.candidates) scored like the dense systems."""
+    return compute_metrics(dataset.qrels, bm25_run(dataset, k=k))
+
+
+def format_results_table(results: Mapping[str, Mapping[str, Mapping[str, float]]], digits: int = 4) -> str:
+    """Render ``{dataset: {system: {metric: value}}}`` as an aligned plain-text table.
+
+    One row per (dataset, system); the standard metrics come first, any others follow sorted;
+    a metric a system lacks shows as "-".
+    """
+    extra = sorted(
+        {metric for systems in results.values() for m in systems.values() for metric in m} - set(METRICS)
+    )
+    present = {metric for systems in results.values() for m in systems.values() for metric in m}
+    columns = [metric for metric in METRICS if metric in present] + extra
+    header = ["dataset", "system", *columns]
+    rows = [
+        [
+            dataset,
+            system,
+            *(f"{metrics[c]:.{digits}f}" if c in metrics else "-" for c in columns),
+        ]
+        for dataset, systems in results.items()
+        for system, metrics in systems.items()
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def render(cells: list[str]) -> str:
+        # Names left-aligned, numbers right-aligned so decimals line up.
+        text = [cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(cells)]
+        return "  ".join(text).rstrip()
+
+    separator = "  ".join("-" * width for width in widths)
+    return "\n".join([render(header), separator, *(render(row) for row in rows)])

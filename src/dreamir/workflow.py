@@ -1,0 +1,229 @@
+"""The steps the CLI and the quickstart chain together: each takes plain paths and settings, so every step
+can be run alone from the command line and its output reused."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoConfig
+
+from dreamir.candidates import BM25Index, mine_candidates
+from dreamir.data.beir import BeirDataset, Document, load_beir, read_corpus
+from dreamir.data.training import TrainingExample, read_training_file, validate_against_corpus
+from dreamir.evaluation import evaluate_bm25, evaluate_encoder
+from dreamir.heads import CalibrationExample, HeadSet, random_heads, rank_heads, score_heads
+from dreamir.io import write_json_atomic
+from dreamir.llm.frozen import FrozenLLM
+from dreamir.llm.prompt import PromptSettings
+from dreamir.models import MINILM, SMOLLM2, resolve_model
+from dreamir.objectives import DreamLoss
+from dreamir.retriever import LoraSettings, Retriever
+from dreamir.trainer import Trainer, TrainingArguments, TrainingResult
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def load_corpus(path: str | Path) -> dict[str, Document]:
+    """A BEIR directory or a corpus.jsonl file."""
+    path = Path(path)
+    return read_corpus(path / "corpus.jsonl" if path.is_dir() else path)
+
+
+# ---- head selection --------------------------------------------------------------------------------------
+@dataclass
+class HeadSelectionArguments:
+    calibration: str = field(metadata={"help": "training-format JSONL whose examples carry gold_id"})
+    corpus: str = field(metadata={"help": "BEIR directory or corpus.jsonl holding the passages"})
+    out: str = field(metadata={"help": "head file to write (JSON)"})
+    llm: str = field(default=SMOLLM2, metadata={"help": "packaged LLM name or local HF directory"})
+    top_k: int = field(default=16, metadata={"help": "heads DREAM will use by default"})
+    random: bool = field(default=False, metadata={"help": "draw top_k random heads instead (ablation)"})
+    num_candidates: int = field(default=8, metadata={"help": "documents per calibration prompt"})
+    max_examples: int = field(default=64, metadata={"help": "calibration examples to score with"})
+    no_calibration: bool = field(default=False, metadata={"help": "skip the 'N/A' query correction"})
+    max_document_tokens: int = 128
+    batch_size: int = 4
+    seed: int = 0
+    show_progress: bool = True
+
+
+def calibration_examples(
+    examples: Sequence[TrainingExample], corpus: dict[str, Document], num_candidates: int, seed: int
+) -> list[CalibrationExample]:
+    """BM25 candidates with the gold passage put in (calibration is labelled), in a shuffled order."""
+    labelled = [e for e in examples if e.gold_id]
+    if not labelled:
+        raise ValueError("head selection needs calibration examples with a gold_id")
+    index = BM25Index.from_corpus(corpus)
+    rng = random.Random(seed)
+    mined = mine_candidates(labelled, index, num_candidates)
+    result = []
+    for example in mined:
+        ids = [i for i in (example.candidate_ids or []) if i != example.gold_id][: num_candidates - 1]
+        ids.insert(rng.randrange(len(ids) + 1), example.gold_id)
+        documents = [(corpus[i].title, corpus[i].text) for i in ids]
+        result.append(CalibrationExample(example.query, documents, ids.index(example.gold_id)))
+    return result
+
+
+def select_heads(args: HeadSelectionArguments) -> HeadSet:
+    settings = {k: v for k, v in vars(args).items() if k not in {"out", "show_progress"}}
+    if args.random:
+        config = AutoConfig.from_pretrained(resolve_model(args.llm))
+        heads = random_heads(
+            config.num_hidden_layers, config.num_attention_heads, args.top_k, args.seed, args.llm
+        )
+        heads.settings.update(settings)
+    else:
+        corpus = load_corpus(args.corpus)
+        examples = read_training_file(args.calibration)[: args.max_examples]
+        validate_against_corpus(examples, corpus, args.calibration)
+        llm = FrozenLLM.from_pretrained(
+            args.llm, prompt=PromptSettings(max_document_tokens=args.max_document_tokens)
+        )
+        calibration = calibration_examples(examples, corpus, args.num_candidates, args.seed)
+        scores = score_heads(
+            llm, calibration, args.batch_size, not args.no_calibration, show_progress=args.show_progress
+        )
+        heads = rank_heads(scores, args.llm, {"method": "qrhead", "examples": len(calibration), **settings})
+    heads.save(args.out)
+    return heads
+
+
+# ---- training --------------------------------------------------------------------------------------------
+@dataclass
+class ModelArguments:
+    retriever: str = field(default=MINILM, metadata={"help": "packaged retriever name or local directory"})
+    pooling: Literal["mean", "cls", "last"] | None = field(
+        default=None, metadata={"help": "default: the model's own (mean for all-minilm-l6-v2)"}
+    )
+    max_length: int | None = field(default=None, metadata={"help": "default: the model's own"})
+    retriever_layers: int | None = field(default=None, metadata={"help": "cut the backbone to N layers"})
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters instead of all weights"})
+    lora_r: int = 16
+    query_prefix: str = ""
+    document_prefix: str = ""
+
+
+@dataclass
+class DreamArguments:
+    train: str = field(metadata={"help": "training-format JSONL (candidate_ids mined with BM25 if absent)"})
+    corpus: str = field(metadata={"help": "BEIR directory or corpus.jsonl the candidate ids refer to"})
+    heads: str = field(metadata={"help": "head file written by `dreamir heads`"})
+    llm: str = SMOLLM2
+    num_heads: int | None = field(default=None, metadata={"help": "default: the head file's top_k"})
+    injection_mode: Literal["preserve", "replace", "prior"] = "preserve"
+    inject_query_rows: bool = False
+    temperature: float = 0.05
+    learn_temperature: bool = False
+    max_document_tokens: int = 128
+    max_target_tokens: int = 16
+    max_examples: int | None = None
+    reference_step: bool = field(
+        default=False, metadata={"help": "full-prompt step instead of the cached one"}
+    )
+    threads: int | None = 2
+
+
+def load_retriever(args: ModelArguments) -> Retriever:
+    """The retriever with the model's own settings, overridden where an argument asks."""
+    path = resolve_model(args.retriever)
+    retriever = Retriever.from_pretrained(path)
+    overrides = {
+        "pooling": args.pooling,
+        "max_length": args.max_length,
+        "num_layers": args.retriever_layers,
+        "lora": LoraSettings(r=args.lora_r, alpha=2 * args.lora_r) if args.lora else None,
+        "query_prefix": args.query_prefix or None,
+        "document_prefix": args.document_prefix or None,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if not overrides:
+        return retriever
+    return Retriever.from_pretrained(path, dataclasses.replace(retriever.config, **overrides))
+
+
+def prepare_training_examples(
+    path: str | Path, corpus: dict[str, Document], num_candidates: int, max_examples: int | None
+) -> list[TrainingExample]:
+    examples = read_training_file(path)[:max_examples]
+    validate_against_corpus(examples, corpus, path)
+    if any(not e.candidate_ids for e in examples):
+        index = BM25Index.from_corpus(corpus)
+        missing = [e for e in examples if not e.candidate_ids]
+        mined = iter(mine_candidates(missing, index, num_candidates))
+        examples = [e if e.candidate_ids else next(mined) for e in examples]
+    return examples
+
+
+def train_dream(model: ModelArguments, dream: DreamArguments, training: TrainingArguments) -> TrainingResult:
+    set_threads(dream.threads)
+    corpus = load_corpus(dream.corpus)
+    examples = prepare_training_examples(dream.train, corpus, training.num_candidates, dream.max_examples)
+    head_set = HeadSet.load(dream.heads)
+    num_heads = dream.num_heads or int(head_set.settings.get("top_k", 16))
+    prompt = PromptSettings(
+        max_document_tokens=dream.max_document_tokens,
+        max_target_tokens=dream.max_target_tokens,
+        inject_query_rows=dream.inject_query_rows,
+    )
+    llm = FrozenLLM.from_pretrained(
+        dream.llm, heads=head_set.top(num_heads), mode=dream.injection_mode, prompt=prompt
+    )
+    objective = DreamLoss(
+        load_retriever(model),
+        llm,
+        temperature=dream.temperature,
+        learn_temperature=dream.learn_temperature,
+        reuse_prefix=not dream.reference_step,
+    )
+    return Trainer(objective, examples, corpus, training).train()
+
+
+# ---- evaluation ------------------------------------------------------------------------------------------
+@dataclass
+class EvaluationArguments:
+    beir: str = field(metadata={"help": "BEIR-layout directory (corpus.jsonl, queries.jsonl, qrels/)"})
+    model: str = field(default=MINILM, metadata={"help": "'bm25', a packaged name or a saved retriever"})
+    split: str = "test"
+    batch_size: int = 64
+    out: str | None = field(default=None, metadata={"help": "write the metrics here as JSON"})
+    threads: int | None = 2
+    show_progress: bool = True
+
+
+def evaluate_model(
+    model: str, dataset: BeirDataset, batch_size: int = 64, show_progress: bool = True
+) -> dict:
+    if model == "bm25":
+        return evaluate_bm25(dataset)
+    retriever = Retriever.from_pretrained(resolve_model(model)).eval()
+    return evaluate_encoder(
+        dataset,
+        lambda texts: retriever.encode_queries(texts, batch_size=batch_size, show_progress=show_progress),
+        lambda texts: retriever.encode_documents(texts, batch_size=batch_size, show_progress=show_progress),
+    )
+
+
+def evaluate(args: EvaluationArguments) -> dict[str, float]:
+    set_threads(args.threads)
+    metrics = evaluate_model(
+        args.model, load_beir(args.beir, args.split), args.batch_size, args.show_progress
+    )
+    if args.out:
+        write_json_atomic(args.out, metrics)
+    return metrics
+
+
+def read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
