@@ -82,7 +82,7 @@ def test_own_attention_shares_reproduce_the_stock_model(llm):
     row = int(batch.inject_rows[0].nonzero()[0])  # the last prompt token
     rows = torch.zeros_like(batch.inject_rows)
     rows[0, row] = True
-    mass = llm.document_mass(batch, rows=rows)[0, 1, 2]  # layer 1, head 2
+    mass = llm.document_mass([batch], rows=[rows])[0][0, 1, 2]  # layer 1, head 2
     single = FrozenLLM(llm.model, llm.tokenizer, heads=[(1, 2)])
     batch.inject_rows = rows
     with torch.no_grad():

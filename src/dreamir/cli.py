@@ -86,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
+    logging.getLogger("bm25s").setLevel(
+        logging.INFO if args.verbose else logging.WARNING
+    )  # bm25s defaults to DEBUG
     try:
         return _run(args)
     except (DataFormatError, FileNotFoundError, ValueError) as error:

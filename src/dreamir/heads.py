@@ -84,17 +84,22 @@ def score_heads(
     for start in tqdm(batches, desc="scoring heads", disable=not show_progress):
         chunk = examples[start : start + batch_size]
         gold = torch.tensor([e.gold_index for e in chunk])
-        mass = _gold_mass(llm, [e.query for e in chunk], chunk, gold)
+        queries = [[e.query for e in chunk]]
         if calibrate:
-            mass = mass - _gold_mass(llm, [CONTENT_FREE_QUERY] * len(chunk), chunk, gold)
-        total += mass.sum(0).cpu()
+            queries.append([CONTENT_FREE_QUERY] * len(chunk))
+        batches = [
+            llm.collate([llm.encode(q, e.documents, None) for q, e in zip(qs, chunk, strict=True)])
+            for qs in queries
+        ]
+        masses = [_at_gold(mass, gold) for mass in llm.document_mass(batches)]
+        total += (masses[0] - masses[1] if calibrate else masses[0]).sum(0).cpu()
     return total / len(examples)
 
 
-def _gold_mass(llm: FrozenLLM, queries, chunk, gold: torch.Tensor) -> torch.Tensor:
-    prompts = [llm.encode(q, e.documents, None) for q, e in zip(queries, chunk, strict=True)]
-    mass = llm.document_mass(llm.collate(prompts))  # [B, L, H, K]
-    return mass.gather(3, gold.view(-1, 1, 1, 1).expand(*mass.shape[:3], 1).to(mass.device))[..., 0]
+def _at_gold(mass: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    """[B, L, H, K] masses -> [B, L, H] mass on each example's gold document."""
+    index = gold.view(-1, 1, 1, 1).expand(*mass.shape[:3], 1).to(mass.device)
+    return mass.gather(3, index)[..., 0]
 
 
 def rank_heads(scores: torch.Tensor, model: str, settings: dict[str, Any] | None = None) -> HeadSet:

@@ -3,6 +3,7 @@ with the retriever's distribution written into the selected heads. Its parameter
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -162,18 +163,41 @@ class FrozenLLM(nn.Module):
         ).last_hidden_state
 
     @torch.no_grad()
-    def document_mass(self, batch: PromptBatch, rows: Tensor | None = None) -> Tensor:
-        """Every head's attention mass on each candidate, averaged over ``rows`` (default: query rows).
+    def document_mass(
+        self, batches: Sequence[PromptBatch], rows: Sequence[Tensor] | None = None
+    ) -> list[Tensor]:
+        """Every head's attention mass on each candidate, averaged over ``rows`` (default: the query's rows).
 
-        Returns [B, layers, heads, K]."""
-        probe = DocumentMassProbe(
-            batch.doc_index, batch.num_candidates, batch.query_rows if rows is None else rows
-        )
-        self.model.model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-            dream_probe=probe,
-        )
-        return torch.stack([probe.masses[layer] for layer in range(self.num_layers)], dim=1)
+        The batches must share their documents prefix (same candidates, other queries, e.g. the "N/A"
+        calibration query): it is encoded once and its keys and values reused. Rows must lie after the
+        documents. Returns one [B, layers, heads, K] tensor per batch.
+        """
+        first = batches[0]
+        split = first.prefix_length
+        for other in batches[1:]:
+            if other.prefix_length != split or not torch.equal(
+                other.input_ids[:, :split], first.input_ids[:, :split]
+            ):
+                raise ValueError("document_mass: the batches do not share their documents prefix")
+        prefix = self.model.model(
+            input_ids=first.input_ids[:, :split],
+            attention_mask=first.attention_mask[:, :split],
+            position_ids=first.position_ids[:, :split],
+            use_cache=True,
+        ).past_key_values
+        masses = []
+        for i, batch in enumerate(batches):
+            probe_rows = batch.query_rows if rows is None else rows[i]
+            if probe_rows[:, :split].any():
+                raise ValueError("document_mass: probe rows must come after the documents")
+            probe = DocumentMassProbe(batch.doc_index, batch.num_candidates, probe_rows[:, split:])
+            self.model.model(
+                input_ids=batch.input_ids[:, split:],
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids[:, split:],
+                past_key_values=copy.deepcopy(prefix) if i < len(batches) - 1 else prefix,
+                use_cache=True,
+                dream_probe=probe,
+            )
+            masses.append(torch.stack([probe.masses[layer] for layer in range(self.num_layers)], dim=1))
+        return masses

@@ -1,0 +1,79 @@
+"""The CLI and workflow steps: clear errors on bad input, calibration with the gold put in, model names."""
+
+import json
+
+import pytest
+
+from dreamir.cli import main
+from dreamir.data.beir import Document
+from dreamir.data.training import TrainingExample
+from dreamir.models import ModelNotFoundError, resolve_model
+from dreamir.workflow import calibration_examples
+
+
+def test_unknown_model_names_fail_without_touching_the_hub(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="never downloads"):
+        resolve_model("sentence-transformers/all-mpnet-base-v2")
+    assert resolve_model(tmp_path) == tmp_path
+
+
+def test_calibration_puts_the_gold_among_the_candidates():
+    corpus = {f"d{i}": Document(f"d{i}", f"title {i}", f"text about topic {i} and more") for i in range(20)}
+    corpus["gold"] = Document("gold", "zebra", "nothing the query shares")
+    examples = [
+        TrainingExample("topic 3 text", "x", gold_id="gold"),
+        TrainingExample("topic 7", "y", gold_id="d7"),
+    ]
+    calibration = calibration_examples(examples, corpus, num_candidates=4, seed=0)
+    for example, source in zip(calibration, examples, strict=True):
+        assert len(example.documents) == 4
+        gold = corpus[source.gold_id]
+        assert example.documents[example.gold_index] == (gold.title, gold.text)
+
+
+def test_cli_names_file_line_and_field_on_bad_training_data(tmp_path, capsys):
+    (tmp_path / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "title": "t", "text": "x"}) + "\n")
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"query": "q", "target": "a"}) + "\n" + json.dumps({"query": "q2"}) + "\n")
+    code = main(
+        ["mine", "--train", str(train), "--corpus", str(tmp_path), "--out", str(tmp_path / "o.jsonl")]
+    )
+    assert code == 2
+    error = capsys.readouterr().err
+    assert f"{train}:2" in error and "target" in error
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_cli_rejects_qrels_naming_unknown_documents(tmp_path, capsys):
+    (tmp_path / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "title": "t", "text": "x"}) + "\n")
+    (tmp_path / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "what"}) + "\n")
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\tnope\t1\n")
+    assert main(["eval", "--model", "bm25", "--beir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "test.tsv:3" in error and "nope" in error
+
+
+def test_cli_mines_candidates(tmp_path):
+    rows = [{"_id": f"d{i}", "title": f"doc {i}", "text": f"word{i} shared"} for i in range(10)]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"query": "word3", "target": "a"}) + "\n")
+    assert (
+        main(
+            [
+                "mine",
+                "--train",
+                str(train),
+                "--corpus",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o.jsonl"),
+                "--k",
+                "3",
+            ]
+        )
+        == 0
+    )
+    mined = json.loads((tmp_path / "o.jsonl").read_text())
+    assert len(mined["candidate_ids"]) == 3 and mined["candidate_ids"][0] == "d3"
