@@ -98,7 +98,10 @@ class Trainer:
         if self.args.shuffle_candidates:
             random.Random(f"{self.args.seed}/{epoch}/{example.query}").shuffle(ids)
         gold = ids.index(example.gold_id) if example.gold_id in ids else None
-        return TrainingInstance(example.query, example.target, [self.corpus[i] for i in ids], gold)
+        gold_document = self.corpus.get(example.gold_id) if example.gold_id else None
+        return TrainingInstance(
+            example.query, example.target, [self.corpus[i] for i in ids], gold, gold_document
+        )
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     def _trainable_state(self) -> dict[str, torch.Tensor]:

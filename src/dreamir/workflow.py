@@ -23,7 +23,7 @@ from dreamir.io import write_json_atomic
 from dreamir.llm.frozen import FrozenLLM
 from dreamir.llm.prompt import PromptSettings
 from dreamir.models import MINILM, SMOLLM2, resolve_model
-from dreamir.objectives import DreamLoss
+from dreamir.objectives import DreamLoss, InfoNCELoss, Objective, ReplugLoss
 from dreamir.retriever import LoraSettings, Retriever
 from dreamir.trainer import Trainer, TrainingArguments, TrainingResult
 
@@ -119,7 +119,11 @@ class ModelArguments:
 class DreamArguments:
     train: str = field(metadata={"help": "training-format JSONL (candidate_ids mined with BM25 if absent)"})
     corpus: str = field(metadata={"help": "BEIR directory or corpus.jsonl the candidate ids refer to"})
-    heads: str = field(metadata={"help": "head file written by `dreamir heads`"})
+    heads: str | None = field(default=None, metadata={"help": "head file written by `dreamir heads` (dream)"})
+    objective: Literal["dream", "infonce", "replug"] = field(
+        default="dream", metadata={"help": "dream (label-free), infonce (uses gold_id), replug (label-free)"}
+    )
+    replug_beta: float = 1.0
     llm: str = SMOLLM2
     num_heads: int | None = field(default=None, metadata={"help": "default: the head file's top_k"})
     injection_mode: Literal["preserve", "replace", "prior"] = "preserve"
@@ -166,27 +170,33 @@ def prepare_training_examples(
     return examples
 
 
-def train_dream(model: ModelArguments, dream: DreamArguments, training: TrainingArguments) -> TrainingResult:
-    set_threads(dream.threads)
-    corpus = load_corpus(dream.corpus)
-    examples = prepare_training_examples(dream.train, corpus, training.num_candidates, dream.max_examples)
-    head_set = HeadSet.load(dream.heads)
-    num_heads = dream.num_heads or int(head_set.settings.get("top_k", 16))
+def build_objective(retriever: Retriever, dream: DreamArguments) -> Objective:
+    temperature = {"temperature": dream.temperature, "learn_temperature": dream.learn_temperature}
+    if dream.objective == "infonce":
+        return InfoNCELoss(retriever, **temperature)
     prompt = PromptSettings(
         max_document_tokens=dream.max_document_tokens,
         max_target_tokens=dream.max_target_tokens,
         inject_query_rows=dream.inject_query_rows,
     )
+    if dream.objective == "replug":
+        llm = FrozenLLM.from_pretrained(dream.llm, prompt=prompt)
+        return ReplugLoss(retriever, llm, beta=dream.replug_beta, **temperature)
+    if dream.heads is None:
+        raise ValueError("DREAM needs --heads (a head file from `dreamir heads`)")
+    head_set = HeadSet.load(dream.heads)
+    num_heads = dream.num_heads or int(head_set.settings.get("top_k", 16))
     llm = FrozenLLM.from_pretrained(
         dream.llm, heads=head_set.top(num_heads), mode=dream.injection_mode, prompt=prompt
     )
-    objective = DreamLoss(
-        load_retriever(model),
-        llm,
-        temperature=dream.temperature,
-        learn_temperature=dream.learn_temperature,
-        reuse_prefix=not dream.reference_step,
-    )
+    return DreamLoss(retriever, llm, reuse_prefix=not dream.reference_step, **temperature)
+
+
+def train_dream(model: ModelArguments, dream: DreamArguments, training: TrainingArguments) -> TrainingResult:
+    set_threads(dream.threads)
+    corpus = load_corpus(dream.corpus)
+    examples = prepare_training_examples(dream.train, corpus, training.num_candidates, dream.max_examples)
+    objective = build_objective(load_retriever(model), dream)
     return Trainer(objective, examples, corpus, training).train()
 
 

@@ -2,5 +2,7 @@
 
 from dreamir.objectives.base import Objective, ObjectiveOutput, TrainingInstance
 from dreamir.objectives.dream import DreamLoss
+from dreamir.objectives.infonce import InfoNCELoss
+from dreamir.objectives.replug import ReplugLoss
 
-__all__ = ["DreamLoss", "Objective", "ObjectiveOutput", "TrainingInstance"]
+__all__ = ["DreamLoss", "InfoNCELoss", "Objective", "ObjectiveOutput", "ReplugLoss", "TrainingInstance"]

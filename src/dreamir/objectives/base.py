@@ -19,7 +19,8 @@ class TrainingInstance:
     query: str
     target: str
     documents: list[Document]
-    gold_index: int | None = None  # only labelled baselines (and logging) may look at it
+    gold_index: int | None = None  # position of the gold among the candidates, if it is one (logging)
+    gold: Document | None = None  # the gold passage, candidate or not: only labelled baselines use it
 
 
 @dataclass

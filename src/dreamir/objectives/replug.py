@@ -1,0 +1,64 @@
+"""REPLUG-LSR, the LM-supervised baseline: the frozen LLM scores each candidate alone,
+q_k = softmax_k(log P_LLM(target | d_k, query) / beta), and the retriever's p is pulled towards q with
+KL(q || p). Label-free, same frozen LLM, one no-grad LLM pass per candidate (batched)."""
+
+from __future__ import annotations
+
+import torch
+
+from dreamir.llm.frozen import FrozenLLM
+from dreamir.objectives.base import Objective, ObjectiveOutput, TrainingInstance
+from dreamir.retriever import Retriever
+
+
+class ReplugLoss(Objective):
+    def __init__(
+        self,
+        retriever: Retriever,
+        llm: FrozenLLM,
+        temperature: float = 0.05,
+        learn_temperature: bool = False,
+        beta: float = 1.0,
+        llm_batch_size: int = 8,
+    ) -> None:
+        super().__init__(retriever, temperature, learn_temperature)
+        self.llm = llm
+        self.beta = beta
+        self.llm_batch_size = llm_batch_size
+        # The LLM's judgement of a (query, document, target) never changes: compute it once.
+        self._log_likelihood: dict[tuple[str, str, str], float] = {}
+
+    @torch.no_grad()
+    def target_log_likelihood(self, instances: list[TrainingInstance]) -> torch.Tensor:
+        """log P_LLM(target | d_k, query) for every candidate: [B, K] (-inf for empty slots)."""
+        width = max(len(i.documents) for i in instances)
+        keys = [(i.query, d.doc_id, i.target) for i in instances for d in i.documents]
+        todo = [
+            (i, d)
+            for i in instances
+            for d in i.documents
+            if (i.query, d.doc_id, i.target) not in self._log_likelihood
+        ]
+        for start in range(0, len(todo), self.llm_batch_size):
+            chunk = todo[start : start + self.llm_batch_size]
+            batch = self.llm.collate(
+                [self.llm.encode(i.query, [(d.title, d.text)], i.target) for i, d in chunk]
+            )
+            mean_nll = self.llm.target_loss(batch, None, reduction="example")
+            lengths = (batch.labels != -100).sum(-1)
+            for (i, d), nll, n in zip(chunk, mean_nll.tolist(), lengths.tolist(), strict=True):
+                self._log_likelihood[(i.query, d.doc_id, i.target)] = -nll * n
+        values = iter(self._log_likelihood[k] for k in keys)
+        result = torch.full((len(instances), width), float("-inf"))
+        for b, instance in enumerate(instances):
+            for k in range(len(instance.documents)):
+                result[b, k] = next(values)
+        return result
+
+    def forward(self, instances: list[TrainingInstance]) -> ObjectiveOutput:
+        scores, mask = self.candidate_scores(instances)
+        log_p = torch.log_softmax((scores / self.temperature.value).masked_fill(~mask, float("-inf")), -1)
+        q = torch.softmax(self.target_log_likelihood(instances).to(scores.device) / self.beta, -1)
+        # KL(q || p) = sum q (log q - log p); empty slots have q = 0 and contribute nothing.
+        kl = (q * (q.clamp_min(1e-12).log() - log_p.masked_fill(~mask, 0.0))).sum(-1).mean()
+        return ObjectiveOutput(kl, self.gold_logs(log_p.exp(), instances))
