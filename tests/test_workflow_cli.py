@@ -77,3 +77,15 @@ def test_cli_mines_candidates(tmp_path):
     )
     mined = json.loads((tmp_path / "o.jsonl").read_text())
     assert len(mined["candidate_ids"]) == 3 and mined["candidate_ids"][0] == "d3"
+
+
+def test_training_curves_are_drawn_from_a_log(tmp_path):
+    from dreamir.plots import plot_training_curves
+
+    log = tmp_path / "log.jsonl"
+    log.write_text(
+        "".join(json.dumps({"step": i, "loss": 1 / i, "grad_norm": 0.1 * i}) + "\n" for i in range(1, 30))
+        + '{"step": 30'
+    )
+    png = plot_training_curves({"run": log}, tmp_path / "curves.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

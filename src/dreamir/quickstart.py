@@ -16,6 +16,7 @@ from dreamir.data.training import write_training_file
 from dreamir.evaluation import format_results_table
 from dreamir.io import write_json_atomic
 from dreamir.models import MINILM, SMOLLM2
+from dreamir.plots import plot_training_curves
 from dreamir.trainer import TrainingArguments
 from dreamir.workflow import (
     DreamArguments,
@@ -123,6 +124,9 @@ def run_quickstart(args: QuickstartArguments) -> dict[str, dict[str, dict[str, f
                 show_progress=args.show_progress,
             ),
         )
+
+    curve = plot_training_curves({"dream": train_dir / "log.jsonl"}, out / "training_curves.png")
+    _say(f"training curves: {curve}")
 
     datasets = {"factbook": data_dir}
     beir = Path(args.beir) if args.beir else DEFAULT_SCIFACT

@@ -1,0 +1,64 @@
+"""Training curves from the trainer's JSONL logs (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from dreamir.io import atomic_path
+
+
+def read_log(path: str | Path) -> list[dict[str, float]]:
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+    return rows
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_training_curves(
+    logs: Mapping[str, str | Path],
+    out: str | Path,
+    metrics: tuple[str, ...] = ("loss", "grad_norm", "p_gold"),
+) -> Path:
+    """One panel per metric, one line per run (moving average over 10 steps, raw values faint)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {name: read_log(path) for name, path in logs.items()}
+    shown = [m for m in metrics if any(m in row for rows in runs.values() for row in rows)]
+    figure, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 3.4), squeeze=False)
+    for axis, metric in zip(axes[0], shown, strict=True):
+        for name, rows in runs.items():
+            points = [(r["step"], r[metric]) for r in rows if metric in r]
+            if not points:
+                continue
+            steps, values = zip(*points, strict=True)
+            (line,) = axis.plot(steps, _smooth(list(values), 10), label=name)
+            axis.plot(steps, values, alpha=0.2, color=line.get_color())
+        axis.set_title(metric)
+        axis.set_xlabel("step")
+        if metric == "grad_norm":
+            axis.set_yscale("log")
+        axis.grid(alpha=0.3)
+    axes[0][0].legend()
+    figure.tight_layout()
+    with atomic_path(out) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    plt.close(figure)
+    return Path(out)
