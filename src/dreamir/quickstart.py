@@ -47,9 +47,9 @@ class QuickstartArguments:
     num_heads: int = 16
     num_candidates: int = 8
     calibration_examples: int = 32
-    max_steps: int = 150
+    max_steps: int = 100
     batch_size: int = 2
-    learning_rate: float = 1e-5
+    learning_rate: float = 2e-5
     temperature: float = 0.05
     seed: int = 0
     threads: int = 2

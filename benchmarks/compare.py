@@ -1,0 +1,224 @@
+"""DREAM against InfoNCE (labels), REPLUG-LSR (label-free, same LLM), BM25 and the untrained retriever,
+on identical data, candidate pools, steps, batch, learning-rate schedule and seeds.
+
+Two retriever set-ups:
+  warm: all-minilm-l6-v2 (already contrastively trained), all weights trained;
+  raw:  SmolLM2-135M cut to its first layers, LoRA, last-token pooling (never trained for retrieval).
+Evaluates on the held-out Factbook questions (fields and countries unseen in training) and on SciFact.
+
+    python benchmarks/compare.py --quick     # smoke run, minutes
+    python benchmarks/compare.py             # the full run (about 2 hours on 2 CPU cores)
+
+Writes results/compare.json and results/compare_curves.png; every stage is cached under --work, so an
+interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from dreamir.data.beir import load_beir
+from dreamir.data.factbook import build_factbook
+from dreamir.data.training import write_training_file
+from dreamir.evaluation import format_results_table
+from dreamir.io import write_json_atomic
+from dreamir.models import MINILM, SMOLLM2
+from dreamir.plots import plot_training_curves
+from dreamir.trainer import TrainingArguments
+from dreamir.workflow import (
+    DreamArguments,
+    HeadSelectionArguments,
+    ModelArguments,
+    evaluate_model,
+    load_corpus,
+    prepare_training_examples,
+    read_json,
+    select_heads,
+    train_dream,
+)
+
+SETUPS = {
+    "warm": ModelArguments(retriever=MINILM),
+    "raw": ModelArguments(
+        retriever=SMOLLM2, pooling="last", retriever_layers=6, lora=True, lora_r=16, max_length=256
+    ),
+}
+# Learning rates per set-up (full fine-tuning of a trained model vs fresh LoRA adapters); identical across
+# objectives so that only the objective differs.
+LEARNING_RATES = {"warm": 2e-5, "raw": 5e-4}
+
+
+@dataclass
+class Settings:
+    work: str = "runs/compare"
+    out: str = "results/compare.json"
+    beir: str = "../shared/data/beir/scifact"
+    steps: int = 150
+    batch_size: int = 2
+    num_candidates: int = 8
+    num_heads: int = 16
+    calibration_examples: int = 32
+    seed: int = 0
+    threads: int = 2
+    setups: str = "warm,raw"
+    objectives: str = "dream,infonce,replug"
+    eval_scifact: bool = True
+
+
+def prepare(settings: Settings) -> tuple[Path, Path, Path]:
+    """Factbook data, BM25 candidates and the head file, each built once under the work directory."""
+    work = Path(settings.work)
+    data = work / "factbook"
+    if not (data / "meta.json").exists():
+        build_factbook(data, seed=settings.seed)
+    corpus = load_corpus(data)
+    train = work / f"train_k{settings.num_candidates}.jsonl"
+    if not train.exists():
+        needed = settings.steps * settings.batch_size
+        write_training_file(
+            train, prepare_training_examples(data / "train.jsonl", corpus, settings.num_candidates, needed)
+        )
+    heads = work / "heads_qr.json"
+    if not heads.exists():
+        select_heads(
+            HeadSelectionArguments(
+                calibration=str(data / "calibration.jsonl"),
+                corpus=str(data),
+                out=str(heads),
+                top_k=max(settings.num_heads, 64),
+                num_candidates=settings.num_candidates,
+                max_examples=settings.calibration_examples,
+                seed=settings.seed,
+            )
+        )
+    return data, train, heads
+
+
+def train_system(
+    settings: Settings, name: str, setup: str, dream: DreamArguments, **training
+) -> tuple[Path, float]:
+    """Train one system (cached); returns the final retriever directory and the training wall time."""
+    out = Path(settings.work) / "runs" / name
+    final = out / "final"
+    timing = out / "wall_seconds.json"
+    if not (final / "modules.json").exists():
+        started = time.perf_counter()
+        arguments = TrainingArguments(
+            output_dir=str(out),
+            max_steps=training.pop("steps", settings.steps),
+            batch_size=settings.batch_size,
+            learning_rate=LEARNING_RATES[setup],
+            num_candidates=training.pop("num_candidates", settings.num_candidates),
+            seed=settings.seed,
+            save_steps=max(settings.steps // 4, 1),
+            **training,
+        )
+        train_dream(SETUPS[setup], dream, arguments)
+        previous = read_json(timing)["seconds"] if timing.exists() else 0.0
+        write_json_atomic(timing, {"seconds": previous + time.perf_counter() - started})
+    return final, read_json(timing)["seconds"]
+
+
+def evaluate_system(settings: Settings, name: str, model: str, datasets: dict) -> dict[str, dict[str, float]]:
+    results = {}
+    for dataset_name, dataset in datasets.items():
+        cached = Path(settings.work) / "eval" / f"{dataset_name}-{name}.json"
+        if not cached.exists():
+            write_json_atomic(cached, evaluate_model(model, dataset))
+        results[dataset_name] = read_json(cached)
+    return results
+
+
+def datasets_for(settings: Settings, data: Path) -> dict:
+    datasets = {"factbook": load_beir(data)}
+    if settings.eval_scifact and Path(settings.beir).exists():
+        datasets["scifact"] = load_beir(settings.beir)
+    return datasets
+
+
+def dream_arguments(settings: Settings, train: Path, data: Path, heads: Path, **overrides) -> DreamArguments:
+    base = {
+        "train": str(train),
+        "corpus": str(data),
+        "heads": str(heads),
+        "num_heads": settings.num_heads,
+        "threads": settings.threads,
+    }
+    return DreamArguments(**{**base, **overrides})
+
+
+def report(settings: Settings, results: dict, wall: dict, logs: dict, title: str) -> None:
+    table = {
+        d: {s: {**m, "train_s": wall.get(s, 0.0)} for s, m in systems.items()}
+        for d, systems in results.items()
+    }
+    print(format_results_table(table))
+    meta = {
+        "settings": asdict(settings),
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+    }
+    write_json_atomic(settings.out, {"results": results, "train_seconds": wall, "meta": meta})
+    if logs:
+        png = Path(settings.out).with_name(Path(settings.out).stem + "_curves.png")
+        plot_training_curves(logs, png)
+        print(f"{title}: {settings.out}, {png}")
+
+
+def parse(settings_class=Settings) -> Settings:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for key, value in asdict(settings_class()).items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+    parser.add_argument("--quick", action="store_true", help="smoke run: few steps, Factbook only")
+    args = vars(parser.parse_args())
+    quick = args.pop("quick")
+    settings = settings_class(**args)
+    if quick:
+        settings.steps, settings.calibration_examples, settings.eval_scifact = 6, 8, False
+        settings.work, settings.out = settings.work + "-quick", settings.out.replace(".json", "_quick.json")
+    return settings
+
+
+def main() -> None:
+    settings = parse()
+    torch.set_num_threads(settings.threads)
+    data, train, heads = prepare(settings)
+    datasets = datasets_for(settings, data)
+    results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in datasets}
+    wall: dict[str, float] = {}
+    logs: dict[str, Path] = {}
+
+    def record(system: str, metrics: dict) -> None:
+        for dataset_name, values in metrics.items():
+            results[dataset_name][system] = values
+
+    record("bm25", evaluate_system(settings, "bm25", "bm25", datasets))
+    for setup in settings.setups.split(","):
+        base = SETUPS[setup].retriever
+        if setup == "warm":
+            record(f"{setup}/base", evaluate_system(settings, f"{setup}-base", base, datasets))
+        for objective in settings.objectives.split(","):
+            name = f"{setup}-{objective}"
+            dream = dream_arguments(settings, train, data, heads, objective=objective)
+            final, seconds = train_system(settings, name, setup, dream)
+            wall[f"{setup}/{objective}"] = seconds
+            logs[f"{setup}/{objective}"] = final.parent / "log.jsonl"
+            record(f"{setup}/{objective}", evaluate_system(settings, name, str(final), datasets))
+    report(settings, results, wall, logs, "compare")
+
+
+if __name__ == "__main__":
+    main()
