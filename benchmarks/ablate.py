@@ -1,0 +1,86 @@
+"""The paper's ablations of DREAM on the warm retriever, all else identical to benchmarks/compare.py:
+query-focused heads vs random heads of the same count; 4 / 16 / 64 heads; K = 4 / 8 / 16 candidates;
+injection modes preserve / replace / prior; temperature 0.02 / 0.05 / 0.1.
+
+    python benchmarks/ablate.py --quick      # smoke run
+    python benchmarks/ablate.py              # writes results/ablate.json and results/ablate_curves.png
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from compare import (
+    Settings,
+    datasets_for,
+    dream_arguments,
+    evaluate_system,
+    parse,
+    prepare,
+    report,
+    train_system,
+)
+
+from dreamir.data.training import write_training_file
+from dreamir.heads import random_heads
+from dreamir.models import SMOLLM2
+from dreamir.workflow import load_corpus, prepare_training_examples
+
+
+@dataclass
+class AblationSettings(Settings):
+    work: str = "runs/compare"  # shares data, candidates, heads and the default DREAM run with compare.py
+    out: str = "results/ablate.json"
+    setups: str = "warm"
+
+
+def main() -> None:
+    settings = parse(AblationSettings)
+    torch.set_num_threads(settings.threads)
+    data, train, heads = prepare(settings)
+    datasets = datasets_for(settings, data)
+    work = Path(settings.work)
+    random_file = work / "heads_random.json"
+    if not random_file.exists():
+        random_heads(30, 9, settings.num_heads, settings.seed, SMOLLM2).save(random_file)
+
+    def candidates_file(k: int) -> Path:
+        path = work / f"train_k{k}.jsonl"
+        if not path.exists():
+            corpus = load_corpus(data)
+            write_training_file(
+                path,
+                prepare_training_examples(
+                    data / "train.jsonl", corpus, k, settings.steps * settings.batch_size
+                ),
+            )
+        return path
+
+    variants = {
+        "default (16 QR heads, K=8, preserve, tau=0.05)": ("warm-dream", {}, {}),
+        "random heads (16)": ("warm-dream-random16", {"heads": str(random_file)}, {}),
+        "4 QR heads": ("warm-dream-h4", {"num_heads": 4}, {}),
+        "64 QR heads": ("warm-dream-h64", {"num_heads": 64}, {}),
+        "K=4": ("warm-dream-k4", {"train": str(candidates_file(4))}, {"num_candidates": 4}),
+        "K=16": ("warm-dream-k16", {"train": str(candidates_file(16))}, {"num_candidates": 16}),
+        "mode replace": ("warm-dream-replace", {"injection_mode": "replace"}, {}),
+        "mode prior": ("warm-dream-prior", {"injection_mode": "prior"}, {}),
+        "tau=0.02": ("warm-dream-tau0.02", {"temperature": 0.02}, {}),
+        "tau=0.1": ("warm-dream-tau0.1", {"temperature": 0.1}, {}),
+    }
+    results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in datasets}
+    wall: dict[str, float] = {}
+    logs: dict[str, Path] = {}
+    for label, (run, dream_overrides, training_overrides) in variants.items():
+        dream = dream_arguments(settings, train, data, heads, **dream_overrides)
+        final, wall[label] = train_system(settings, run, "warm", dream, **training_overrides)
+        logs[label] = final.parent / "log.jsonl"
+        for dataset_name, metrics in evaluate_system(settings, run, str(final), datasets).items():
+            results[dataset_name][label] = metrics
+    report(settings, results, wall, logs, "ablate")
+
+
+if __name__ == "__main__":
+    main()
