@@ -9,7 +9,7 @@ import pytest
 from dreamir.data.beir import BeirDataset, Document, load_beir, write_beir
 from dreamir.data.errors import DataFormatError
 
-SCIFACT = Path("/work/shared/data/beir/scifact")
+SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"  # shared/ beside the repo
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
