@@ -70,6 +70,8 @@ class Settings:
     setups: str = "warm,raw"
     objectives: str = "dream,infonce,replug"
     eval_scifact: bool = True
+    # Smoke runs search only the passages of the held-out countries (a smaller, easier corpus).
+    eval_subset: bool = False
 
 
 def prepare(settings: Settings) -> tuple[Path, Path, Path]:
@@ -137,7 +139,11 @@ def evaluate_system(settings: Settings, name: str, model: str, datasets: dict) -
 
 
 def datasets_for(settings: Settings, data: Path) -> dict:
-    datasets = {"factbook": load_beir(data)}
+    factbook = load_beir(data)
+    if settings.eval_subset:
+        countries = {doc_id.split("/")[0] for judged in factbook.qrels.values() for doc_id in judged}
+        factbook.corpus = {k: v for k, v in factbook.corpus.items() if k.split("/")[0] in countries}
+    datasets = {"factbook": factbook}
     if settings.eval_scifact and Path(settings.beir).exists():
         datasets["scifact"] = load_beir(settings.beir)
     return datasets
@@ -188,6 +194,7 @@ def parse(settings_class=Settings) -> Settings:
     settings = settings_class(**args)
     if quick:
         settings.steps, settings.calibration_examples, settings.eval_scifact = 6, 8, False
+        settings.eval_subset = True
         settings.work, settings.out = settings.work + "-quick", settings.out.replace(".json", "_quick.json")
     return settings
 

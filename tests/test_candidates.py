@@ -9,7 +9,9 @@ from dreamir.data.beir import BeirDataset, Document, load_beir
 from dreamir.data.training import TrainingExample
 from dreamir.evaluation import evaluate_bm25
 
-SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"  # shared/ beside the repo
+SCIFACT = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
+)  # shared/ beside the repo
 
 CORPUS = {
     "paris": Document("paris", "Paris", "Paris is the capital and largest city of France."),

@@ -9,7 +9,9 @@ import pytest
 from dreamir.data.beir import BeirDataset, Document, load_beir, write_beir
 from dreamir.data.errors import DataFormatError
 
-SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"  # shared/ beside the repo
+SCIFACT = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
+)  # shared/ beside the repo
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
