@@ -97,7 +97,8 @@ def redistribute(
     return torch.where(row_mask[:, None, :, None], attn * key_factor, attn)
 
 
-def _eager_weights(module: torch.nn.Module, query: Tensor, key: Tensor, mask: Tensor | None, scaling: float):
+def _eager_weights(query: Tensor, key: Tensor, mask: Tensor | None, scaling: float) -> Tensor:
+    """Softmax attention weights [B, H, T, S], float32 softmax as in transformers' eager path."""
     groups = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(groups, dim=1) if groups > 1 else key
     logits = torch.matmul(query, key.transpose(2, 3)) * scaling
@@ -137,7 +138,6 @@ def dream_attention(
     groups = query.shape[1] // key.shape[1]
     heads = heads.to(query.device)
     attn = _eager_weights(
-        module,
         query.index_select(1, heads),
         _select_heads_kv(key, heads, groups),
         attention_mask,
@@ -152,7 +152,7 @@ def dream_attention(
 
 def _record_mass(module, query, key, attention_mask, scaling, probe: DocumentMassProbe) -> None:
     with torch.no_grad():
-        attn = _eager_weights(module, query, key, attention_mask, scaling)  # [B, H, T, S]
+        attn = _eager_weights(query, key, attention_mask, scaling)  # [B, H, T, S]
         onehot = document_onehot(probe.doc_index, probe.num_docs, attn.dtype)
         rows = probe.row_mask.to(attn.dtype)  # [B, T]
         row_mean = (attn * rows[:, None, :, None]).sum(2) / rows.sum(-1).clamp_min(1)[:, None, None]
