@@ -37,7 +37,10 @@ DEFAULT_SCIFACT = Path("../shared/data/beir/scifact")
 
 @dataclass
 class QuickstartArguments:
-    out: str = field(default="runs/quickstart", metadata={"help": "working directory for every stage"})
+    out: str = field(
+        default="runs/quickstart",
+        metadata={"help": "working directory; finished stages are reused (delete it to start over)"},
+    )
     beir: str | None = field(
         default=None,
         metadata={"help": f"extra BEIR dataset to evaluate on (default: {DEFAULT_SCIFACT} if present)"},
