@@ -34,6 +34,9 @@ class AblationSettings(Settings):
     work: str = "runs/compare"  # shares data, candidates, heads and the default DREAM run with compare.py
     out: str = "results/ablate.json"
     setups: str = "warm"
+    variants: str = (
+        "all"  # comma-separated subset of: default,random,h4,h64,k4,k16,replace,prior,tau0.02,tau0.1
+    )
 
 
 def main() -> None:
@@ -63,17 +66,22 @@ def main() -> None:
         "random heads (16)": ("warm-dream-random16", {"heads": str(random_file)}, {}),
         "4 QR heads": ("warm-dream-h4", {"num_heads": 4}, {}),
         "64 QR heads": ("warm-dream-h64", {"num_heads": 64}, {}),
-        "K=4": ("warm-dream-k4", {"train": str(candidates_file(4))}, {"num_candidates": 4}),
-        "K=16": ("warm-dream-k16", {"train": str(candidates_file(16))}, {"num_candidates": 16}),
+        "K=4": ("warm-dream-k4", {"train": lambda: str(candidates_file(4))}, {"num_candidates": 4}),
+        "K=16": ("warm-dream-k16", {"train": lambda: str(candidates_file(16))}, {"num_candidates": 16}),
         "mode replace": ("warm-dream-replace", {"injection_mode": "replace"}, {}),
         "mode prior": ("warm-dream-prior", {"injection_mode": "prior"}, {}),
         "tau=0.02": ("warm-dream-tau0.02", {"temperature": 0.02}, {}),
         "tau=0.1": ("warm-dream-tau0.1", {"temperature": 0.1}, {}),
     }
+    if settings.variants != "all":
+        wanted = {f"warm-dream-{v}" if v != "default" else "warm-dream" for v in settings.variants.split(",")}
+        wanted |= {f"warm-dream-{v}16" for v in settings.variants.split(",") if v == "random"}
+        variants = {label: spec for label, spec in variants.items() if spec[0] in wanted}
     results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in datasets}
     wall: dict[str, float] = {}
     logs: dict[str, Path] = {}
     for label, (run, dream_overrides, training_overrides) in variants.items():
+        dream_overrides = {k: v() if callable(v) else v for k, v in dream_overrides.items()}
         dream = dream_arguments(settings, train, data, heads, **dream_overrides)
         final, wall[label] = train_system(settings, run, "warm", dream, **training_overrides)
         logs[label] = final.parent / "log.jsonl"

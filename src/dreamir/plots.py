@@ -42,6 +42,9 @@ def plot_training_curves(
 
     runs = {name: read_log(path) for name, path in logs.items()}
     shown = [m for m in metrics if any(m in row for rows in runs.values() for row in rows)]
+    # One colour per run in every panel, also where a run lacks a metric.
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = {name: cycle[i % len(cycle)] for i, name in enumerate(runs)}
     figure, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 3.4), squeeze=False)
     for axis, metric in zip(axes[0], shown, strict=True):
         for name, rows in runs.items():
@@ -49,14 +52,15 @@ def plot_training_curves(
             if not points:
                 continue
             steps, values = zip(*points, strict=True)
-            (line,) = axis.plot(steps, _smooth(list(values), 10), label=name)
-            axis.plot(steps, values, alpha=0.2, color=line.get_color())
+            axis.plot(steps, _smooth(list(values), 10), label=name, color=colours[name])
+            axis.plot(steps, values, alpha=0.2, color=colours[name])
         axis.set_title(metric)
         axis.set_xlabel("step")
         if metric == "grad_norm":
             axis.set_yscale("log")
         axis.grid(alpha=0.3)
-    axes[0][0].legend()
+    handles = [plt.Line2D([], [], color=colours[name], label=name) for name in runs]
+    axes[0][0].legend(handles=handles)
     figure.tight_layout()
     with atomic_path(out) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
