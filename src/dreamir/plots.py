@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from dreamir.io import atomic_path
-
-
-def read_log(path: str | Path) -> list[dict[str, float]]:
-    rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-    return rows
+from dreamir.io import atomic_path, read_log_rows
 
 
 def _smooth(values: list[float], window: int) -> list[float]:
@@ -40,7 +29,7 @@ def plot_training_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = {name: read_log(path) for name, path in logs.items()}
+    runs = {name: read_log_rows(path) for name, path in logs.items()}
     shown = [m for m in metrics if any(m in row for rows in runs.values() for row in rows)]
     # One colour per run in every panel, also where a run lacks a metric.
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]

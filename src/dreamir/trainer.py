@@ -18,7 +18,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from dreamir.data.beir import Document
 from dreamir.data.training import TrainingExample
-from dreamir.io import atomic_path, write_json_atomic
+from dreamir.io import atomic_path, read_log_rows, write_json_atomic, write_jsonl_atomic
 from dreamir.objectives.base import Objective, TrainingInstance
 
 CHECKPOINTS = "checkpoints"
@@ -208,14 +208,6 @@ class Trainer:
         """Keep the log rows of steps already in the checkpoint; drop those a crash will redo."""
         if not log_file.exists():
             return []
-        kept = []
-        for line in log_file.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash
-            if row.get("step", 0) <= upto:
-                kept.append(row)
-        with atomic_path(log_file) as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        kept = [row for row in read_log_rows(log_file) if row.get("step", 0) <= upto]
+        write_jsonl_atomic(log_file, kept)
         return kept
