@@ -129,3 +129,38 @@ def test_trainer_rejects_examples_without_candidates(tmp_path, tiny_bert_dir, ti
     objective = _objective(tiny_bert_dir, tiny_llama_dir)
     with pytest.raises(ValueError, match="candidate_ids"):
         Trainer(objective, [TrainingExample("q", "a")], CORPUS, TrainingArguments(output_dir=str(tmp_path)))
+
+
+@pytest.mark.parametrize("example_index", range(len(EXAMPLES)))
+def test_dream_moves_retriever_mass_to_the_document_the_llm_prefers(
+    example_index, tiny_bert_dir, tiny_llama_dir
+):
+    """Planted task: the candidate whose one-hot injection gives the frozen LLM its lowest target loss is
+    the one DREAM must learn to rank first, whatever the labels say (none are used)."""
+    objective = _objective(tiny_bert_dir, tiny_llama_dir, temperature=0.5)
+    objective.retriever.eval()  # no dropout, so that the fixed batch is a deterministic function
+    example = EXAMPLES[example_index]
+    instance = TrainingInstance(example.query, example.target, [CORPUS[i] for i in example.candidate_ids])
+    k = len(instance.documents)
+    llm = objective.llm
+    batch = llm.collate(
+        [llm.encode(instance.query, [(d.title, d.text) for d in instance.documents], instance.target)]
+    )
+    with torch.no_grad():
+        one_hot_losses = torch.stack([llm.target_loss(batch, torch.eye(k)[[i]]) for i in range(k)])
+    preferred = int(one_hot_losses.argmin())
+
+    def preferred_probability() -> float:
+        with torch.no_grad():
+            scores, mask = objective.candidate_scores([instance])
+            return float(objective.candidate_distribution(scores, mask)[0, preferred])
+
+    before = preferred_probability()
+    optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(15):
+        optimizer.zero_grad()
+        objective([instance]).loss.backward()
+        optimizer.step()
+    after = preferred_probability()
+    assert after > before + 0.05, (one_hot_losses.tolist(), before, after)
+    assert after > 0.5
