@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= runs/quickstart
 
-.PHONY: install quickstart test test-all lint clean
+.PHONY: install quickstart test lint compare ablate step-speed encode-speed clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,19 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# Each benchmark table in the README is one of these (see benchmarks/*.py for their options).
+compare: $(STAMP)
+	$(BIN)/python benchmarks/compare.py
+
+ablate: $(STAMP)
+	$(BIN)/python benchmarks/ablate.py
+
+step-speed: $(STAMP)
+	$(BIN)/python benchmarks/step_speed.py
+
+encode-speed: $(STAMP)
+	$(BIN)/python benchmarks/encode_speed.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

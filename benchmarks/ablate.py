@@ -22,10 +22,11 @@ from compare import (
     report,
     train_system,
 )
+from transformers import AutoConfig
 
 from dreamir.data.training import write_training_file
 from dreamir.heads import random_heads
-from dreamir.models import SMOLLM2
+from dreamir.models import SMOLLM2, resolve_model
 from dreamir.workflow import load_corpus, prepare_training_examples
 
 
@@ -49,7 +50,10 @@ def main() -> None:
     work = Path(settings.work)
     random_file = work / "heads_random.json"
     if not random_file.exists():
-        random_heads(30, 9, settings.num_heads, settings.seed, SMOLLM2).save(random_file)
+        config = AutoConfig.from_pretrained(resolve_model(SMOLLM2))
+        random_heads(
+            config.num_hidden_layers, config.num_attention_heads, settings.num_heads, settings.seed, SMOLLM2
+        ).save(random_file)
 
     def candidates_file(k: int) -> Path:
         path = work / f"train_k{k}.jsonl"

@@ -180,11 +180,14 @@ def datasets_for(settings: Settings, data: Path) -> dict:
     return datasets
 
 
-def dream_arguments(settings: Settings, train: Path, data: Path, heads: Path, **overrides) -> DreamArguments:
+def dream_arguments(
+    settings: Settings, train_file: Path, data: Path, head_file: Path, **overrides
+) -> DreamArguments:
+    """The objective's arguments shared by every system; ``overrides`` (e.g. heads, train) win."""
     base = {
-        "train": str(train),
+        "train": str(train_file),
         "corpus": str(data),
-        "heads": str(heads),
+        "heads": str(head_file),
         "num_heads": settings.num_heads,
         "threads": settings.threads,
     }
