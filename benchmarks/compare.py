@@ -7,7 +7,7 @@ Two retriever set-ups:
 Evaluates on the held-out Factbook questions (fields and countries unseen in training) and on SciFact.
 
     python benchmarks/compare.py --quick     # smoke run, minutes
-    python benchmarks/compare.py             # the full run (about 2 hours on 2 CPU cores)
+    python benchmarks/compare.py             # the full run (about 80 minutes on 2 CPU cores)
 
 Writes results/compare.json and results/compare_curves.png; every stage is cached under --work, so an
 interrupted run resumes.
