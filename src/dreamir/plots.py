@@ -34,7 +34,15 @@ def plot_training_curves(
     # One colour per run in every panel, also where a run lacks a metric.
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colours = {name: cycle[i % len(cycle)] for i, name in enumerate(runs)}
-    figure, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 3.4), squeeze=False)
+    columns = min(len(runs), 4)
+    legend_rows = -(-len(runs) // columns)
+    figure, axes = plt.subplots(
+        1,
+        len(shown),
+        figsize=(4.5 * len(shown), 3.4 + 0.25 * legend_rows),
+        squeeze=False,
+        layout="constrained",
+    )
     for axis, metric in zip(axes[0], shown, strict=True):
         for name, rows in runs.items():
             points = [(r["step"], r[metric]) for r in rows if metric in r]
@@ -49,8 +57,8 @@ def plot_training_curves(
             axis.set_yscale("log")
         axis.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=colours[name], label=name) for name in runs]
-    axes[0][0].legend(handles=handles)
-    figure.tight_layout()
+    # Below the panels, so that it never hides a curve.
+    figure.legend(handles=handles, loc="outside lower center", ncol=columns, frameon=False)
     with atomic_path(out) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
     plt.close(figure)
