@@ -34,7 +34,7 @@ def plot_training_curves(
     # One colour per run in every panel, also where a run lacks a metric.
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colours = {name: cycle[i % len(cycle)] for i, name in enumerate(runs)}
-    columns = min(len(runs), 4)
+    columns = max(1, min(len(runs), 4))
     legend_rows = -(-len(runs) // columns)
     figure, axes = plt.subplots(
         1,
