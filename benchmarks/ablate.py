@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from compare import (
     Settings,
+    candidates_file,
     datasets_for,
     dream_arguments,
     evaluate_system,
@@ -24,10 +25,8 @@ from compare import (
 )
 from transformers import AutoConfig
 
-from dreamir.data.training import write_training_file
 from dreamir.heads import random_heads
 from dreamir.models import SMOLLM2, resolve_model
-from dreamir.workflow import load_corpus, prepare_training_examples
 
 
 @dataclass
@@ -45,7 +44,7 @@ class AblationSettings(Settings):
 def main() -> None:
     settings = parse(AblationSettings)
     torch.set_num_threads(settings.threads)
-    data, train, heads = prepare(settings)
+    data, _, heads = prepare(settings)
     datasets = datasets_for(settings, data)
     work = Path(settings.work)
     random_file = work / "heads_random.json"
@@ -55,39 +54,31 @@ def main() -> None:
             config.num_hidden_layers, config.num_attention_heads, settings.num_heads, settings.seed, SMOLLM2
         ).save(random_file)
 
-    def candidates_file(k: int) -> Path:
-        path = work / f"train_k{k}.jsonl"
-        if not path.exists():
-            corpus = load_corpus(data)
-            write_training_file(
-                path,
-                prepare_training_examples(
-                    data / "train.jsonl", corpus, k, settings.steps * settings.batch_size
-                ),
-            )
-        return path
-
+    # name for --variants: (label in the table, run directory, objective overrides, training overrides)
     variants = {
-        "default (16 QR heads, K=8, preserve, tau=0.05)": ("warm-dream", {}, {}),
-        "random heads (16)": ("warm-dream-random16", {"heads": str(random_file)}, {}),
-        "4 QR heads": ("warm-dream-h4", {"num_heads": 4}, {}),
-        "64 QR heads": ("warm-dream-h64", {"num_heads": 64}, {}),
-        "K=4": ("warm-dream-k4", {"train": lambda: str(candidates_file(4))}, {"num_candidates": 4}),
-        "K=16": ("warm-dream-k16", {"train": lambda: str(candidates_file(16))}, {"num_candidates": 16}),
-        "mode replace": ("warm-dream-replace", {"injection_mode": "replace"}, {}),
-        "mode prior": ("warm-dream-prior", {"injection_mode": "prior"}, {}),
-        "tau=0.02": ("warm-dream-tau0.02", {"temperature": 0.02}, {}),
-        "tau=0.1": ("warm-dream-tau0.1", {"temperature": 0.1}, {}),
+        "default": ("default (16 QR heads, K=8, preserve, tau=0.05)", "warm-dream", {}, {}),
+        "random": ("random heads (16)", "warm-dream-random16", {"heads": str(random_file)}, {}),
+        "h4": ("4 QR heads", "warm-dream-h4", {"num_heads": 4}, {}),
+        "h64": ("64 QR heads", "warm-dream-h64", {"num_heads": 64}, {}),
+        "k4": ("K=4", "warm-dream-k4", {}, {"num_candidates": 4}),
+        "k16": ("K=16", "warm-dream-k16", {}, {"num_candidates": 16}),
+        "replace": ("mode replace", "warm-dream-replace", {"injection_mode": "replace"}, {}),
+        "prior": ("mode prior", "warm-dream-prior", {"injection_mode": "prior"}, {}),
+        "tau0.02": ("tau=0.02", "warm-dream-tau0.02", {"temperature": 0.02}, {}),
+        "tau0.1": ("tau=0.1", "warm-dream-tau0.1", {"temperature": 0.1}, {}),
     }
     if settings.variants != "all":
-        wanted = {f"warm-dream-{v}" if v != "default" else "warm-dream" for v in settings.variants.split(",")}
-        wanted |= {f"warm-dream-{v}16" for v in settings.variants.split(",") if v == "random"}
-        variants = {label: spec for label, spec in variants.items() if spec[0] in wanted}
+        wanted = settings.variants.split(",")
+        unknown = sorted(set(wanted) - set(variants))
+        if unknown:
+            raise SystemExit(f"unknown --variants {unknown}; choose from {sorted(variants)}")
+        variants = {name: spec for name, spec in variants.items() if name in wanted}
     results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in datasets}
     wall: dict[str, float] = {}
     logs: dict[str, Path] = {}
-    for label, (run, dream_overrides, training_overrides) in variants.items():
-        dream_overrides = {k: v() if callable(v) else v for k, v in dream_overrides.items()}
+    for label, run, dream_overrides, training_overrides in variants.values():
+        k = training_overrides.get("num_candidates", settings.num_candidates)
+        train = candidates_file(settings, data, k)
         dream = dream_arguments(settings, train, data, heads, **dream_overrides)
         final, wall[label] = train_system(settings, run, "warm", dream, **training_overrides)
         logs[label] = final.parent / "log.jsonl"

@@ -86,13 +86,7 @@ def prepare(settings: Settings) -> tuple[Path, Path, Path]:
     data = work / "factbook"
     if not (data / "meta.json").exists():
         build_factbook(data, seed=settings.seed)
-    corpus = load_corpus(data)
-    train = work / f"train_k{settings.num_candidates}.jsonl"
-    if not train.exists():
-        needed = settings.steps * settings.batch_size
-        write_training_file(
-            train, prepare_training_examples(data / "train.jsonl", corpus, settings.num_candidates, needed)
-        )
+    train = candidates_file(settings, data, settings.num_candidates)
     heads = work / "heads_qr.json"
     if not heads.exists():
         select_heads(
@@ -107,6 +101,17 @@ def prepare(settings: Settings) -> tuple[Path, Path, Path]:
             )
         )
     return data, train, heads
+
+
+def candidates_file(settings: Settings, data: Path, num_candidates: int) -> Path:
+    """The training questions with their BM25 top-``num_candidates`` pools, mined once per K."""
+    path = Path(settings.work) / f"train_k{num_candidates}.jsonl"
+    if not path.exists():
+        examples = prepare_training_examples(
+            data / "train.jsonl", load_corpus(data), num_candidates, settings.steps * settings.batch_size
+        )
+        write_training_file(path, examples)
+    return path
 
 
 def train_system(
@@ -160,9 +165,6 @@ def save_untrained(setup: str, work: str) -> Path:
 def evaluate_system(settings: Settings, name: str, model: str, datasets: dict) -> dict[str, dict[str, float]]:
     results = {}
     for dataset_name, dataset in datasets.items():
-        setup = name.split("-")[0]
-        if dataset_name == "scifact" and setup in SETUPS and setup not in settings.scifact_setups.split(","):
-            continue
         cached = Path(settings.work) / "eval" / f"{dataset_name}-{name}.json"
         if not cached.exists():
             write_json_atomic(cached, evaluate_model(model, dataset))
@@ -249,17 +251,22 @@ def main() -> None:
 
     record("bm25", evaluate_system(settings, "bm25", "bm25", datasets))
     for setup in settings.setups.split(","):
+        on = {
+            name: dataset
+            for name, dataset in datasets.items()
+            if name != "scifact" or setup in settings.scifact_setups.split(",")
+        }
         base = SETUPS[setup].retriever
         if setup == "raw":
             base = str(save_untrained(setup, settings.work))
-        record(f"{setup}/base", evaluate_system(settings, f"{setup}-base", base, datasets))
+        record(f"{setup}/base", evaluate_system(settings, f"{setup}-base", base, on))
         for objective in settings.objectives.split(","):
             name = f"{setup}-{objective}"
             dream = dream_arguments(settings, train, data, heads, objective=objective)
             final, seconds = train_system(settings, name, setup, dream)
             wall[f"{setup}/{objective}"] = seconds
             logs[f"{setup}/{objective}"] = final.parent / "log.jsonl"
-            record(f"{setup}/{objective}", evaluate_system(settings, name, str(final), datasets))
+            record(f"{setup}/{objective}", evaluate_system(settings, name, str(final), on))
     report(settings, results, wall, logs, "compare")
 
 
