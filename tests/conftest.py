@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 # Tests never reach the hub; anything that tries fails fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,3 +23,14 @@ def tiny_llama_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> str:
     return str(make_tiny_bert(tmp_path_factory.mktemp("tiny_bert")))
+
+
+# shared/ lies beside the repository (here and in CI).
+SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
+
+
+@pytest.fixture(scope="session")
+def scifact_dir() -> Path:
+    if not SCIFACT.is_dir():
+        pytest.skip(f"SciFact not present at {SCIFACT}")
+    return SCIFACT

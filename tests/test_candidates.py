@@ -1,17 +1,11 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from dreamir.candidates import BM25Index, bm25_run, mine_candidates
 from dreamir.data.beir import BeirDataset, Document, load_beir
 from dreamir.data.training import TrainingExample
 from dreamir.evaluation import evaluate_bm25
-
-SCIFACT = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
-)  # shared/ beside the repo
 
 CORPUS = {
     "paris": Document("paris", "Paris", "Paris is the capital and largest city of France."),
@@ -102,9 +96,8 @@ def test_empty_corpus_is_refused() -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not SCIFACT.is_dir(), reason="SciFact not present")
-def test_bm25_on_scifact_matches_published_range() -> None:
-    metrics = evaluate_bm25(load_beir(SCIFACT))
+def test_bm25_on_scifact_matches_published_range(scifact_dir) -> None:
+    metrics = evaluate_bm25(load_beir(scifact_dir))
     # bm25s reports 0.687 with PyStemmer; without a stemmer this gives about 0.662.
     assert 0.64 <= metrics["ndcg@10"] <= 0.71
     assert 0.85 <= metrics["recall@100"] <= 0.95

@@ -9,10 +9,6 @@ import pytest
 from dreamir.data.beir import BeirDataset, Document, load_beir, write_beir
 from dreamir.data.errors import DataFormatError
 
-SCIFACT = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
-)  # shared/ beside the repo
-
 
 def _write_lines(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,9 +146,8 @@ def test_error_message_format_and_pickling() -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not SCIFACT.is_dir(), reason="SciFact not present")
-def test_load_real_scifact() -> None:
-    dataset = load_beir(SCIFACT)
+def test_load_real_scifact(scifact_dir) -> None:
+    dataset = load_beir(scifact_dir)
     assert len(dataset.corpus) == 5183
     assert len(dataset.queries) == 300
     assert set(dataset.qrels) == set(dataset.queries)
