@@ -89,6 +89,29 @@ def test_decoder_without_pad_token_pads_with_eos(llama_dir: Path, tmp_path: Path
     np.testing.assert_array_equal(r.encode(TEXTS), ref.encode(TEXTS))
 
 
+def test_last_token_pooling_reads_one_appended_eos_also_in_sentence_transformers(
+    llama_dir: Path, tmp_path: Path
+) -> None:
+    r = Retriever.from_pretrained(llama_dir, RetrieverConfig(pooling="last", max_length=6))
+    assert r.config.append_eos
+    batch = r.tokenize(TEXTS)
+    real = batch["attention_mask"].bool()
+    last = batch["input_ids"][torch.arange(len(TEXTS)), real.sum(1) - 1]
+    eos = r.tokenizer.eos_token_id
+    assert last.tolist() == [eos] * len(TEXTS)  # also where truncation cut the text to max_length
+    assert ((batch["input_ids"] == eos) & real).sum(1).tolist() == [1] * len(TEXTS)
+    assert batch["input_ids"].shape[1] == 6
+    r.save(tmp_path / "m")
+    st_ids = SentenceTransformer(str(tmp_path / "m"), device="cpu").tokenize(TEXTS)["input_ids"]
+    assert torch.equal(st_ids, batch["input_ids"])
+    reloaded = Retriever.load(tmp_path / "m").tokenize(TEXTS)["input_ids"]
+    assert torch.equal(reloaded, batch["input_ids"])  # the saved tokenizer does not add a second one
+
+    plain = Retriever.from_pretrained(llama_dir, RetrieverConfig(pooling="last", append_eos=False))
+    assert eos not in plain.tokenize(["the cat sat"])["input_ids"][0].tolist()
+    assert not RetrieverConfig(pooling="mean").append_eos
+
+
 # ---------------------------------------------------------------------- encode
 
 

@@ -73,6 +73,9 @@ class RetrieverConfig:
     lora: LoraSettings | None = None
     # Keep only the first N transformer layers (a cheap raw backbone); None keeps them all.
     num_layers: int | None = None
+    # End every text with the tokenizer's end-of-text token, so that last-token pooling reads a state that
+    # has seen the whole text rather than its last word (as RepLLaMA does). None: only for "last" pooling.
+    append_eos: bool | None = None
 
     def __post_init__(self) -> None:
         if self.pooling not in _POOLING_TO_ST:
@@ -83,6 +86,8 @@ class RetrieverConfig:
             raise ValueError(f"max_length must be positive, got {self.max_length}")
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"num_layers must be positive, got {self.num_layers}")
+        if self.append_eos is None:
+            self.append_eos = self.pooling == "last"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,6 +99,20 @@ class RetrieverConfig:
         if unknown:
             logger.warning("Ignoring unknown RetrieverConfig keys: %s", sorted(unknown))
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _end_texts_with_eos(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make the tokenizer itself append EOS (within max_length), so that the saved tokenizer does the same
+    inside sentence-transformers; a tokenizer that already ends texts with EOS is left alone."""
+    if tokenizer("a")["input_ids"][-1] == tokenizer.eos_token_id:
+        return
+    if hasattr(tokenizer, "add_eos_token"):
+        tokenizer.add_eos_token = True
+    if tokenizer("a")["input_ids"][-1] != tokenizer.eos_token_id:
+        raise ValueError(
+            f"append_eos is set but {type(tokenizer).__name__} cannot be made to append its eos token; "
+            "pass RetrieverConfig(append_eos=False)"
+        )
 
 
 def pool(hidden: Tensor, attention_mask: Tensor, mode: Pooling) -> Tensor:
@@ -138,6 +157,8 @@ class Retriever(torch.nn.Module):
         # Right padding keeps every real token at its unpadded position (causal models build position ids
         # from 0 regardless of the mask), so embeddings do not depend on what else is in the batch.
         tokenizer.padding_side = "right"
+        if self.config.append_eos:
+            _end_texts_with_eos(tokenizer)
         self.tokenizer = tokenizer
 
         base_forward = inspect.signature(backbone.forward).parameters
