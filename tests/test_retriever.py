@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -92,8 +93,9 @@ def test_decoder_without_pad_token_pads_with_eos(llama_dir: Path, tmp_path: Path
 def test_last_token_pooling_reads_one_appended_eos_also_in_sentence_transformers(
     llama_dir: Path, tmp_path: Path
 ) -> None:
-    r = Retriever.from_pretrained(llama_dir, RetrieverConfig(pooling="last", max_length=6))
-    assert r.config.append_eos
+    # Built the way set-ups override a loaded model's config: the mean-pooling default copied with "last".
+    config = dataclasses.replace(RetrieverConfig(), pooling="last", max_length=6)
+    r = Retriever.from_pretrained(llama_dir, config)
     batch = r.tokenize(TEXTS)
     real = batch["attention_mask"].bool()
     last = batch["input_ids"][torch.arange(len(TEXTS)), real.sum(1) - 1]
@@ -109,7 +111,7 @@ def test_last_token_pooling_reads_one_appended_eos_also_in_sentence_transformers
 
     plain = Retriever.from_pretrained(llama_dir, RetrieverConfig(pooling="last", append_eos=False))
     assert eos not in plain.tokenize(["the cat sat"])["input_ids"][0].tolist()
-    assert not RetrieverConfig(pooling="mean").append_eos
+    assert not RetrieverConfig(pooling="mean").ends_with_eos
 
 
 # ---------------------------------------------------------------------- encode

@@ -74,8 +74,13 @@ class RetrieverConfig:
     # Keep only the first N transformer layers (a cheap raw backbone); None keeps them all.
     num_layers: int | None = None
     # End every text with the tokenizer's end-of-text token, so that last-token pooling reads a state that
-    # has seen the whole text rather than its last word (as RepLLaMA does). None: only for "last" pooling.
+    # has seen the whole text rather than its last word (as RepLLaMA does). None: only for "last" pooling
+    # (decided when used, so that a config copied with another pooling follows it).
     append_eos: bool | None = None
+
+    @property
+    def ends_with_eos(self) -> bool:
+        return self.pooling == "last" if self.append_eos is None else self.append_eos
 
     def __post_init__(self) -> None:
         if self.pooling not in _POOLING_TO_ST:
@@ -86,8 +91,6 @@ class RetrieverConfig:
             raise ValueError(f"max_length must be positive, got {self.max_length}")
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"num_layers must be positive, got {self.num_layers}")
-        if self.append_eos is None:
-            self.append_eos = self.pooling == "last"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -157,7 +160,7 @@ class Retriever(torch.nn.Module):
         # Right padding keeps every real token at its unpadded position (causal models build position ids
         # from 0 regardless of the mask), so embeddings do not depend on what else is in the batch.
         tokenizer.padding_side = "right"
-        if self.config.append_eos:
+        if self.config.ends_with_eos:
             _end_texts_with_eos(tokenizer)
         self.tokenizer = tokenizer
 
