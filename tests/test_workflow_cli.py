@@ -8,13 +8,28 @@ from dreamir.cli import main
 from dreamir.data.beir import Document
 from dreamir.data.training import TrainingExample
 from dreamir.models import ModelNotFoundError, resolve_model
-from dreamir.workflow import calibration_examples
+from dreamir.retriever import CONFIG_FILE, Retriever, RetrieverConfig
+from dreamir.workflow import ModelArguments, calibration_examples, load_retriever
 
 
 def test_unknown_model_names_fail_without_touching_the_hub(tmp_path):
     with pytest.raises(ModelNotFoundError, match="never downloads"):
         resolve_model("sentence-transformers/all-mpnet-base-v2")
     assert resolve_model(tmp_path) == tmp_path
+
+
+def test_asking_for_last_token_pooling_appends_eos_even_to_a_foreign_model(tiny_llama_dir, tmp_path):
+    # A mean-pooling sentence-transformers dir from elsewhere (no dreamir settings file).
+    Retriever.from_pretrained(tiny_llama_dir, RetrieverConfig(pooling="mean")).save(tmp_path / "st")
+    (tmp_path / "st" / CONFIG_FILE).unlink()
+    as_saved = load_retriever(ModelArguments(retriever=str(tmp_path / "st")))
+    assert as_saved.config.pooling == "mean" and not as_saved.config.ends_with_eos
+    same = load_retriever(ModelArguments(retriever=str(tmp_path / "st"), pooling="mean", max_length=8))
+    assert not same.config.ends_with_eos
+    last = load_retriever(ModelArguments(retriever=str(tmp_path / "st"), pooling="last"))
+    assert last.config.ends_with_eos
+    ids = last.tokenize(["the cat sat"])["input_ids"][0].tolist()
+    assert ids[-1] == last.tokenizer.eos_token_id
 
 
 def test_calibration_puts_the_gold_among_the_candidates():

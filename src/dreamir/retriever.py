@@ -570,6 +570,8 @@ def _read_sentence_transformers_dir(root: Path) -> tuple[Path, RetrieverConfig |
         max_length=int(max_length),
         query_prefix=prompts.get("query") or "",
         document_prefix=document_prefix,
+        # Encode as sentence-transformers would: its tokenizer decides whether texts end with EOS.
+        append_eos=False,
     )
     return model_dir, config
 
