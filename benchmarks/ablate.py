@@ -74,17 +74,17 @@ def main() -> None:
             raise SystemExit(f"unknown --variants {unknown}; choose from {sorted(variants)}")
         variants = {name: spec for name, spec in variants.items() if name in wanted}
     results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in datasets}
-    wall: dict[str, float] = {}
+    train_seconds: dict[str, float] = {}
     logs: dict[str, Path] = {}
     for label, run, dream_overrides, training_overrides in variants.values():
         k = training_overrides.get("num_candidates", settings.num_candidates)
         train = candidates_file(settings, data, k)
         dream = dream_arguments(settings, train, data, heads, **dream_overrides)
-        final, wall[label] = train_system(settings, run, "warm", dream, **training_overrides)
+        final, train_seconds[label] = train_system(settings, run, "warm", dream, **training_overrides)
         logs[label] = final.parent / "log.jsonl"
         for dataset_name, metrics in evaluate_system(settings, run, str(final), datasets).items():
             results[dataset_name][label] = metrics
-    report(settings, results, wall, logs, "ablate")
+    report(settings, results, train_seconds, logs, "ablate")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import platform
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from dreamir.data.beir import load_beir
 from dreamir.data.factbook import build_factbook
 from dreamir.data.training import write_training_file
 from dreamir.evaluation import format_results_table
-from dreamir.io import write_json_atomic
+from dreamir.io import read_log_rows, write_json_atomic
 from dreamir.models import MINILM, SMOLLM2
 from dreamir.plots import plot_training_curves
 from dreamir.trainer import TrainingArguments
@@ -117,10 +116,9 @@ def candidates_file(settings: Settings, data: Path, num_candidates: int) -> Path
 def train_system(
     settings: Settings, name: str, setup: str, dream: DreamArguments, **training
 ) -> tuple[Path, float]:
-    """Train one system (cached); returns the final retriever directory and the training wall time."""
+    """Train one system (cached); returns the final retriever directory and its training time."""
     out = Path(settings.work) / "runs" / name
     final = out / "final"
-    timing = out / "wall_seconds.json"
     arguments = TrainingArguments(
         output_dir=str(out),
         max_steps=training.pop("steps", settings.steps),
@@ -136,11 +134,10 @@ def train_system(
         {"setup": asdict(SETUPS[setup]), "dream": asdict(dream), "training": asdict(arguments)},
     )
     if not (final / "modules.json").exists():
-        started = time.perf_counter()
         train_dream(SETUPS[setup], dream, arguments)
-        previous = read_json(timing)["seconds"] if timing.exists() else 0.0
-        write_json_atomic(timing, {"seconds": previous + time.perf_counter() - started})
-    return final, read_json(timing)["seconds"]
+    # The logged step times, not a stopwatch around training: they also count the steps an interrupted
+    # run did before its last checkpoint (the log keeps exactly the steps the final model went through).
+    return final, sum(row["step_seconds"] for row in read_log_rows(out / "log.jsonl"))
 
 
 def check_cached_run(path: Path, run_settings: dict) -> None:
@@ -197,9 +194,9 @@ def dream_arguments(
     return DreamArguments(**{**base, **overrides})
 
 
-def report(settings: Settings, results: dict, wall: dict, logs: dict, title: str) -> None:
+def report(settings: Settings, results: dict, train_seconds: dict, logs: dict, title: str) -> None:
     table = {
-        d: {s: {**m, "train_s": wall.get(s, 0.0)} for s, m in systems.items()}
+        d: {s: {**m, "train_s": train_seconds.get(s, 0.0)} for s, m in systems.items()}
         for d, systems in results.items()
     }
     print(format_results_table(table))
@@ -208,7 +205,7 @@ def report(settings: Settings, results: dict, wall: dict, logs: dict, title: str
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     }
-    write_json_atomic(settings.out, {"results": results, "train_seconds": wall, "meta": meta})
+    write_json_atomic(settings.out, {"results": results, "train_seconds": train_seconds, "meta": meta})
     if logs:
         png = Path(settings.out).with_name(Path(settings.out).stem + "_curves.png")
         plot_training_curves(logs, png)
@@ -242,7 +239,7 @@ def main() -> None:
     data, train, heads = prepare(settings)
     datasets = datasets_for(settings, data)
     results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in datasets}
-    wall: dict[str, float] = {}
+    train_seconds: dict[str, float] = {}
     logs: dict[str, Path] = {}
 
     def record(system: str, metrics: dict) -> None:
@@ -264,10 +261,10 @@ def main() -> None:
             name = f"{setup}-{objective}"
             dream = dream_arguments(settings, train, data, heads, objective=objective)
             final, seconds = train_system(settings, name, setup, dream)
-            wall[f"{setup}/{objective}"] = seconds
+            train_seconds[f"{setup}/{objective}"] = seconds
             logs[f"{setup}/{objective}"] = final.parent / "log.jsonl"
             record(f"{setup}/{objective}", evaluate_system(settings, name, str(final), on))
-    report(settings, results, wall, logs, "compare")
+    report(settings, results, train_seconds, logs, "compare")
 
 
 if __name__ == "__main__":
