@@ -236,6 +236,18 @@ def test_num_layers_cuts_the_backbone(llama_dir: Path, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- LoRA
 
 
+def test_lora_initialisation_does_not_depend_on_the_global_generator(llama_dir: Path) -> None:
+    def adapters(global_seed: int, init_seed: int = 0) -> list[torch.Tensor]:
+        torch.manual_seed(global_seed)
+        cfg = RetrieverConfig(pooling="last", lora=LoraSettings(r=4, alpha=8, init_seed=init_seed))
+        r = Retriever.from_pretrained(llama_dir, cfg)
+        return [p.detach().clone() for n, p in r.named_parameters() if "lora_A" in n]
+
+    first, second = adapters(global_seed=1), adapters(global_seed=2)
+    assert first and all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert not torch.equal(first[0], adapters(global_seed=1, init_seed=1)[0])
+
+
 @pytest.mark.parametrize(("which", "targets"), [("bert", None), ("llama", None), ("llama", "all-linear")])
 def test_lora_trains_only_adapters_and_saves_merged(
     bert_dir: Path, llama_dir: Path, tmp_path: Path, which: str, targets: str | None

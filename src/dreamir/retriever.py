@@ -61,6 +61,9 @@ class LoraSettings:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] | Literal["all-linear"] | None = None
+    # The adapters' random initialisation has its own seed: drawn from the global generator, it would depend
+    # on whatever ran before in the process, and so would every result trained from it.
+    init_seed: int = 0
 
 
 @dataclass
@@ -187,7 +190,9 @@ class Retriever(torch.nn.Module):
                 warnings.filterwarnings(
                     "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
                 )
-                backbone = get_peft_model(backbone, peft_config)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(lora.init_seed)
+                    backbone = get_peft_model(backbone, peft_config)
         self.backbone = backbone
 
     # ------------------------------------------------------------------ loading
