@@ -8,6 +8,8 @@ Evaluates on the held-out Factbook questions (fields and countries unseen in tra
 
     python benchmarks/compare.py --quick     # smoke run, minutes
     python benchmarks/compare.py             # the full run (about 80 minutes on 2 CPU cores)
+    python benchmarks/compare.py --setups raw --lora-seeds 0,1,2 --out results/compare_lora_seeds.json
+                                             # the raw set-up from three LoRA initialisations
 
 Writes results/compare.json and results/compare_curves.png; every stage is cached under --work, so an
 interrupted run resumes.
@@ -19,7 +21,7 @@ import argparse
 import datetime
 import json
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -77,6 +79,9 @@ class Settings:
     scifact_setups: str = "warm"
     # Smoke runs search only the passages of the held-out countries (a smaller, easier corpus).
     eval_subset: bool = False
+    # LoRA initialisations to train the LoRA set-ups (raw) from, comma-separated. Seed 0 gives the rows
+    # "raw/<objective>"; any other seed s adds the rows "raw/<objective>/lora<s>".
+    lora_seeds: str = "0"
 
 
 def prepare(settings: Settings) -> tuple[Path, Path, Path]:
@@ -114,9 +119,10 @@ def candidates_file(settings: Settings, data: Path, num_candidates: int) -> Path
 
 
 def train_system(
-    settings: Settings, name: str, setup: str, dream: DreamArguments, **training
+    settings: Settings, name: str, setup: str, dream: DreamArguments, lora_seed: int = 0, **training
 ) -> tuple[Path, float]:
     """Train one system (cached); returns the final retriever directory and its training time."""
+    model = replace(SETUPS[setup], lora_seed=lora_seed)
     out = Path(settings.work) / "runs" / name
     final = out / "final"
     arguments = TrainingArguments(
@@ -131,24 +137,43 @@ def train_system(
     )
     check_cached_run(
         out / "run_settings.json",
-        {"setup": asdict(SETUPS[setup]), "dream": asdict(dream), "training": asdict(arguments)},
+        {"setup": asdict(model), "dream": asdict(dream), "training": asdict(arguments)},
     )
     if not (final / "modules.json").exists():
-        train_dream(SETUPS[setup], dream, arguments)
+        train_dream(model, dream, arguments)
     # The logged step times, not a stopwatch around training: they also count the steps an interrupted
     # run did before its last checkpoint (the log keeps exactly the steps the final model went through).
     return final, sum(row["step_seconds"] for row in read_log_rows(out / "log.jsonl"))
 
 
 def check_cached_run(path: Path, run_settings: dict) -> None:
-    """A cached run is reused only when it was trained with exactly these settings."""
+    """A cached run is reused only when it was trained with exactly these settings.
+
+    A setting added to the arguments after the run was cached counts as having had its default value.
+    """
     if path.exists():
-        if read_json(path) != json.loads(json.dumps(run_settings)):
+        cached = read_json(path)
+        for section, arguments_class in RUN_SETTING_SECTIONS.items():
+            cached[section] = {**field_defaults(arguments_class), **cached.get(section, {})}
+        if cached != json.loads(json.dumps(run_settings)):
             raise SystemExit(
                 f"{path.parent} was trained with other settings ({path}); pass another --work directory"
             )
     else:
         write_json_atomic(path, run_settings)
+
+
+RUN_SETTING_SECTIONS = {"setup": ModelArguments, "dream": DreamArguments, "training": TrainingArguments}
+
+
+def field_defaults(arguments_class: type) -> dict:
+    """The JSON form of every field of a dataclass that has a default."""
+    defaults = {
+        f.name: f.default if f.default_factory is MISSING else f.default_factory()
+        for f in fields(arguments_class)
+        if f.default is not MISSING or f.default_factory is not MISSING
+    }
+    return json.loads(json.dumps(defaults))
 
 
 def save_untrained(setup: str, work: str) -> Path:
@@ -257,13 +282,17 @@ def main() -> None:
         if setup == "raw":
             base = str(save_untrained(setup, settings.work))
         record(f"{setup}/base", evaluate_system(settings, f"{setup}-base", base, on))
-        for objective in settings.objectives.split(","):
-            name = f"{setup}-{objective}"
-            dream = dream_arguments(settings, train, data, heads, objective=objective)
-            final, seconds = train_system(settings, name, setup, dream)
-            train_seconds[f"{setup}/{objective}"] = seconds
-            logs[f"{setup}/{objective}"] = final.parent / "log.jsonl"
-            record(f"{setup}/{objective}", evaluate_system(settings, name, str(final), on))
+        # Without LoRA nothing is drawn at random before training, so there is one run per objective.
+        lora_seeds = [int(s) for s in settings.lora_seeds.split(",")] if SETUPS[setup].lora else [0]
+        for lora_seed in lora_seeds:
+            for objective in settings.objectives.split(","):
+                name = f"{setup}-{objective}" + (f"-lora{lora_seed}" if lora_seed else "")
+                system = f"{setup}/{objective}" + (f"/lora{lora_seed}" if lora_seed else "")
+                dream = dream_arguments(settings, train, data, heads, objective=objective)
+                final, seconds = train_system(settings, name, setup, dream, lora_seed=lora_seed)
+                train_seconds[system] = seconds
+                logs[system] = final.parent / "log.jsonl"
+                record(system, evaluate_system(settings, name, str(final), on))
     report(settings, results, train_seconds, logs, "compare")
 
 

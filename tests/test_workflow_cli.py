@@ -32,6 +32,18 @@ def test_asking_for_last_token_pooling_appends_eos_even_to_a_foreign_model(tiny_
     assert ids[-1] == last.tokenizer.eos_token_id
 
 
+def test_lora_seed_sets_the_adapters_initialisation(tiny_llama_dir):
+    def lora_a(seed: int) -> list:
+        args = ModelArguments(retriever=tiny_llama_dir, pooling="last", lora=True, lora_r=4, lora_seed=seed)
+        retriever = load_retriever(args)
+        assert retriever.config.lora.init_seed == seed
+        return [p.detach().clone() for n, p in retriever.named_parameters() if "lora_A" in n]
+
+    first, again, other = lora_a(0), lora_a(0), lora_a(1)
+    assert first and all(a.equal(b) for a, b in zip(first, again, strict=True))
+    assert not any(a.equal(b) for a, b in zip(first, other, strict=True))
+
+
 def test_calibration_puts_the_gold_among_the_candidates():
     corpus = {f"d{i}": Document(f"d{i}", f"title {i}", f"text about topic {i} and more") for i in range(20)}
     corpus["gold"] = Document("gold", "zebra", "nothing the query shares")

@@ -211,17 +211,8 @@ class Retriever(torch.nn.Module):
         sentence-transformers files (pooling, normalisation, max_seq_length, prompts), else defaults.
         """
         root = Path(path_or_dir)
-        if not root.is_dir():
-            raise FileNotFoundError(f"{root} is not a local model directory")
-        model_dir, st_config = _read_sentence_transformers_dir(root)
-        if config is None:
-            if (root / CONFIG_FILE).is_file():
-                config = RetrieverConfig.from_dict(
-                    json.loads((root / CONFIG_FILE).read_text(encoding="utf-8"))
-                )
-            else:
-                config = st_config or RetrieverConfig()
-
+        model_dir, _ = _read_sentence_transformers_dir(_local_dir(root))
+        config = config if config is not None else cls.read_config(root)
         hf_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
         backbone = _load_backbone(model_dir, hf_config, config.num_layers, dtype)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -229,6 +220,15 @@ class Retriever(torch.nn.Module):
             config = dataclasses.replace(config, max_length=_cap_length(config.max_length, hf_config))
         model = cls(backbone, tokenizer, config)
         return model.to(device)
+
+    @classmethod
+    def read_config(cls, path_or_dir: str | Path) -> RetrieverConfig:
+        """The settings :meth:`from_pretrained` starts from with ``config=None``, read without loading the
+        weights (``max_length`` is capped to the backbone's positions only when the model is loaded)."""
+        root = _local_dir(Path(path_or_dir))
+        if (root / CONFIG_FILE).is_file():
+            return RetrieverConfig.from_dict(json.loads((root / CONFIG_FILE).read_text(encoding="utf-8")))
+        return _read_sentence_transformers_dir(root)[1] or RetrieverConfig()
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Retriever:
@@ -528,6 +528,12 @@ def _load_backbone(model_dir: Path, hf_config: Any, num_layers: int | None, dtyp
             sorted(unexpected),
         )
     return backbone
+
+
+def _local_dir(root: Path) -> Path:
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a local model directory")
+    return root
 
 
 def _read_sentence_transformers_dir(root: Path) -> tuple[Path, RetrieverConfig | None]:

@@ -111,6 +111,7 @@ class ModelArguments:
     retriever_layers: int | None = field(default=None, metadata={"help": "cut the backbone to N layers"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters instead of all weights"})
     lora_r: int = 16
+    lora_seed: int = field(default=0, metadata={"help": "seed of the LoRA adapters' random initialisation"})
     query_prefix: str = ""
     document_prefix: str = ""
 
@@ -142,19 +143,18 @@ class DreamArguments:
 def load_retriever(args: ModelArguments) -> Retriever:
     """The retriever with the model's own settings, overridden where an argument asks."""
     path = resolve_model(args.retriever)
-    retriever = Retriever.from_pretrained(path)
     overrides = {
         "pooling": args.pooling,
         "max_length": args.max_length,
         "num_layers": args.retriever_layers,
-        "lora": LoraSettings(r=args.lora_r, alpha=2 * args.lora_r) if args.lora else None,
+        "lora": LoraSettings(r=args.lora_r, alpha=2 * args.lora_r, init_seed=args.lora_seed)
+        if args.lora
+        else None,
         "query_prefix": args.query_prefix or None,
         "document_prefix": args.document_prefix or None,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if not overrides:
-        return retriever
-    return Retriever.from_pretrained(path, dataclasses.replace(retriever.config, **overrides))
+    return Retriever.from_pretrained(path, dataclasses.replace(Retriever.read_config(path), **overrides))
 
 
 def prepare_training_examples(
