@@ -32,6 +32,13 @@ def test_asking_for_last_token_pooling_appends_eos_even_to_a_foreign_model(tiny_
     assert ids[-1] == last.tokenizer.eos_token_id
 
 
+def test_last_token_pooling_on_a_tokenizer_without_eos_names_the_way_out(tiny_bert_dir):
+    with pytest.raises(ValueError, match="--no-append-eos"):
+        load_retriever(ModelArguments(retriever=tiny_bert_dir, pooling="last"))
+    plain = load_retriever(ModelArguments(retriever=tiny_bert_dir, pooling="last", append_eos=False))
+    assert plain.config.pooling == "last" and not plain.config.ends_with_eos
+
+
 def test_lora_seed_sets_the_adapters_initialisation(tiny_llama_dir):
     def lora_a(seed: int) -> list:
         args = ModelArguments(retriever=tiny_llama_dir, pooling="last", lora=True, lora_r=4, lora_seed=seed)

@@ -117,7 +117,7 @@ def _end_texts_with_eos(tokenizer: PreTrainedTokenizerBase) -> None:
     if tokenizer("a")["input_ids"][-1] != tokenizer.eos_token_id:
         raise ValueError(
             f"append_eos is set but {type(tokenizer).__name__} cannot be made to append its eos token; "
-            "pass RetrieverConfig(append_eos=False)"
+            "pass RetrieverConfig(append_eos=False) (on the command line: --no-append-eos)"
         )
 
 

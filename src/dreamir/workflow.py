@@ -109,6 +109,10 @@ class ModelArguments:
     )
     max_length: int | None = field(default=None, metadata={"help": "default: the model's own"})
     retriever_layers: int | None = field(default=None, metadata={"help": "cut the backbone to N layers"})
+    append_eos: bool | None = field(
+        default=None,
+        metadata={"help": "end every text with the end-of-text token; default: for last pooling"},
+    )
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters instead of all weights"})
     lora_r: int = 16
     lora_seed: int = field(default=0, metadata={"help": "seed of the LoRA adapters' random initialisation"})
@@ -147,6 +151,7 @@ def load_retriever(args: ModelArguments) -> Retriever:
         "pooling": args.pooling,
         "max_length": args.max_length,
         "num_layers": args.retriever_layers,
+        "append_eos": args.append_eos,
         "lora": LoraSettings(r=args.lora_r, alpha=2 * args.lora_r, init_seed=args.lora_seed)
         if args.lora
         else None,
