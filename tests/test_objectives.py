@@ -64,3 +64,14 @@ def test_infonce_needs_labels(tiny_bert_dir, tiny_llama_dir):
     objective = _make("infonce", tiny_bert_dir, tiny_llama_dir)
     with pytest.raises(ValueError, match="gold"):
         objective([TrainingInstance("q", "a", DOCS[:2])])
+
+
+def test_infonce_logs_p_gold_over_each_querys_own_candidates(tiny_bert_dir, tiny_llama_dir):
+    objective = _make("infonce", tiny_bert_dir, tiny_llama_dir)
+    objective.retriever.eval()
+    with torch.no_grad():
+        logs = objective(INSTANCES).logs
+        probs = objective.candidate_distribution(*objective.candidate_scores(INSTANCES))
+    expected = objective.gold_logs(probs, INSTANCES)
+    assert logs["p_gold"] == pytest.approx(expected["p_gold"], abs=1e-6)
+    assert logs["gold_top1"] == expected["gold_top1"]

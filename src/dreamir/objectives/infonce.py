@@ -4,7 +4,9 @@ other candidates of the example and every document of the other examples in the 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
+from dreamir.data.beir import Document
 from dreamir.objectives.base import Objective, ObjectiveOutput, TrainingInstance
 
 
@@ -25,6 +27,21 @@ class InfoNCELoss(Objective):
         targets = torch.arange(len(labelled), device=logits.device)
         loss = torch.nn.functional.cross_entropy(logits, targets)
         accuracy = float((logits.argmax(-1) == targets).float().mean())
-        return ObjectiveOutput(
-            loss, {"in_batch_top1": accuracy, "pool_size": float(len(golds) + len(negatives))}
-        )
+        logs = {"in_batch_top1": accuracy, "pool_size": float(len(golds) + len(negatives))}
+        logs.update(self.gold_logs(self._over_own_candidates(logits, labelled, golds + negatives), labelled))
+        return ObjectiveOutput(loss, logs)
+
+    def _over_own_candidates(
+        self, logits: Tensor, instances: list[TrainingInstance], pool: list[Document]
+    ) -> Tensor:
+        """Each query's softmax over its own K candidates only, as the label-free objectives log it, so that
+        p_gold reads the same in every objective's curves."""
+        column = {}
+        for index, document in enumerate(pool):
+            column.setdefault(document.doc_id, index)
+        width = max(len(i.documents) for i in instances)
+        own = logits.new_full((len(instances), width), float("-inf"))
+        for b, instance in enumerate(instances):
+            columns = [column[d.doc_id] for d in instance.documents]
+            own[b, : len(columns)] = logits[b, columns]
+        return torch.softmax(own.detach(), dim=-1)
