@@ -75,3 +75,14 @@ def test_infonce_logs_p_gold_over_each_querys_own_candidates(tiny_bert_dir, tiny
     expected = objective.gold_logs(probs, INSTANCES)
     assert logs["p_gold"] == pytest.approx(expected["p_gold"], abs=1e-6)
     assert logs["gold_top1"] == expected["gold_top1"]
+
+
+def test_replug_logs_how_sharp_its_target_is(tiny_bert_dir, tiny_llama_dir):
+    objective = _make("replug", tiny_bert_dir, tiny_llama_dir)
+    with torch.no_grad():
+        logs = objective(INSTANCES).logs
+        q = torch.softmax(objective.target_log_likelihood(INSTANCES) / objective.beta, -1)
+    rows = [(b, i.gold_index) for b, i in enumerate(INSTANCES)]
+    assert logs["target_p_gold"] == pytest.approx(float(torch.stack([q[b, g] for b, g in rows]).mean()))
+    assert 0.0 <= logs["target_entropy"] <= torch.log(torch.tensor(3.0)).item() + 1e-6
+    assert 0.0 <= logs["entropy"] <= torch.log(torch.tensor(3.0)).item() + 1e-6

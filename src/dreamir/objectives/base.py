@@ -77,6 +77,11 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     @staticmethod
+    def entropy(probs: Tensor) -> float:
+        """Mean entropy (nats) of the rows of a distribution over candidates (diagnostics only)."""
+        return float(-(probs * probs.clamp_min(1e-12).log()).sum(-1).mean().detach())
+
+    @staticmethod
     def gold_logs(probs: Tensor, instances: list[TrainingInstance]) -> dict[str, float]:
         """Diagnostics only: how much of p the gold document gets, where a gold is known."""
         rows = [(b, i.gold_index) for b, i in enumerate(instances) if i.gold_index is not None]

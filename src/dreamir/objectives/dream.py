@@ -30,6 +30,5 @@ class DreamLoss(Objective):
             self.llm.encode(i.query, [(d.title, d.text) for d in i.documents], i.target) for i in instances
         ]
         loss = self.llm.target_loss(self.llm.collate(prompts), probs, reuse_prefix=self.reuse_prefix)
-        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
-        logs = {"entropy": float(entropy.detach()), **self.gold_logs(probs, instances)}
+        logs = {"entropy": self.entropy(probs), **self.gold_logs(probs, instances)}
         return ObjectiveOutput(loss, logs)

@@ -61,4 +61,8 @@ class ReplugLoss(Objective):
         q = torch.softmax(self.target_log_likelihood(instances).to(scores.device) / self.beta, -1)
         # KL(q || p) = sum q (log q - log p); empty slots have q = 0 and contribute nothing.
         kl = (q * (q.clamp_min(1e-12).log() - log_p.masked_fill(~mask, 0.0))).sum(-1).mean()
-        return ObjectiveOutput(kl, self.gold_logs(log_p.exp(), instances))
+        # The target's own entropy and gold mass show how sharp a teacher q is next to the retriever's p.
+        logs = {"entropy": self.entropy(log_p.exp()), "target_entropy": self.entropy(q)}
+        logs.update(self.gold_logs(log_p.exp(), instances))
+        logs.update({f"target_{k}": v for k, v in self.gold_logs(q, instances).items()})
+        return ObjectiveOutput(kl, logs)
