@@ -233,7 +233,8 @@ def report(settings: Settings, results: dict, train_seconds: dict, logs: dict, t
     write_json_atomic(settings.out, {"results": results, "train_seconds": train_seconds, "meta": meta})
     if logs:
         png = Path(settings.out).with_name(Path(settings.out).stem + "_curves.png")
-        plot_training_curves(logs, png)
+        # A system's LoRA seeds ("raw/dream/lora1") share its colour.
+        plot_training_curves(logs, png, groups={name: name.split("/lora")[0] for name in logs})
         print(f"{title}: {settings.out}, {png}")
 
 

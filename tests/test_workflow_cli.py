@@ -114,7 +114,7 @@ def test_cli_mines_candidates(tmp_path):
 
 
 def test_training_curves_are_drawn_from_a_log(tmp_path):
-    from dreamir.plots import plot_training_curves
+    from dreamir.plots import plot_training_curves, run_styles
 
     log = tmp_path / "log.jsonl"
     log.write_text(
@@ -123,3 +123,8 @@ def test_training_curves_are_drawn_from_a_log(tmp_path):
     )
     png = plot_training_curves({"run": log}, tmp_path / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Seeds of one system share a colour, told apart by line style.
+    groups = {"a/seed1": "a"}
+    assert run_styles(["a", "b", "a/seed1"], groups) == {"a": (0, "-"), "b": (1, "-"), "a/seed1": (0, "--")}
+    grouped = plot_training_curves({"a": log, "a/seed1": log, "b": log}, tmp_path / "g.png", groups=groups)
+    assert grouped.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

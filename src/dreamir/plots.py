@@ -18,12 +18,30 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
+def run_styles(names: list[str], groups: Mapping[str, str] | None = None) -> dict[str, tuple[int, str]]:
+    """(colour index, line style) per run: one colour per group, the group's runs in successive styles."""
+    group_of = {name: (groups or {}).get(name, name) for name in names}
+    group_index = {group: i for i, group in enumerate(dict.fromkeys(group_of.values()))}
+    seen: dict[str, int] = {}
+    styles = {}
+    for name in names:
+        group = group_of[name]
+        styles[name] = (group_index[group], ("-", "--", ":", "-.")[seen.get(group, 0) % 4])
+        seen[group] = seen.get(group, 0) + 1
+    return styles
+
+
 def plot_training_curves(
     logs: Mapping[str, str | Path],
     out: str | Path,
     metrics: tuple[str, ...] = ("loss", "grad_norm", "p_gold"),
+    groups: Mapping[str, str] | None = None,
 ) -> Path:
-    """One panel per metric, one line per run (moving average over 10 steps, raw values faint)."""
+    """One panel per metric, one line per run (moving average over 10 steps, raw values faint).
+
+    ``groups`` maps a run to a group (e.g. the same system from several seeds): a group's runs share a
+    colour and differ in line style.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,9 +49,11 @@ def plot_training_curves(
 
     runs = {name: read_log_rows(path) for name, path in logs.items()}
     shown = [m for m in metrics if any(m in row for rows in runs.values() for row in rows)]
-    # One colour per run in every panel, also where a run lacks a metric.
+    # One colour per run (or group) in every panel, also where a run lacks a metric.
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colours = {name: cycle[i % len(cycle)] for i, name in enumerate(runs)}
+    styles = run_styles(list(runs), groups)
+    colours = {name: cycle[index % len(cycle)] for name, (index, _) in styles.items()}
+    line_styles = {name: style for name, (_, style) in styles.items()}
     columns = max(1, min(len(runs), 4))
     legend_rows = -(-len(runs) // columns)
     figure, axes = plt.subplots(
@@ -49,14 +69,17 @@ def plot_training_curves(
             if not points:
                 continue
             steps, values = zip(*points, strict=True)
-            axis.plot(steps, _smooth(list(values), 10), label=name, color=colours[name])
+            smooth = _smooth(list(values), 10)
+            axis.plot(steps, smooth, label=name, color=colours[name], linestyle=line_styles[name])
             axis.plot(steps, values, alpha=0.2, color=colours[name])
         axis.set_title(metric)
         axis.set_xlabel("step")
         if metric == "grad_norm":
             axis.set_yscale("log")
         axis.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], color=colours[name], label=name) for name in runs]
+    handles = [
+        plt.Line2D([], [], color=colours[name], linestyle=line_styles[name], label=name) for name in runs
+    ]
     # Below the panels, so that it never hides a curve.
     figure.legend(handles=handles, loc="outside lower center", ncol=columns, frameon=False)
     with atomic_path(out) as tmp:
