@@ -23,25 +23,32 @@ class InfoNCELoss(Objective):
             {d.doc_id: d for i in labelled for d in i.documents if d.doc_id not in gold_ids}.values()
         )
         pool = self.retriever([d.full_text for d in golds + negatives], is_query=False)
-        logits = queries @ pool.T / self.temperature.value
+        similarities = queries @ pool.T
+        logits = similarities / self.temperature.value
         targets = torch.arange(len(labelled), device=logits.device)
         loss = torch.nn.functional.cross_entropy(logits, targets)
         accuracy = float((logits.argmax(-1) == targets).float().mean())
         logs = {"in_batch_top1": accuracy, "pool_size": float(len(golds) + len(negatives))}
-        logs.update(self.gold_logs(self._over_own_candidates(logits, labelled, golds + negatives), labelled))
+        # Diagnostics only: detached, so that they build no graph.
+        own = self._own_candidate_scores(similarities.detach(), labelled, golds + negatives)
+        logs.update(self.gold_logs(self.candidate_distribution(*own), labelled))
         return ObjectiveOutput(loss, logs)
 
-    def _over_own_candidates(
-        self, logits: Tensor, instances: list[TrainingInstance], pool: list[Document]
-    ) -> Tensor:
-        """Each query's softmax over its own K candidates only, as the label-free objectives log it, so that
-        p_gold reads the same in every objective's curves."""
-        column = {}
+    @staticmethod
+    def _own_candidate_scores(
+        similarities: Tensor, instances: list[TrainingInstance], pool: list[Document]
+    ) -> tuple[Tensor, Tensor]:
+        """Each query's scores over its own K candidates only, [B, K] with the mask of real ones, as the
+        label-free objectives' candidate_scores gives them, so that p_gold reads the same in every
+        objective's curves."""
+        column: dict[str, int] = {}
         for index, document in enumerate(pool):
             column.setdefault(document.doc_id, index)
         width = max(len(i.documents) for i in instances)
-        own = logits.new_full((len(instances), width), float("-inf"))
+        scores = similarities.new_zeros(len(instances), width)
+        mask = torch.zeros(len(instances), width, dtype=torch.bool, device=similarities.device)
         for b, instance in enumerate(instances):
             columns = [column[d.doc_id] for d in instance.documents]
-            own[b, : len(columns)] = logits[b, columns]
-        return torch.softmax(own.detach(), dim=-1)
+            scores[b, : len(columns)] = similarities[b, columns]
+            mask[b, : len(columns)] = True
+        return scores, mask

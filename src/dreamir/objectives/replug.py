@@ -62,7 +62,8 @@ class ReplugLoss(Objective):
         # KL(q || p) = sum q (log q - log p); empty slots have q = 0 and contribute nothing.
         kl = (q * (q.clamp_min(1e-12).log() - log_p.masked_fill(~mask, 0.0))).sum(-1).mean()
         # The target's own entropy and gold mass show how sharp a teacher q is next to the retriever's p.
-        logs = {"entropy": self.entropy(log_p.exp()), "target_entropy": self.entropy(q)}
-        logs.update(self.gold_logs(log_p.exp(), instances))
+        p = log_p.exp()
+        logs = {"entropy": self.entropy(p), "target_entropy": self.entropy(q)}
+        logs.update(self.gold_logs(p, instances))
         logs.update({f"target_{k}": v for k, v in self.gold_logs(q, instances).items()})
         return ObjectiveOutput(kl, logs)
