@@ -50,6 +50,7 @@ def _build(cls: type, namespace: argparse.Namespace, **fixed: Any):
 
 def main(argv: Sequence[str] | None = None) -> int:
     from dreamir import workflow
+    from dreamir.adapt import AdaptArguments
     from dreamir.quickstart import QuickstartArguments
 
     parser = argparse.ArgumentParser(prog="dreamir", description=__doc__)
@@ -78,6 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     evaluate = commands.add_parser("eval", help="nDCG@10, Recall@100, MRR@10 on a BEIR-layout directory")
     _add_dataclass(evaluate, workflow.EvaluationArguments)
+
+    adapt = commands.add_parser(
+        "adapt", help="adapt a retriever to a corpus with no queries and no labels (reads corpus.jsonl only)"
+    )
+    adapt.add_argument("corpus", metavar="CORPUS_DIR", help="BEIR-layout directory holding corpus.jsonl")
+    _add_dataclass(adapt, AdaptArguments, skip=("corpus",))
 
     quick = commands.add_parser("quickstart", help="the whole pipeline on packaged models and data")
     _add_dataclass(quick, QuickstartArguments)
@@ -128,6 +135,10 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "eval":
         metrics = workflow.evaluate(_build(workflow.EvaluationArguments, args))
         print(json.dumps(metrics, indent=2))
+    elif args.command == "adapt":
+        from dreamir.adapt import AdaptArguments, adapt
+
+        adapt(_build(AdaptArguments, args))
     elif args.command == "quickstart":
         run_quickstart(_build(QuickstartArguments, args))
     return 0

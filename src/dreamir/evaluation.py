@@ -178,3 +178,36 @@ def format_results_table(results: Mapping[str, Mapping[str, Mapping[str, float]]
 
     separator = "  ".join("-" * width for width in widths)
     return "\n".join([render(header), separator, *(render(row) for row in rows)])
+
+
+def pseudo_gold_success(
+    query_embeddings: np.ndarray,
+    doc_embeddings: np.ndarray,
+    gold_rows: Sequence[int],
+    gold_embeddings: np.ndarray | None = None,
+    k: int = 10,
+) -> dict[str, float]:
+    """Label-free validation: how often each query's pseudo-gold passage ranks in the top ``k``.
+
+    Query i's pseudo-gold is corpus row ``gold_rows[i]``; ``gold_embeddings[i]`` (when given) stands in
+    for that row for query i alone, which is how a derived passage (the source with the query sentence
+    removed) is searched among the corpus without adding it for every other query. Ties count against
+    the gold. Returns ``success@k`` and ``mrr@k``.
+    """
+    queries = _l2_normalise(query_embeddings)
+    docs = _l2_normalise(doc_embeddings)
+    rows = np.asarray(gold_rows, dtype=np.int64)
+    if len(rows) != queries.shape[0]:
+        raise ValueError(f"{queries.shape[0]} queries but {len(rows)} gold rows")
+    if len(rows) == 0:
+        raise ValueError("no validation queries")
+    golds = docs[rows] if gold_embeddings is None else _l2_normalise(gold_embeddings)
+    gold_scores = (queries * golds).sum(1)
+    ranks = np.empty(len(rows), dtype=np.int64)
+    for start in range(0, len(rows), 256):
+        scores = queries[start : start + 256] @ docs.T
+        block = np.arange(start, min(start + 256, len(rows)))
+        scores[block - start, rows[block]] = -np.inf  # the gold is compared through gold_scores
+        ranks[block] = (scores >= gold_scores[block, None]).sum(1)
+    hit = ranks < k
+    return {f"success@{k}": float(hit.mean()), f"mrr@{k}": float((hit / (ranks + 1)).mean())}

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -52,6 +53,15 @@ class TrainingResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+class TrainerCallback(Protocol):
+    """Hooks around the loop (validation, candidate refresh). ``on_step_end`` runs after the optimiser
+    step and before the checkpoint of that step; what it returns is added to the step's log row."""
+
+    def on_train_begin(self, trainer: Trainer) -> None: ...
+
+    def on_step_end(self, trainer: Trainer) -> dict[str, float]: ...
+
+
 class Trainer:
     def __init__(
         self,
@@ -59,6 +69,7 @@ class Trainer:
         examples: Sequence[TrainingExample],
         corpus: dict[str, Document],
         args: TrainingArguments,
+        callbacks: Sequence[TrainerCallback] = (),
     ) -> None:
         if not examples:
             raise ValueError("no training examples")
@@ -82,6 +93,7 @@ class Trainer:
             self.optimizer, int(args.warmup_ratio * args.max_steps), args.max_steps
         )
         self.step = 0
+        self.callbacks = list(callbacks)
 
     # ---- data order: a deterministic function of (seed, step), so a resumed run sees the same batches ----
     def _examples_for_step(self, step: int) -> list[TrainingInstance]:
@@ -154,11 +166,15 @@ class Trainer:
             self.load_checkpoint(checkpoint)
         resumed_from = self.step
         history = self._read_log(log_file, upto=self.step)
+        for callback in self.callbacks:
+            callback.on_train_begin(self)
         self.objective.train()
         bar = tqdm(total=args.max_steps, initial=self.step, desc="training", disable=not args.show_progress)
         with log_file.open("a", encoding="utf-8") as log:
             while self.step < args.max_steps:
                 row = self._optimizer_step()
+                for callback in self.callbacks:
+                    row.update(callback.on_step_end(self))
                 history.append(row)
                 log.write(json.dumps(row) + "\n")
                 log.flush()

@@ -1,0 +1,216 @@
+"""Training examples from a corpus alone: no queries, no labels.
+
+Two recipes turn passages into (query, target, source passage) triples:
+
+- ``ict`` (inverse cloze, no generation): a sentence of a passage is the query, the sentences after it
+  are the target, and the source passage *with the query sentence removed* is the pseudo-gold
+  candidate (a derived document, id ``<source id>#ict<n>``). The LLM predicts the target more easily
+  when it reads that passage, which still holds the target text.
+- ``genq`` (generated queries): a query written for the passage by a generator (the frozen LLM, see
+  ``dreamir.llm.generate``); the target is the passage's opening and the pseudo-gold the passage itself.
+
+Degenerate examples (empty or too short queries, duplicates, queries copied verbatim from the passage
+for ``genq``, passages too short to split) are dropped and counted. Nothing here knows any model: the
+generator comes in as a callable from passages to queries.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dreamir.data.beir import Document
+from dreamir.data.training import TrainingExample
+
+Recipe = Literal["ict", "genq"]
+RECIPES: tuple[str, ...] = ("ict", "genq")
+DERIVED_SEPARATOR = "#"
+
+# A sentence ends at . ! or ? followed by white space and an upper-case letter, digit or bracket.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[\"'])")
+_WORD = re.compile(r"\w+")
+
+
+@dataclass
+class CorpusExampleSettings:
+    recipe: Recipe = "ict"
+    # Passages sampled from the corpus (all of them when the corpus is smaller).
+    max_passages: int = 1000
+    examples_per_passage: int = 1
+    # Targets: up to this many words of the text after the query sentence (ict) or of the opening (genq);
+    # the LLM prompt truncates further to its own max_target_tokens.
+    target_words: int = 32
+    min_query_words: int = 5
+    max_query_words: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
+        for name in ("max_passages", "examples_per_passage", "target_words", "min_query_words"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_query_words < self.min_query_words:
+            raise ValueError("max_query_words must be >= min_query_words")
+
+
+@dataclass
+class CorpusExamples:
+    """Examples whose ``gold_id`` is their pseudo-gold passage; ``derived`` holds the derived documents
+    (ict's passages with the query sentence removed), ``source_of`` maps every pseudo-gold id to the
+    corpus passage it comes from."""
+
+    examples: list[TrainingExample]
+    derived: dict[str, Document] = field(default_factory=dict)
+    source_of: dict[str, str] = field(default_factory=dict)
+    dropped: Counter[str] = field(default_factory=Counter)
+    passages_sampled: int = 0
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _first_words(text: str, count: int) -> str:
+    words = text.split()
+    return " ".join(words[:count])
+
+
+def sample_passages(corpus: Mapping[str, Document], count: int, seed: int) -> list[Document]:
+    """``count`` passages drawn without replacement (all when fewer), in a seeded order."""
+    ids = sorted(corpus)
+    random.Random(seed).shuffle(ids)
+    return [corpus[i] for i in ids[:count]]
+
+
+def _query_ok(query: str, settings: CorpusExampleSettings, seen: set[str], dropped: Counter[str]) -> bool:
+    words = _words(query)
+    if not words:
+        dropped["empty query"] += 1
+    elif len(words) < settings.min_query_words:
+        dropped["query too short"] += 1
+    elif len(words) > settings.max_query_words:
+        dropped["query too long"] += 1
+    elif " ".join(words) in seen:
+        dropped["duplicate query"] += 1
+    else:
+        seen.add(" ".join(words))
+        return True
+    return False
+
+
+def build_ict_examples(corpus: Mapping[str, Document], settings: CorpusExampleSettings) -> CorpusExamples:
+    rng = random.Random(settings.seed)
+    result = CorpusExamples(examples=[])
+    seen: set[str] = set()
+    passages = sample_passages(corpus, settings.max_passages, settings.seed)
+    result.passages_sampled = len(passages)
+    for passage in passages:
+        sentences = split_sentences(passage.text)
+        # The query sentence needs a target after it and something left of the passage besides.
+        positions = list(range(len(sentences) - 1))
+        if len(sentences) < 3:
+            result.dropped["passage under 3 sentences"] += 1
+            continue
+        rng.shuffle(positions)
+        made = 0
+        for position in positions:
+            if made == settings.examples_per_passage:
+                break
+            query = sentences[position]
+            if not _query_ok(query, settings, seen, result.dropped):
+                continue
+            target = _first_words(" ".join(sentences[position + 1 :]), settings.target_words)
+            rest = " ".join(sentences[:position] + sentences[position + 1 :])
+            derived_id = f"{passage.doc_id}{DERIVED_SEPARATOR}ict{made}"
+            result.derived[derived_id] = Document(derived_id, passage.title, rest)
+            result.source_of[derived_id] = passage.doc_id
+            result.examples.append(
+                TrainingExample(query=query, target=target, gold_id=derived_id, query_id=f"ict-{derived_id}")
+            )
+            made += 1
+    return result
+
+
+def copied_verbatim(query: str, passage: Document, min_words: int = 6) -> bool:
+    """True when the query is the passage's title or a run of ``min_words`` or more of its words."""
+    query_words = _words(query)
+    if not query_words:
+        return False
+    if query_words == _words(passage.title):
+        return True
+    text = " " + " ".join(_words(passage.full_text)) + " "
+    return len(query_words) >= min_words and f" {' '.join(query_words)} " in text
+
+
+def build_generated_examples(
+    corpus: Mapping[str, Document],
+    settings: CorpusExampleSettings,
+    generate: Callable[[Sequence[Document]], list[str]],
+) -> CorpusExamples:
+    """``generate`` writes one query per passage (called once per ``examples_per_passage`` round)."""
+    result = CorpusExamples(examples=[])
+    seen: set[str] = set()
+    passages = sample_passages(corpus, settings.max_passages, settings.seed)
+    result.passages_sampled = len(passages)
+    for round_number in range(settings.examples_per_passage):
+        queries = generate(passages)
+        if len(queries) != len(passages):
+            raise ValueError(f"the generator returned {len(queries)} queries for {len(passages)} passages")
+        for passage, query in zip(passages, queries, strict=True):
+            query = " ".join(query.split())
+            if copied_verbatim(query, passage):
+                result.dropped["query copied from the passage"] += 1
+                continue
+            if not _query_ok(query, settings, seen, result.dropped):
+                continue
+            target = _first_words(passage.text or passage.title, settings.target_words)
+            if not target:
+                result.dropped["empty passage"] += 1
+                continue
+            result.source_of[passage.doc_id] = passage.doc_id
+            result.examples.append(
+                TrainingExample(
+                    query=query,
+                    target=target,
+                    gold_id=passage.doc_id,
+                    query_id=f"genq-{passage.doc_id}-{round_number}",
+                )
+            )
+    return result
+
+
+def with_pseudo_gold(
+    examples: Sequence[TrainingExample],
+    ranked_ids: Sequence[Sequence[str]],
+    source_of: Mapping[str, str],
+    k: int,
+    force: bool,
+    seed: int,
+) -> list[TrainingExample]:
+    """Candidate lists of ``k`` from each example's ranking of the corpus.
+
+    A hit on the example's source passage becomes its pseudo-gold (the derived passage for ict). With
+    ``force`` the pseudo-gold is put in at a seeded random place when the ranking missed it; the
+    example's other hits fill the rest in rank order.
+    """
+    rng = random.Random(seed)
+    result = []
+    for example, ranked in zip(examples, ranked_ids, strict=True):
+        gold = example.gold_id
+        source = source_of.get(gold, gold) if gold else None
+        ids = [gold if doc_id == source else doc_id for doc_id in ranked]
+        ids = list(dict.fromkeys(ids))[:k]
+        if force and gold is not None and gold not in ids:
+            ids = ids[: k - 1]
+            ids.insert(rng.randrange(len(ids) + 1), gold)
+        result.append(TrainingExample(example.query, example.target, ids, example.gold_id, example.query_id))
+    return result

@@ -1,0 +1,181 @@
+"""Training from a corpus alone: the example builders, the pseudo-gold validation signal, the candidate
+refresh and `dreamir adapt` end to end on tiny models."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from dreamir.adapt import AdaptArguments, adapt
+from dreamir.cli import main
+from dreamir.data.beir import Document
+from dreamir.data.corpus_examples import (
+    CorpusExampleSettings,
+    build_generated_examples,
+    build_ict_examples,
+    copied_verbatim,
+    split_sentences,
+    with_pseudo_gold,
+)
+from dreamir.data.training import TrainingExample, read_training_file
+from dreamir.evaluation import pseudo_gold_success
+
+WORDS = "capital city country river mountain language president people water fire sun moon cat dog".split()
+
+
+def make_corpus(count: int = 40, seed: int = 0) -> dict[str, Document]:
+    rng = random.Random(seed)
+    corpus = {}
+    for i in range(count):
+        sentences = [" ".join(["The", *rng.sample(WORDS, 6), f"number{i}x{s}"]) + "." for s in range(4)]
+        corpus[f"p{i}"] = Document(f"p{i}", f"title {i}", " ".join(sentences))
+    return corpus
+
+
+def write_corpus(directory, corpus) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "corpus.jsonl").open("w") as f:
+        for doc in corpus.values():
+            f.write(json.dumps({"_id": doc.doc_id, "title": doc.title, "text": doc.text}) + "\n")
+
+
+def test_sentences_split_at_full_stops_before_capitals():
+    assert split_sentences("One two. Three four! 5 six? lower case. Seven") == [
+        "One two.",
+        "Three four!",
+        "5 six? lower case.",
+        "Seven",
+    ]
+
+
+def test_ict_examples_remove_the_query_sentence_and_keep_the_target_in_the_derived_passage():
+    corpus = make_corpus(10)
+    corpus["short"] = Document("short", "", "Only one sentence here with words.")
+    built = build_ict_examples(corpus, CorpusExampleSettings(max_passages=100, examples_per_passage=2))
+    assert built.dropped["passage under 3 sentences"] == 1
+    assert len(built.examples) == 20 and built.passages_sampled == 11
+    for example in built.examples:
+        derived = built.derived[example.gold_id]
+        source = corpus[built.source_of[example.gold_id]]
+        assert example.query in source.text and example.query not in derived.text
+        assert derived.text.startswith(example.target.split()[0]) or example.target.split()[0] in derived.text
+        assert example.target.split()[:3] == source.text.split(example.query)[1].split()[:3]
+    # Two examples of one passage use different sentences.
+    assert len({e.query for e in built.examples}) == 20
+
+
+def test_generated_examples_drop_and_count_degenerate_queries():
+    corpus = make_corpus(6)
+    passages = sorted(corpus.values(), key=lambda d: d.doc_id)
+    replies = {
+        "p0": "",  # empty
+        "p1": "which river country",  # too short
+        "p2": passages[2].title,  # the title, copied
+        "p3": " ".join(passages[3].text.split()[:9]),  # a copied run of words
+        "p4": "where do the people of the mountain city live",
+        "p5": "where do the people of the mountain city live",  # duplicate
+    }
+    built = build_generated_examples(
+        corpus,
+        CorpusExampleSettings(recipe="genq", max_passages=6),
+        lambda docs: [replies[d.doc_id] for d in docs],
+    )
+    assert [e.gold_id for e in built.examples] == ["p4"] or [e.gold_id for e in built.examples] == ["p5"]
+    assert built.dropped == {
+        "empty query": 1,
+        "query too short": 1,
+        "query copied from the passage": 2,
+        "duplicate query": 1,
+    }
+    assert copied_verbatim(passages[2].title, passages[2])
+    example = built.examples[0]
+    assert corpus[example.gold_id].text.startswith(example.target)
+
+
+def test_pseudo_gold_replaces_its_source_and_is_forced_in_when_missing():
+    examples = [TrainingExample("q1", "t", gold_id="a#ict0"), TrainingExample("q2", "t", gold_id="b#ict0")]
+    source_of = {"a#ict0": "a", "b#ict0": "b"}
+    ranked = [["x", "a", "y", "z"], ["x", "y", "z", "w"]]
+    forced = with_pseudo_gold(examples, ranked, source_of, k=3, force=True, seed=0)
+    assert forced[0].candidate_ids == ["x", "a#ict0", "y"]
+    assert "b#ict0" in forced[1].candidate_ids and len(forced[1].candidate_ids) == 3
+    assert set(forced[1].candidate_ids) - {"b#ict0"} <= {"x", "y"}
+    free = with_pseudo_gold(examples, ranked, source_of, k=3, force=False, seed=0)
+    assert free[1].candidate_ids == ["x", "y", "z"]
+
+
+def test_pseudo_gold_success_counts_ranks_with_the_derived_passage_standing_in():
+    docs = np.eye(4, dtype=np.float32)
+    queries = np.array([[1, 0.1, 0, 0], [0, 0, 0.2, 1], [0.9, 1, 0, 0]], dtype=np.float32)
+    # Query 0's gold is row 0 (rank 0); query 1's gold row 2, beaten by row 3 (rank 1); query 2's gold is
+    # row 0 but its derived passage points elsewhere (rank 3).
+    golds = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float32)
+    assert pseudo_gold_success(queries, docs, [0, 2, 0], golds, k=1) == {"success@1": 1 / 3, "mrr@1": 1 / 3}
+    result = pseudo_gold_success(queries, docs, [0, 2, 0], golds, k=2)
+    assert result == pytest.approx({"success@2": 2 / 3, "mrr@2": (1 + 0.5) / 3})
+
+
+def _adapt_args(tmp_path, tiny_bert_dir, tiny_llama_dir, **overrides) -> AdaptArguments:
+    settings = dict(
+        corpus=str(tmp_path / "corpus"),
+        out=str(tmp_path / "out"),
+        retriever=tiny_bert_dir,
+        llm=tiny_llama_dir,
+        max_passages=30,
+        validation_examples=6,
+        head_examples=4,
+        num_heads=2,
+        num_candidates=4,
+        max_steps=4,
+        batch_size=2,
+        validate_every=2,
+        threads=1,
+        show_progress=False,
+    )
+    settings.update(overrides)
+    return AdaptArguments(**settings)
+
+
+def test_adapt_end_to_end_reads_only_the_corpus_and_resumes(tmp_path, tiny_bert_dir, tiny_llama_dir):
+    write_corpus(tmp_path / "corpus", make_corpus(30))
+    # Queries and qrels next to the corpus are never read: unreadable ones change nothing.
+    (tmp_path / "corpus" / "queries.jsonl").write_text("not json\n")
+    (tmp_path / "corpus" / "qrels").mkdir()
+    args = _adapt_args(tmp_path, tiny_bert_dir, tiny_llama_dir)
+    report = adapt(args)
+    out = tmp_path / "out"
+    assert (out / "model" / "modules.json").exists() and (out / "curves.png").exists()
+    assert report["examples"]["train"] == 24 and report["examples"]["validation"] == 6
+    assert set(report["validation"]["by_step"]) == {2, 4}
+    assert 0 <= report["validation"]["best"] <= 1 and report["steps"] == 4
+    assert json.loads((out / "work" / "heads.json").read_text())["settings"]["method"] == "qrhead-pseudo-gold"
+    assert "validation" in (out / "report.md").read_text()
+    train = read_training_file(out / "work" / "train.jsonl")
+    assert all(e.gold_id in e.candidate_ids for e in train)
+    # Finished stages are reused: a second run trains nothing and reports the same.
+    log_lines = (out / "work" / "train" / "log.jsonl").read_text()
+    again = adapt(args)
+    assert again["validation"] == report["validation"]
+    assert (out / "work" / "train" / "log.jsonl").read_text() == log_lines
+
+
+def test_adapt_refreshes_candidates_with_the_retriever(tmp_path, tiny_bert_dir, tiny_llama_dir):
+    write_corpus(tmp_path / "corpus", make_corpus(30))
+    args = _adapt_args(
+        tmp_path, tiny_bert_dir, tiny_llama_dir, objective="infonce", refresh_every=2, refresh_after=2
+    )
+    adapt(args)
+    refreshed = tmp_path / "out" / "work" / "train" / "candidates" / "candidates-step-000002.jsonl"
+    examples = read_training_file(refreshed)
+    bm25 = read_training_file(tmp_path / "out" / "work" / "train.jsonl")
+    assert len(examples) == len(bm25)
+    assert all(e.gold_id in e.candidate_ids and len(e.candidate_ids) == 4 for e in examples)
+    assert [e.candidate_ids for e in examples] != [e.candidate_ids for e in bm25]
+    log = [json.loads(line) for line in (tmp_path / "out" / "work" / "train" / "log.jsonl").open()]
+    assert "refresh_pseudo_gold_found" in log[1]
+
+
+def test_adapt_cli_names_a_missing_corpus(tmp_path, capsys):
+    assert main(["adapt", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    assert "corpus.jsonl" in capsys.readouterr().err
