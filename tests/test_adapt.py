@@ -21,7 +21,22 @@ from dreamir.data.corpus_examples import (
 from dreamir.data.training import TrainingExample, read_training_file
 from dreamir.evaluation import pseudo_gold_success
 
-WORDS = "capital city country river mountain language president people water fire sun moon cat dog".split()
+WORDS = [
+    "capital",
+    "city",
+    "country",
+    "river",
+    "mountain",
+    "language",
+    "president",
+    "people",
+    "water",
+    "fire",
+    "sun",
+    "moon",
+    "cat",
+    "dog",
+]
 
 
 def make_corpus(count: int = 40, seed: int = 0) -> dict[str, Document]:
