@@ -51,7 +51,7 @@ from dreamir.llm.prompt import PromptSettings
 from dreamir.models import MINILM, SMOLLM2
 from dreamir.plots import plot_training_curves
 from dreamir.retriever import Retriever
-from dreamir.trainer import Trainer, TrainingArguments
+from dreamir.trainer import Trainer, TrainerCallback, TrainingArguments
 from dreamir.workflow import DreamArguments, ModelArguments, build_objective, load_retriever, set_threads
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,11 @@ class AdaptArguments:
     learning_rate: float = 2e-5
     temperature: float = 0.05
     max_target_tokens: int = 32
+    train_max_length: int | None = field(
+        default=128,
+        metadata={"help": "retriever tokens per text while training (all-MiniLM-L6-v2 was trained at 128)"},
+    )
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast for the loss (float32 weights)"})
     seed: int = 0
     threads: int | None = 2
     show_progress: bool = True
@@ -360,7 +365,9 @@ class DenseCandidateRefresher:
 
 
 # ---- the command ----------------------------------------------------------------------------------------
-def adapt(args: AdaptArguments) -> dict:
+def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ()) -> dict:
+    """Run (or resume) every stage; ``extra_callbacks`` join the trainer's (benchmarks use it to measure
+    a labelled metric beside the label-free one)."""
     set_threads(args.threads)
     out = Path(args.out)
     work = out / "work"
@@ -416,6 +423,7 @@ def adapt(args: AdaptArguments) -> dict:
             num_heads=args.num_heads,
             temperature=args.temperature,
             max_target_tokens=args.max_target_tokens,
+            train_max_length=args.train_max_length,
         ),
     )
     training = TrainingArguments(
@@ -427,9 +435,10 @@ def adapt(args: AdaptArguments) -> dict:
         seed=args.seed,
         save_steps=max(args.max_steps // 5, 1),
         show_progress=args.show_progress,
+        bf16=args.bf16,
     )
     every = args.validate_every or max(args.max_steps // 5, 1)
-    callbacks: list = [
+    callbacks: list[TrainerCallback] = [
         PseudoGoldValidator(
             retriever,
             validation,
@@ -456,6 +465,7 @@ def adapt(args: AdaptArguments) -> dict:
                 args.seed,
             )
         )
+    callbacks += extra_callbacks
     _say(f"training {args.retriever} with {args.objective} for {args.max_steps} steps of {args.batch_size}")
     result = Trainer(objective, train, full_corpus, training, callbacks).train()
     finish("training", started)

@@ -245,13 +245,16 @@ class Retriever(torch.nn.Module):
         prefix = self.config.query_prefix if is_query else self.config.document_prefix
         return [prefix + t for t in texts] if prefix else list(texts)
 
-    def tokenize(self, texts: Sequence[str], is_query: bool = False) -> dict[str, Tensor]:
-        """Tokenise (with the query or document prefix), padded to the longest, on the model's device."""
+    def tokenize(
+        self, texts: Sequence[str], is_query: bool = False, max_length: int | None = None
+    ) -> dict[str, Tensor]:
+        """Tokenise (with the query or document prefix), padded to the longest, on the model's device;
+        ``max_length`` (default: the model's own) can only shorten."""
         enc = self.tokenizer(
             self._prefixed(texts, is_query),
             padding=True,
             truncation=True,
-            max_length=self.config.max_length,
+            max_length=min(max_length or self.config.max_length, self.config.max_length),
             return_tensors="pt",
         )
         device = self.device
@@ -267,9 +270,9 @@ class Retriever(torch.nn.Module):
         emb = pool(hidden, inputs["attention_mask"], self.config.pooling)
         return F.normalize(emb, p=2, dim=-1) if self.config.normalize else emb
 
-    def forward(self, texts: Sequence[str], is_query: bool) -> Tensor:
+    def forward(self, texts: Sequence[str], is_query: bool, max_length: int | None = None) -> Tensor:
         """Embeddings with autograd, [n, dim] (L2-normalised when ``config.normalize``)."""
-        return self.embed(self.tokenize(texts, is_query))
+        return self.embed(self.tokenize(texts, is_query, max_length))
 
     @overload
     def encode(

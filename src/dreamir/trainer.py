@@ -42,6 +42,8 @@ class TrainingArguments:
     save_total_limit: int = 2
     seed: int = 0
     show_progress: bool = True
+    # Mixed precision: the loss is computed under bf16 autocast, weights and optimiser stay float32.
+    bf16: bool = False
 
 
 @dataclass
@@ -196,7 +198,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         losses, logs = [], []
         for start in range(0, len(instances), args.batch_size):
-            output = self.objective(instances[start : start + args.batch_size])
+            with torch.autocast(self.parameters[0].device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                output = self.objective(instances[start : start + args.batch_size])
             (output.loss / args.gradient_accumulation_steps).backward()
             losses.append(float(output.loss.detach()))
             logs.append(output.logs)

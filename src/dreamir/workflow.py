@@ -138,6 +138,9 @@ class DreamArguments:
     max_document_tokens: int = 128
     max_target_tokens: int = 16
     max_examples: int | None = None
+    train_max_length: int | None = field(
+        default=None, metadata={"help": "retriever tokens per text while training (default: the model's own)"}
+    )
     reference_step: bool = field(
         default=False, metadata={"help": "full-prompt step instead of the cached one"}
     )
@@ -176,6 +179,12 @@ def prepare_training_examples(
 
 
 def build_objective(retriever: Retriever, dream: DreamArguments) -> Objective:
+    objective = _objective(retriever, dream)
+    objective.train_max_length = dream.train_max_length
+    return objective
+
+
+def _objective(retriever: Retriever, dream: DreamArguments) -> Objective:
     temperature = {"temperature": dream.temperature, "learn_temperature": dream.learn_temperature}
     if dream.objective == "infonce":
         return InfoNCELoss(retriever, **temperature)

@@ -46,6 +46,10 @@ class Temperature(nn.Module):
 class Objective(nn.Module):
     """Base class: a loss module over the retriever (sentence-transformers style)."""
 
+    # Tokens the retriever reads per text while training (None: the model's own maximum). Shorter
+    # texts make a step cheaper; inference keeps the model's own length.
+    train_max_length: int | None = None
+
     def __init__(
         self, retriever: Retriever, temperature: float = 0.05, learn_temperature: bool = False
     ) -> None:
@@ -56,9 +60,8 @@ class Objective(nn.Module):
     def candidate_scores(self, instances: list[TrainingInstance]) -> tuple[Tensor, Tensor]:
         """Cosine scores [B, K] between each query and its candidates, and the mask of real candidates."""
         width = max(len(i.documents) for i in instances)
-        queries = self.retriever([i.query for i in instances], is_query=True)
-        texts = [d.full_text for i in instances for d in i.documents]
-        documents = self.retriever(texts, is_query=False)
+        queries = self.embed([i.query for i in instances], is_query=True)
+        documents = self.embed([d.full_text for i in instances for d in i.documents], is_query=False)
         scores = queries.new_zeros(len(instances), width)
         mask = torch.zeros(len(instances), width, dtype=torch.bool, device=queries.device)
         offset = 0
@@ -68,6 +71,9 @@ class Objective(nn.Module):
             mask[b, :count] = True
             offset += count
         return scores, mask
+
+    def embed(self, texts: list[str], is_query: bool) -> Tensor:
+        return self.retriever(texts, is_query=is_query, max_length=self.train_max_length)
 
     def candidate_distribution(self, scores: Tensor, mask: Tensor) -> Tensor:
         """p = softmax_k(s_k / tau) over the real candidates."""
