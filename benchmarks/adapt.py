@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dreamir.adapt import VALIDATION_METRIC, AdaptArguments, adapt
+from dreamir.adapt import TIE_BREAKER, VALIDATION_METRIC, AdaptArguments, adapt
 from dreamir.data.beir import BeirDataset, load_beir
 from dreamir.data.factbook import build_factbook
 from dreamir.evaluation import evaluate_encoder, format_results_table
@@ -109,18 +109,20 @@ def adapt_arguments(settings: Settings, corpus: Path, out: Path, objective: str)
 
 
 def tracking_correlation(log: Path, start: dict, baseline: dict) -> dict:
-    rows = [r for r in read_log_rows(log) if VALIDATION_METRIC in r and "labelled_ndcg@10" in r]
-    steps = [0] + [int(r["step"]) for r in rows]
-    label_free = [baseline[VALIDATION_METRIC]] + [r[VALIDATION_METRIC] for r in rows]
-    labelled = [start["labelled_ndcg@10"]] + [r["labelled_ndcg@10"] for r in rows]
-    pearson = float(np.corrcoef(label_free, labelled)[0, 1]) if len(steps) > 2 else float("nan")
-    chosen = int(np.argmax(label_free[::-1]))  # ties go to the later step, as adapt does
-    chosen = len(steps) - 1 - chosen
+    rows = [baseline] + [r for r in read_log_rows(log) if VALIDATION_METRIC in r and "labelled_ndcg@10" in r]
+    steps = [0] + [int(r["step"]) for r in rows[1:]]
+    label_free = [r[VALIDATION_METRIC] for r in rows]
+    mrr = [r[TIE_BREAKER] for r in rows]
+    labelled = [start["labelled_ndcg@10"]] + [r["labelled_ndcg@10"] for r in rows[1:]]
+    pearson = float(np.corrcoef(mrr, labelled)[0, 1]) if len(steps) > 2 else float("nan")
+    # The checkpoint adapt keeps: best (success@10, MRR@10), exact ties to the later step.
+    chosen = max(range(len(rows)), key=lambda i: (label_free[i], mrr[i], i))
     return {
         "steps": steps,
         VALIDATION_METRIC: label_free,
+        TIE_BREAKER: mrr,
         "labelled_ndcg@10": labelled,
-        "pearson": pearson,
+        "pearson_mrr_vs_labelled": pearson,
         "chosen_step": steps[chosen],
         "labelled_at_chosen": labelled[chosen],
         "labelled_best": max(labelled),
@@ -192,7 +194,7 @@ def main() -> None:
     for name, track in tracking.items():
         print(
             f"{name}: label-free {VALIDATION_METRIC} vs labelled nDCG@10 over {len(track['steps'])} checkpoints: "
-            f"pearson {track['pearson']:.3f}; chosen step {track['chosen_step']} "
+            f"pearson (val MRR@10) {track['pearson_mrr_vs_labelled']:.3f}; chosen step {track['chosen_step']} "
             f"(nDCG@10 {track['labelled_at_chosen']:.4f}, best checkpoint {track['labelled_best']:.4f})"
         )
     curves = plot_training_curves(

@@ -282,6 +282,7 @@ class Retriever(torch.nn.Module):
         batch_size: int = ...,
         show_progress: bool | None = ...,
         convert_to_numpy: Literal[True] = ...,
+        max_length: int | None = ...,
     ) -> np.ndarray: ...
     @overload
     def encode(
@@ -291,6 +292,7 @@ class Retriever(torch.nn.Module):
         batch_size: int = ...,
         show_progress: bool | None = ...,
         convert_to_numpy: Literal[False] = ...,
+        max_length: int | None = ...,
     ) -> Tensor: ...
     def encode(
         self,
@@ -299,8 +301,11 @@ class Retriever(torch.nn.Module):
         batch_size: int = 64,
         show_progress: bool | None = None,
         convert_to_numpy: bool = True,
+        max_length: int | None = None,
     ) -> np.ndarray | Tensor:
         """Inference embeddings [n, dim] float32 in input order (a single string gives [dim]).
+
+        ``max_length`` (default: the model's own) can only shorten the texts.
 
         Texts are sorted by token length (longest first) so each batch pads to a near-equal length.
         """
@@ -309,6 +314,7 @@ class Retriever(torch.nn.Module):
         n = len(items)
         out = torch.empty(n, self.embedding_dim, dtype=torch.float32)
         n_batches = math.ceil(n / batch_size)
+        limit = min(max_length or self.config.max_length, self.config.max_length)
         show = n_batches > _AUTO_PROGRESS_BATCHES if show_progress is None else show_progress
         was_training = self.training
         self.eval()
@@ -316,7 +322,7 @@ class Retriever(torch.nn.Module):
             with torch.inference_mode(), tqdm(total=n, desc="Encoding", unit="text", disable=not show) as bar:
                 for start in range(0, n, _ENCODE_CHUNK):
                     chunk = items[start : start + _ENCODE_CHUNK]
-                    enc = self.tokenizer(chunk, truncation=True, max_length=self.config.max_length)
+                    enc = self.tokenizer(chunk, truncation=True, max_length=limit)
                     lists = {
                         k: v for k, v in enc.items() if k in self._forward_keys and k != "attention_mask"
                     }
