@@ -109,7 +109,9 @@ def _run(args: argparse.Namespace) -> int:
         )
     elif args.command == "mine":
         from dreamir.data.training import write_training_file
+        from dreamir.io import check_output_file
 
+        check_output_file(args.out)
         corpus = workflow.load_corpus(args.corpus)
         examples = workflow.prepare_training_examples(args.train, corpus, args.k, None)
         write_training_file(args.out, examples)

@@ -110,7 +110,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         target = self.output_dir / CHECKPOINTS / f"step-{self.step:06d}"
-        with atomic_path(target) as tmp:
+        with atomic_path(target, replace_directory=True) as tmp:  # our own checkpoints directory
             tmp.mkdir()
             torch.save(
                 {

@@ -19,7 +19,7 @@ from dreamir.data.beir import BeirDataset, Document, load_beir, read_corpus
 from dreamir.data.training import TrainingExample, read_training_file, validate_against_corpus
 from dreamir.evaluation import evaluate_bm25, evaluate_encoder
 from dreamir.heads import CalibrationExample, HeadSet, random_heads, rank_heads, score_heads
-from dreamir.io import write_json_atomic
+from dreamir.io import check_output_file, write_json_atomic
 from dreamir.llm.frozen import FrozenLLM
 from dreamir.llm.prompt import PromptSettings
 from dreamir.models import MINILM, SMOLLM2, resolve_model
@@ -77,6 +77,7 @@ def calibration_examples(
 
 
 def select_heads(args: HeadSelectionArguments) -> HeadSet:
+    check_output_file(args.out)  # before the slow scoring, not after it
     settings = {k: v for k, v in vars(args).items() if k not in {"out", "show_progress"}}
     if args.random:
         config = AutoConfig.from_pretrained(resolve_model(args.llm))
@@ -231,6 +232,8 @@ def evaluate_model(
 
 
 def evaluate(args: EvaluationArguments) -> dict[str, float]:
+    if args.out:
+        check_output_file(args.out)  # before the slow evaluation, not after it
     set_threads(args.threads)
     metrics = evaluate_model(
         args.model, load_beir(args.beir, args.split), args.batch_size, args.show_progress
