@@ -7,6 +7,7 @@ import json
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from dreamir.data.beir import Document
 from dreamir.data.training import TrainingExample
+from dreamir.guards import NonFiniteStepGuard, check_finite_parameters
 from dreamir.io import atomic_path, read_log_rows, write_json_atomic, write_jsonl_atomic
 from dreamir.objectives.base import Objective, TrainingInstance
 
@@ -41,6 +43,7 @@ class TrainingArguments:
     save_total_limit: int = 2
     seed: int = 0
     show_progress: bool = True
+    max_nonfinite_steps: int = 3  # NaN/inf steps in a row (each skipped) before training stops
 
 
 @dataclass
@@ -82,6 +85,7 @@ class Trainer:
             self.optimizer, int(args.warmup_ratio * args.max_steps), args.max_steps
         )
         self.step = 0
+        self.guard = NonFiniteStepGuard(args.max_nonfinite_steps)
 
     # ---- data order: a deterministic function of (seed, step), so a resumed run sees the same batches ----
     def _examples_for_step(self, step: int) -> list[TrainingInstance]:
@@ -110,6 +114,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         target = self.output_dir / CHECKPOINTS / f"step-{self.step:06d}"
+        check_finite_parameters(self._trainable_state().items(), str(target))
         with atomic_path(target, replace_directory=True) as tmp:  # our own checkpoints directory
             tmp.mkdir()
             torch.save(
@@ -168,6 +173,7 @@ class Trainer:
                     self.save_checkpoint()
         bar.close()
         final_dir = self.output_dir / "final"
+        check_finite_parameters(self.objective.retriever.named_parameters(), str(final_dir))
         self.objective.retriever.save(final_dir)
         return TrainingResult(self.step, final_dir, log_file, resumed_from, history)
 
@@ -187,12 +193,19 @@ class Trainer:
         # The norm before clipping is what reached the retriever from the loss.
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, args.max_grad_norm))
         learning_rate = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
+        loss = sum(losses) / len(losses)
+        # A NaN/inf step is skipped (the schedule still advances, so the steps keep their places).
+        applied = self.guard.allows(self.step + 1, loss, grad_norm)
+        if applied:
+            self.optimizer.step()
+        with warnings.catch_warnings():
+            # torch warns when the schedule moves without an optimiser step: here that is the point.
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
         self.step += 1
         row: dict[str, float] = {
             "step": self.step,
-            "loss": sum(losses) / len(losses),
+            "loss": loss,
             "grad_norm": grad_norm,
             "tau": float(self.objective.temperature.value.detach()),
             "lr": learning_rate,
@@ -201,6 +214,8 @@ class Trainer:
         for key in sorted({k for entry in logs for k in entry}):
             values = [entry[key] for entry in logs if key in entry]
             row[key] = sum(values) / len(values)
+        if not applied:
+            row["skipped"] = 1
         return row
 
     @staticmethod

@@ -18,6 +18,7 @@ from dreamir.candidates import BM25Index, mine_candidates
 from dreamir.data.beir import BeirDataset, Document, load_beir, read_corpus
 from dreamir.data.training import TrainingExample, read_training_file, validate_against_corpus
 from dreamir.evaluation import evaluate_bm25, evaluate_encoder
+from dreamir.guards import check_finite_embeddings
 from dreamir.heads import CalibrationExample, HeadSet, random_heads, rank_heads, score_heads
 from dreamir.io import check_output_file, write_json_atomic
 from dreamir.llm.frozen import FrozenLLM
@@ -226,8 +227,14 @@ def evaluate_model(
     retriever = Retriever.from_pretrained(resolve_model(model)).eval()
     return evaluate_encoder(
         dataset,
-        lambda texts: retriever.encode_queries(texts, batch_size=batch_size, show_progress=show_progress),
-        lambda texts: retriever.encode_documents(texts, batch_size=batch_size, show_progress=show_progress),
+        lambda texts: check_finite_embeddings(
+            retriever.encode_queries(texts, batch_size=batch_size, show_progress=show_progress),
+            f"{model}: query embeddings",
+        ),
+        lambda texts: check_finite_embeddings(
+            retriever.encode_documents(texts, batch_size=batch_size, show_progress=show_progress),
+            f"{model}: document embeddings",
+        ),
     )
 
 
