@@ -42,6 +42,13 @@ def _add_dataclass(parser: argparse.ArgumentParser, cls: type, skip: Sequence[st
         group.add_argument(flag, type=kind, **options)
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _build(cls: type, namespace: argparse.Namespace, **fixed: Any):
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in vars(namespace).items() if k in names}
@@ -66,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mine.add_argument("--train", required=True)
     mine.add_argument("--corpus", required=True, help="BEIR directory or corpus.jsonl")
     mine.add_argument("--out", required=True)
-    mine.add_argument("--k", type=int, default=8)
+    mine.add_argument("--k", type=_at_least_one, default=8)
 
     heads = commands.add_parser("heads", help="select query-focused heads; writes a head file")
     _add_dataclass(heads, workflow.HeadSelectionArguments)

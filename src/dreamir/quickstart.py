@@ -16,6 +16,7 @@ from dreamir.data.training import write_training_file
 from dreamir.evaluation import format_results_table
 from dreamir.io import write_json_atomic
 from dreamir.models import MINILM, SMOLLM2
+from dreamir.options import at_least, positive
 from dreamir.plots import plot_training_curves
 from dreamir.trainer import TrainingArguments
 from dreamir.workflow import (
@@ -57,6 +58,11 @@ class QuickstartArguments:
     seed: int = 0
     threads: int = 2
     show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "num_heads", "num_candidates", "calibration_examples", "max_steps", "batch_size")
+        at_least(self, 1, "threads")
+        positive(self, "learning_rate", "temperature")
 
 
 def _say(message: str) -> None:

@@ -22,6 +22,7 @@ from dreamir.data.training import TrainingExample
 from dreamir.guards import NonFiniteStepGuard, check_finite_parameters
 from dreamir.io import atomic_path, read_log_rows, write_json_atomic, write_jsonl_atomic
 from dreamir.objectives.base import Objective, TrainingInstance
+from dreamir.options import at_least, fraction, non_negative, positive
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -44,6 +45,13 @@ class TrainingArguments:
     seed: int = 0
     show_progress: bool = True
     max_nonfinite_steps: int = 3  # NaN/inf steps in a row (each skipped) before training stops
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "max_steps", "batch_size", "gradient_accumulation_steps", "num_candidates")
+        at_least(self, 1, "save_steps", "save_total_limit", "max_nonfinite_steps")
+        positive(self, "learning_rate", "max_grad_norm")
+        non_negative(self, "weight_decay")
+        fraction(self, "warmup_ratio")
 
 
 @dataclass

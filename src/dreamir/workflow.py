@@ -25,6 +25,7 @@ from dreamir.llm.frozen import FrozenLLM
 from dreamir.llm.prompt import PromptSettings
 from dreamir.models import MINILM, SMOLLM2, resolve_model
 from dreamir.objectives import DreamLoss, InfoNCELoss, Objective, ReplugLoss
+from dreamir.options import at_least, positive
 from dreamir.retriever import LoraSettings, Retriever
 from dreamir.trainer import Trainer, TrainingArguments, TrainingResult
 
@@ -56,6 +57,9 @@ class HeadSelectionArguments:
     batch_size: int = 4
     seed: int = 0
     show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "top_k", "num_candidates", "max_examples", "max_document_tokens", "batch_size")
 
 
 def calibration_examples(
@@ -121,6 +125,9 @@ class ModelArguments:
     query_prefix: str = ""
     document_prefix: str = ""
 
+    def __post_init__(self) -> None:
+        at_least(self, 1, "max_length", "retriever_layers", "lora_r")
+
 
 @dataclass
 class DreamArguments:
@@ -144,6 +151,10 @@ class DreamArguments:
         default=False, metadata={"help": "full-prompt step instead of the cached one"}
     )
     threads: int | None = 2
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "num_heads", "max_document_tokens", "max_target_tokens", "max_examples", "threads")
+        positive(self, "temperature", "replug_beta")
 
 
 def load_retriever(args: ModelArguments) -> Retriever:
@@ -217,6 +228,9 @@ class EvaluationArguments:
     out: str | None = field(default=None, metadata={"help": "write the metrics here as JSON"})
     threads: int | None = 2
     show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "batch_size", "threads")
 
 
 def evaluate_model(
