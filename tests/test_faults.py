@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from dreamir.checkpoints import CheckpointError
 from dreamir.cli import main
 from dreamir.guards import NonFiniteError
 from dreamir.objectives import InfoNCELoss
@@ -107,3 +110,113 @@ def test_eval_refuses_a_model_whose_embeddings_are_not_finite(tmp_path, tiny_ber
     argv = ["eval", "--model", str(tmp_path / "broken"), "--beir", str(beir), "--no-show-progress"]
     assert main(argv) == 2
     assert "NaN or infinite" in capsys.readouterr().err
+
+
+# ---- kills, corrupt checkpoints, changed settings ------------------------------------------------------
+class _Killed(BaseException):
+    """Stands for a kill: nothing after it runs, nothing catches it."""
+
+
+class _KilledTrainer(Trainer):
+    kill_at: int | None = None  # dies inside this (1-based) step, before it is applied
+
+    def _optimizer_step(self):
+        if self.step + 1 == self.kill_at:
+            raise _Killed
+        return super()._optimizer_step()
+
+
+def _weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return dict(Retriever.load(output_dir / "final").named_parameters())
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bert_dir, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """The final weights of an uninterrupted run, for exact comparison."""
+    output_dir = tmp_path_factory.mktemp("reference")
+    _train(tiny_bert_dir, output_dir)
+    return _weights(output_dir)
+
+
+def _assert_same_weights(output_dir: Path, reference: dict[str, torch.Tensor]) -> None:
+    weights = _weights(output_dir)
+    assert weights.keys() == reference.keys()
+    assert all(torch.equal(weights[name], reference[name]) for name in reference)
+
+
+def _leave_partial_writes(output_dir: Path) -> None:
+    """What a kill during an atomic write leaves: hidden half-written siblings."""
+    (output_dir / CHECKPOINTS / ".step-000009.kx3" / "step-000009").mkdir(parents=True)
+    (output_dir / CHECKPOINTS / ".step-000009.kx3" / "step-000009" / STATE_FILE).write_bytes(b"\x80half")
+    (output_dir / ".final.ab1" / "final").mkdir(parents=True)
+
+
+# Five random kill points (of six steps, checkpoints every two); seeded so a failure can be replayed.
+KILL_POINTS = sorted(random.Random(16).sample(range(1, 7), 5))
+
+
+@pytest.mark.parametrize("kill_at", KILL_POINTS)
+def test_kill_and_resume_gives_bit_identical_weights(kill_at, tiny_bert_dir, tmp_path, reference):
+    trainer = _KilledTrainer(_objective(tiny_bert_dir), EXAMPLES, CORPUS, _args(tmp_path / "run"))
+    trainer.kill_at = kill_at
+    with pytest.raises(_Killed):
+        trainer.train()
+    _leave_partial_writes(tmp_path / "run")
+    _, result = _train(tiny_bert_dir, tmp_path / "run")
+    assert result.resumed_from == 2 * ((kill_at - 1) // 2)
+    assert [row["step"] for row in _log_rows(tmp_path / "run")] == [1, 2, 3, 4, 5, 6]
+    _assert_same_weights(tmp_path / "run", reference)
+    assert not list((tmp_path / "run").glob(".final.*"))
+    assert not list((tmp_path / "run" / CHECKPOINTS).glob(".step-*"))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_bytes(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    for offset in range(len(data) // 2, len(data) // 2 + 64):
+        data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+CORRUPTIONS = {
+    "truncated": _truncate,
+    "empty": lambda path: path.write_bytes(b""),
+    "garbage": lambda path: path.write_bytes(b"not a checkpoint at all" * 100),
+    "64 flipped bytes": _flip_bytes,
+    "missing": lambda path: path.unlink(),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_a_corrupt_checkpoint_falls_back_to_the_older_one(
+    corruption, tiny_bert_dir, tmp_path, reference, caplog
+):
+    _train(tiny_bert_dir, tmp_path / "run")
+    newest = tmp_path / "run" / CHECKPOINTS / "step-000006"
+    CORRUPTIONS[corruption](newest / STATE_FILE)
+    shutil.rmtree(tmp_path / "run" / "final")  # as if killed while saving it
+    with caplog.at_level(logging.WARNING, logger="dreamir.checkpoints"):
+        _, result = _train(tiny_bert_dir, tmp_path / "run")
+    assert result.resumed_from == 4
+    assert "step-000006 skipped" in caplog.text
+    _assert_same_weights(tmp_path / "run", reference)
+
+
+def test_resume_with_other_settings_is_refused_with_the_differences(tiny_bert_dir, tmp_path):
+    _train(tiny_bert_dir, tmp_path / "run", max_steps=4)
+    recorded = (tmp_path / "run" / "training_args.json").read_text()
+    with pytest.raises(
+        CheckpointError, match=r"batch_size: checkpoint 2, now 1; training\.seed: checkpoint 0, now 1"
+    ):
+        _train(tiny_bert_dir, tmp_path / "run", max_steps=4, seed=1, batch_size=1)
+    with pytest.raises(CheckpointError, match=r"max_steps: checkpoint 4, now 6"):
+        _train(tiny_bert_dir, tmp_path / "run", max_steps=6)
+    assert (tmp_path / "run" / "training_args.json").read_text() == recorded  # never records unused settings
+    objective = _objective(tiny_bert_dir)
+    with pytest.raises(CheckpointError, match="data: the training rows or their passages differ"):
+        Trainer(objective, EXAMPLES[:2], CORPUS, _args(tmp_path / "run", max_steps=4)).train()
+    _, result = _train(tiny_bert_dir, tmp_path / "run", max_steps=6, allow_longer_run=True)
+    assert result.resumed_from == 4 and result.steps == 6

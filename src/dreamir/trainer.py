@@ -3,6 +3,8 @@ JSONL log per optimiser step. It only knows objectives (loss modules over the re
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import random
 import shutil
@@ -11,12 +13,14 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from dreamir import checkpoints as integrity
 from dreamir.data.beir import Document
 from dreamir.data.training import TrainingExample
 from dreamir.guards import NonFiniteStepGuard, check_finite_parameters
@@ -45,6 +49,7 @@ class TrainingArguments:
     seed: int = 0
     show_progress: bool = True
     max_nonfinite_steps: int = 3  # NaN/inf steps in a row (each skipped) before training stops
+    allow_longer_run: bool = False  # resume with a larger max_steps than the checkpoint's
 
     def __post_init__(self) -> None:
         at_least(self, 1, "max_steps", "batch_size", "gradient_accumulation_steps", "num_candidates")
@@ -70,7 +75,9 @@ class Trainer:
         examples: Sequence[TrainingExample],
         corpus: dict[str, Document],
         args: TrainingArguments,
+        run_settings: dict[str, Any] | None = None,
     ) -> None:
+        """``run_settings``: what else defines the run (model, objective); a resume must match it."""
         if not examples:
             raise ValueError("no training examples")
         missing = [i for i, e in enumerate(examples) if not e.candidate_ids]
@@ -82,6 +89,7 @@ class Trainer:
         self.examples = list(examples)
         self.corpus = corpus
         self.args = args
+        self.run_settings = run_settings or {}
         self.output_dir = Path(args.output_dir)
         self.parameters = [p for p in objective.parameters() if p.requires_grad]
         if not self.parameters:
@@ -132,22 +140,56 @@ class Trainer:
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
                     "args": asdict(self.args),
+                    "settings": self._settings(),
                 },
                 tmp / STATE_FILE,
             )
+            integrity.write_manifest(tmp)
         checkpoints = sorted((self.output_dir / CHECKPOINTS).glob("step-*"))
         for old in checkpoints[: -self.args.save_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
         return target
 
-    def latest_checkpoint(self) -> Path | None:
-        checkpoints = sorted(
-            p for p in (self.output_dir / CHECKPOINTS).glob("step-*") if (p / STATE_FILE).exists()
-        )
-        return checkpoints[-1] if checkpoints else None
+    def _settings(self) -> dict[str, Any]:
+        return {"training": asdict(self.args), "run": self.run_settings, "data": self._data_fingerprint}
 
-    def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    @functools.cached_property
+    def _data_fingerprint(self) -> str:
+        """SHA-256 of the training rows and the passages they use: another --train or corpus changes it."""
+        digest = hashlib.sha256()
+        for example in self.examples:
+            documents = [(self.corpus[i].title, self.corpus[i].text) for i in example.candidate_ids or []]
+            digest.update(json.dumps([example.to_record(), documents]).encode())
+        return digest.hexdigest()
+
+    def latest_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint whose checksums verify and which loads (older ones are fallbacks)."""
+        found = integrity.newest_valid(
+            (self.output_dir / CHECKPOINTS).glob("step-*"),
+            STATE_FILE,
+            lambda path: torch.load(path / STATE_FILE, map_location="cpu", weights_only=True),
+        )
+        if found is not None:
+            self._refuse_other_settings(*found)
+        return found
+
+    def _refuse_other_settings(self, path: Path, state: dict[str, Any]) -> None:
+        if "settings" not in state:
+            return  # written before settings were recorded
+        saved, current = state["settings"], self._settings()
+        differences = integrity.settings_differences(saved, current)
+        if self.args.allow_longer_run and self.args.max_steps >= saved["training"]["max_steps"]:
+            differences = [d for d in differences if not d.startswith("training.max_steps:")]
+        if differences:
+            raise integrity.CheckpointError(
+                f"{self.output_dir} holds a run trained with other settings ({path.name}): "
+                + "; ".join(differences)
+                + ". Use another --output-dir (or --allow-longer-run to raise --max-steps only)."
+            )
+
+    def load_checkpoint(self, path: Path, state: dict[str, Any] | None = None) -> None:
+        if state is None:
+            state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
         named = dict(self.objective.named_parameters())
         with torch.no_grad():
             for name, value in state["parameters"].items():
@@ -160,11 +202,12 @@ class Trainer:
     def train(self) -> TrainingResult:
         args = self.args
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.output_dir / "training_args.json", asdict(args))
+        integrity.remove_temporaries(self.output_dir, self.output_dir / CHECKPOINTS)
         log_file = self.output_dir / "log.jsonl"
-        checkpoint = self.latest_checkpoint()
+        checkpoint = self.latest_checkpoint()  # refuses other settings before anything is written
         if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
+            self.load_checkpoint(*checkpoint)
+        write_json_atomic(self.output_dir / "training_args.json", asdict(args))
         resumed_from = self.step
         history = self._read_log(log_file, upto=self.step)
         self.objective.train()

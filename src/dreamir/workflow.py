@@ -215,7 +215,8 @@ def train_dream(model: ModelArguments, dream: DreamArguments, training: Training
     corpus = load_corpus(dream.corpus)
     examples = prepare_training_examples(dream.train, corpus, training.num_candidates, dream.max_examples)
     objective = build_objective(load_retriever(model), dream)
-    return Trainer(objective, examples, corpus, training).train()
+    run_settings = {"model": dataclasses.asdict(model), "objective": dataclasses.asdict(dream)}
+    return Trainer(objective, examples, corpus, training, run_settings).train()
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------
