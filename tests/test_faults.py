@@ -11,10 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dreamir.checkpoints import CheckpointError
 from dreamir.cli import main
+from dreamir.data.beir import read_corpus, read_qrels, read_queries
+from dreamir.data.errors import DataFormatError
+from dreamir.data.training import read_training_file
 from dreamir.guards import NonFiniteError
+from dreamir.heads import HeadSet
 from dreamir.objectives import InfoNCELoss
 from dreamir.retriever import Retriever, RetrieverConfig
 from dreamir.trainer import CHECKPOINTS, STATE_FILE, Trainer, TrainingArguments
@@ -220,3 +226,55 @@ def test_resume_with_other_settings_is_refused_with_the_differences(tiny_bert_di
         Trainer(objective, EXAMPLES[:2], CORPUS, _args(tmp_path / "run", max_steps=4)).train()
     _, result = _train(tiny_bert_dir, tmp_path / "run", max_steps=6, allow_longer_run=True)
     assert result.resumed_from == 4 and result.steps == 6
+
+
+# ---- loaders fed random and mutated files --------------------------------------------------------------
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+_fields = st.sampled_from(["_id", "title", "text", "query", "target", "candidate_ids", "gold_id", "query_id"])
+_records = st.dictionaries(_fields, _json_values | st.text(min_size=1, max_size=8), max_size=6)
+_lines = st.one_of(
+    _records.map(lambda record: json.dumps(record).encode()),
+    st.binary(max_size=30),
+    st.text(max_size=30).map(str.encode),
+)
+_files = st.lists(_lines, max_size=6).map(lambda lines: b"\n".join(lines))
+LOADERS = {
+    "corpus": read_corpus,
+    "queries": read_queries,
+    "qrels": read_qrels,
+    "training": read_training_file,
+}
+
+
+@pytest.mark.parametrize("kind", list(LOADERS))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=_files)
+def test_loaders_return_valid_records_or_raise_the_projects_own_error(kind, content, tmp_path):
+    path = tmp_path / f"{kind}.data"
+    path.write_bytes(content)
+    try:
+        loaded = LOADERS[kind](path)
+    except DataFormatError as error:
+        assert str(path) in str(error)
+        return
+    if kind == "corpus":
+        assert all(isinstance(d.text, str) and d.doc_id for d in loaded.values())
+    elif kind == "training":
+        assert all(e.query.strip() and e.target.strip() for e in loaded)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=_files, position=st.integers(0, 200), byte=st.integers(0, 255))
+def test_head_file_loader_raises_a_value_error_naming_the_file(content, position, byte, tmp_path):
+    sound = json.dumps({"model": "m", "heads": [{"layer": 0, "head": 1, "score": 0.5}]}).encode()
+    for data in (content, sound[:position] + bytes([byte]) + sound[position + 1 :]):
+        path = tmp_path / "heads.json"
+        path.write_bytes(data)
+        try:
+            HeadSet.load(path)
+        except ValueError as error:
+            assert str(path) in str(error)

@@ -86,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate = commands.add_parser("eval", help="nDCG@10, Recall@100, MRR@10 on a BEIR-layout directory")
     _add_dataclass(evaluate, workflow.EvaluationArguments)
 
+    check = commands.add_parser("validate", help="check data and head files; report every problem found")
+    check.add_argument("paths", nargs="+", help="BEIR directories, JSONL/TSV data files, head files")
+
     quick = commands.add_parser("quickstart", help="the whole pipeline on packaged models and data")
     _add_dataclass(quick, QuickstartArguments)
 
@@ -137,6 +140,10 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "eval":
         metrics = workflow.evaluate(_build(workflow.EvaluationArguments, args))
         print(json.dumps(metrics, indent=2))
+    elif args.command == "validate":
+        from dreamir.validate import run_validate
+
+        return run_validate(args.paths)
     elif args.command == "quickstart":
         run_quickstart(_build(QuickstartArguments, args))
     return 0
