@@ -8,6 +8,7 @@ import pytest
 from dreamir.data.beir import load_beir
 from dreamir.data.factbook import (
     FIELDS,
+    OUTPUT_FILES,
     FactbookPaths,
     build_factbook,
     clean_html,
@@ -15,15 +16,6 @@ from dreamir.data.factbook import (
     name_in_sentence,
 )
 from dreamir.data.training import read_training_file, validate_against_corpus
-
-OUTPUT_FILES = (
-    "corpus.jsonl",
-    "queries.jsonl",
-    "qrels/test.tsv",
-    "train.jsonl",
-    "calibration.jsonl",
-    "meta.json",
-)
 
 
 @pytest.fixture(scope="module")

@@ -49,8 +49,9 @@ from dreamir.io import atomic_path, read_log_rows, write_json_atomic, write_json
 from dreamir.llm.frozen import FrozenLLM
 from dreamir.llm.prompt import PromptSettings
 from dreamir.models import MINILM, SMOLLM2
+from dreamir.options import at_least, positive
 from dreamir.plots import plot_training_curves
-from dreamir.retriever import Retriever
+from dreamir.retriever import CONFIG_FILE, Retriever
 from dreamir.trainer import Trainer, TrainerCallback, TrainingArguments
 from dreamir.workflow import DreamArguments, ModelArguments, build_objective, load_retriever, set_threads
 
@@ -117,6 +118,13 @@ class AdaptArguments:
     threads: int | None = 2
     show_progress: bool = True
 
+    def __post_init__(self) -> None:
+        at_least(self, 1, "max_passages", "examples_per_passage", "target_words", "validation_examples")
+        at_least(self, 1, "validation_docs", "validate_every", "num_candidates", "num_heads", "head_examples")
+        at_least(self, 1, "max_steps", "batch_size", "max_target_tokens", "train_max_length", "threads")
+        at_least(self, 0, "refresh_every", "refresh_after")
+        positive(self, "learning_rate", "temperature")
+
     def example_settings(self) -> CorpusExampleSettings:
         return CorpusExampleSettings(
             recipe=self.recipe,
@@ -125,6 +133,12 @@ class AdaptArguments:
             target_words=self.target_words,
             seed=self.seed,
         )
+
+
+def _run_settings(args: AdaptArguments) -> dict:
+    """What a resumed training run must share with the checkpoint it resumes from."""
+    ignored = {"out", "corpus", "threads", "show_progress", "validate_every", "validation_docs"}
+    return {k: v for k, v in dataclasses.asdict(args).items() if k not in ignored}
 
 
 def _say(message: str) -> None:
@@ -482,11 +496,14 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
         )
     callbacks += extra_callbacks
     _say(f"training {args.retriever} with {args.objective} for {args.max_steps} steps of {args.batch_size}")
-    result = Trainer(objective, train, full_corpus, training, callbacks).train()
+    result = Trainer(
+        objective, train, full_corpus, training, run_settings=_run_settings(args), callbacks=callbacks
+    ).train()
     finish("training", started)
 
     best = json.loads((train_dir / "best.json").read_text()) if (train_dir / "best.json").exists() else {}
-    with atomic_path(out / "model") as tmp:
+    # Replaces only a model an earlier run wrote there.
+    with atomic_path(out / "model", replace_directory=(out / "model" / CONFIG_FILE).exists()) as tmp:
         shutil.copytree(train_dir / "best", tmp)
     rows = read_log_rows(result.log_file)
     curve = plot_training_curves(

@@ -42,6 +42,13 @@ def _add_dataclass(parser: argparse.ArgumentParser, cls: type, skip: Sequence[st
         group.add_argument(flag, type=kind, **options)
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _build(cls: type, namespace: argparse.Namespace, **fixed: Any):
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in vars(namespace).items() if k in names}
@@ -67,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mine.add_argument("--train", required=True)
     mine.add_argument("--corpus", required=True, help="BEIR directory or corpus.jsonl")
     mine.add_argument("--out", required=True)
-    mine.add_argument("--k", type=int, default=8)
+    mine.add_argument("--k", type=_at_least_one, default=8)
 
     heads = commands.add_parser("heads", help="select query-focused heads; writes a head file")
     _add_dataclass(heads, workflow.HeadSelectionArguments)
@@ -85,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     adapt.add_argument("corpus", metavar="CORPUS_DIR", help="BEIR-layout directory holding corpus.jsonl")
     _add_dataclass(adapt, AdaptArguments, skip=("corpus",))
+    check = commands.add_parser("validate", help="check data and head files; report every problem found")
+    check.add_argument("paths", nargs="+", help="BEIR directories, JSONL/TSV data files, head files")
 
     quick = commands.add_parser("quickstart", help="the whole pipeline on packaged models and data")
     _add_dataclass(quick, QuickstartArguments)
@@ -116,7 +125,9 @@ def _run(args: argparse.Namespace) -> int:
         )
     elif args.command == "mine":
         from dreamir.data.training import write_training_file
+        from dreamir.io import check_output_file
 
+        check_output_file(args.out)
         corpus = workflow.load_corpus(args.corpus)
         examples = workflow.prepare_training_examples(args.train, corpus, args.k, None)
         write_training_file(args.out, examples)
@@ -139,6 +150,10 @@ def _run(args: argparse.Namespace) -> int:
         from dreamir.adapt import AdaptArguments, adapt
 
         adapt(_build(AdaptArguments, args))
+    elif args.command == "validate":
+        from dreamir.validate import run_validate
+
+        return run_validate(args.paths)
     elif args.command == "quickstart":
         run_quickstart(_build(QuickstartArguments, args))
     return 0

@@ -12,13 +12,38 @@ from pathlib import Path
 from typing import Any
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; it is renamed onto ``path`` only if the block succeeds.
+class OutputPathError(ValueError):
+    """An output path that cannot be written without destroying something the user did not ask to replace."""
 
-    Works for files and directories alike (the block decides what it creates at the yielded path).
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        super().__init__(f"{path}: {reason}")
+
+
+def check_output_file(path: str | Path) -> Path:
+    """Refuse, before any work is done, an output file path that is an existing directory.
+
+    Writing a file there would first have to delete the directory and everything in it.
     """
     path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(
+            path, "is an existing directory; refusing to replace it with a file (give a file path instead)"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, replace_directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; it is renamed onto ``path`` only if the block succeeds.
+
+    Works for files and directories alike (the block decides what it creates at the yielded path). An
+    existing directory at ``path`` is replaced only with ``replace_directory=True`` (a directory this
+    program wrote itself); otherwise the write is refused and the directory left untouched.
+    """
+    path = Path(path)
+    if not replace_directory:
+        check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     tmp = tmp_dir / path.name

@@ -70,7 +70,8 @@ def _convert_smollm2(target: Path) -> None:
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
-    with atomic_path(target) as tmp:
+    # The cache directory is ours: a conversion cut short is replaced.
+    with atomic_path(target, replace_directory=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / _CACHE_MARKER).write_text(json.dumps({"gguf": str(gguf), "name": SMOLLM2}) + "\n")

@@ -15,6 +15,7 @@ from dreamir.data.beir import load_beir
 from dreamir.evaluation import format_results_table
 from dreamir.io import write_json_atomic
 from dreamir.models import MINILM, SMOLLM2
+from dreamir.options import at_least
 from dreamir.workflow import evaluate_model, read_json, set_threads
 
 DEFAULT_SCIFACT = Path("../shared/data/beir/scifact")
@@ -35,6 +36,9 @@ class QuickstartArguments:
     seed: int = 0
     threads: int = 2
     show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "threads")
 
 
 def _say(message: str) -> None:

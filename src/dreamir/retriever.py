@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from dreamir.io import atomic_path
+from dreamir.io import OutputPathError, atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -394,7 +394,13 @@ class Retriever(torch.nn.Module):
         """Write a sentence-transformers directory (LoRA merged) plus ``dreamir_retriever.json``, atomically."""
         path = Path(path)
         cfg = self.config
-        with atomic_path(path) as tmp:
+        # Replace only an earlier save (or an empty directory), never a directory of the user's own.
+        earlier_save = path.is_dir() and ((path / CONFIG_FILE).is_file() or not any(path.iterdir()))
+        if path.is_dir() and not earlier_save:
+            raise OutputPathError(
+                path, f"is an existing directory without {CONFIG_FILE}; refusing to replace it with a model"
+            )
+        with atomic_path(path, replace_directory=earlier_save) as tmp:
             tmp.mkdir()
             backbone = self.merged_backbone()
             backbone.save_pretrained(tmp, safe_serialization=True)

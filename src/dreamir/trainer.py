@@ -3,24 +3,30 @@ JSONL log per optimiser step. It only knows objectives (loss modules over the re
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from dreamir import checkpoints as integrity
 from dreamir.data.beir import Document
 from dreamir.data.training import TrainingExample
+from dreamir.guards import NonFiniteStepGuard, check_finite_parameters
 from dreamir.io import atomic_path, read_log_rows, write_json_atomic, write_jsonl_atomic
 from dreamir.objectives.base import Objective, TrainingInstance
+from dreamir.options import at_least, fraction, non_negative, positive
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -44,6 +50,15 @@ class TrainingArguments:
     show_progress: bool = True
     # Mixed precision: the loss is computed under bf16 autocast, weights and optimiser stay float32.
     bf16: bool = False
+    max_nonfinite_steps: int = 3  # NaN/inf steps in a row (each skipped) before training stops
+    allow_longer_run: bool = False  # resume with a larger max_steps than the checkpoint's
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "max_steps", "batch_size", "gradient_accumulation_steps", "num_candidates")
+        at_least(self, 1, "save_steps", "save_total_limit", "max_nonfinite_steps")
+        positive(self, "learning_rate", "max_grad_norm")
+        non_negative(self, "weight_decay")
+        fraction(self, "warmup_ratio")
 
 
 @dataclass
@@ -71,8 +86,12 @@ class Trainer:
         examples: Sequence[TrainingExample],
         corpus: dict[str, Document],
         args: TrainingArguments,
+        *,
+        run_settings: dict[str, Any] | None = None,
         callbacks: Sequence[TrainerCallback] = (),
     ) -> None:
+        """``run_settings``: what else defines the run (model, objective); a resume must match it.
+        ``callbacks``: hooks called at the start and after every optimiser step."""
         if not examples:
             raise ValueError("no training examples")
         missing = [i for i, e in enumerate(examples) if not e.candidate_ids]
@@ -84,6 +103,7 @@ class Trainer:
         self.examples = list(examples)
         self.corpus = corpus
         self.args = args
+        self.run_settings = run_settings or {}
         self.output_dir = Path(args.output_dir)
         self.parameters = [p for p in objective.parameters() if p.requires_grad]
         if not self.parameters:
@@ -96,6 +116,7 @@ class Trainer:
         )
         self.step = 0
         self.callbacks = list(callbacks)
+        self.guard = NonFiniteStepGuard(args.max_nonfinite_steps)
 
     # ---- data order: a deterministic function of (seed, step), so a resumed run sees the same batches ----
     def _examples_for_step(self, step: int) -> list[TrainingInstance]:
@@ -124,7 +145,8 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         target = self.output_dir / CHECKPOINTS / f"step-{self.step:06d}"
-        with atomic_path(target) as tmp:
+        check_finite_parameters(self._trainable_state().items(), str(target))
+        with atomic_path(target, replace_directory=True) as tmp:  # our own checkpoints directory
             tmp.mkdir()
             torch.save(
                 {
@@ -133,22 +155,56 @@ class Trainer:
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
                     "args": asdict(self.args),
+                    "settings": self._settings(),
                 },
                 tmp / STATE_FILE,
             )
+            integrity.write_manifest(tmp)
         checkpoints = sorted((self.output_dir / CHECKPOINTS).glob("step-*"))
         for old in checkpoints[: -self.args.save_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
         return target
 
-    def latest_checkpoint(self) -> Path | None:
-        checkpoints = sorted(
-            p for p in (self.output_dir / CHECKPOINTS).glob("step-*") if (p / STATE_FILE).exists()
-        )
-        return checkpoints[-1] if checkpoints else None
+    def _settings(self) -> dict[str, Any]:
+        return {"training": asdict(self.args), "run": self.run_settings, "data": self._data_fingerprint}
 
-    def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    @functools.cached_property
+    def _data_fingerprint(self) -> str:
+        """SHA-256 of the training rows and the passages they use: another --train or corpus changes it."""
+        digest = hashlib.sha256()
+        for example in self.examples:
+            documents = [(self.corpus[i].title, self.corpus[i].text) for i in example.candidate_ids or []]
+            digest.update(json.dumps([example.to_record(), documents]).encode())
+        return digest.hexdigest()
+
+    def latest_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint whose checksums verify and which loads (older ones are fallbacks)."""
+        found = integrity.newest_valid(
+            (self.output_dir / CHECKPOINTS).glob("step-*"),
+            STATE_FILE,
+            lambda path: torch.load(path / STATE_FILE, map_location="cpu", weights_only=True),
+        )
+        if found is not None:
+            self._refuse_other_settings(*found)
+        return found
+
+    def _refuse_other_settings(self, path: Path, state: dict[str, Any]) -> None:
+        if "settings" not in state:
+            return  # written before settings were recorded
+        saved, current = state["settings"], self._settings()
+        differences = integrity.settings_differences(saved, current)
+        if self.args.allow_longer_run and self.args.max_steps >= saved["training"]["max_steps"]:
+            differences = [d for d in differences if not d.startswith("training.max_steps:")]
+        if differences:
+            raise integrity.CheckpointError(
+                f"{self.output_dir} holds a run trained with other settings ({path.name}): "
+                + "; ".join(differences)
+                + ". Use another --output-dir (or --allow-longer-run to raise --max-steps only)."
+            )
+
+    def load_checkpoint(self, path: Path, state: dict[str, Any] | None = None) -> None:
+        if state is None:
+            state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
         named = dict(self.objective.named_parameters())
         with torch.no_grad():
             for name, value in state["parameters"].items():
@@ -161,11 +217,12 @@ class Trainer:
     def train(self) -> TrainingResult:
         args = self.args
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.output_dir / "training_args.json", asdict(args))
+        integrity.remove_temporaries(self.output_dir, self.output_dir / CHECKPOINTS)
         log_file = self.output_dir / "log.jsonl"
-        checkpoint = self.latest_checkpoint()
+        checkpoint = self.latest_checkpoint()  # refuses other settings before anything is written
         if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
+            self.load_checkpoint(*checkpoint)
+        write_json_atomic(self.output_dir / "training_args.json", asdict(args))
         resumed_from = self.step
         history = self._read_log(log_file, upto=self.step)
         for callback in self.callbacks:
@@ -186,6 +243,7 @@ class Trainer:
                     self.save_checkpoint()
         bar.close()
         final_dir = self.output_dir / "final"
+        check_finite_parameters(self.objective.retriever.named_parameters(), str(final_dir))
         self.objective.retriever.save(final_dir)
         return TrainingResult(self.step, final_dir, log_file, resumed_from, history)
 
@@ -206,12 +264,19 @@ class Trainer:
         # The norm before clipping is what reached the retriever from the loss.
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, args.max_grad_norm))
         learning_rate = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
+        loss = sum(losses) / len(losses)
+        # A NaN/inf step is skipped (the schedule still advances, so the steps keep their places).
+        applied = self.guard.allows(self.step + 1, loss, grad_norm)
+        if applied:
+            self.optimizer.step()
+        with warnings.catch_warnings():
+            # torch warns when the schedule moves without an optimiser step: here that is the point.
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
         self.step += 1
         row: dict[str, float] = {
             "step": self.step,
-            "loss": sum(losses) / len(losses),
+            "loss": loss,
             "grad_norm": grad_norm,
             "tau": float(self.objective.temperature.value.detach()),
             "lr": learning_rate,
@@ -220,6 +285,8 @@ class Trainer:
         for key in sorted({k for entry in logs for k in entry}):
             values = [entry[key] for entry in logs if key in entry]
             row[key] = sum(values) / len(values)
+        if not applied:
+            row["skipped"] = 1
         return row
 
     @staticmethod

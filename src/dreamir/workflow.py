@@ -18,12 +18,14 @@ from dreamir.candidates import BM25Index, mine_candidates
 from dreamir.data.beir import BeirDataset, Document, load_beir, read_corpus
 from dreamir.data.training import TrainingExample, read_training_file, validate_against_corpus
 from dreamir.evaluation import evaluate_bm25, evaluate_encoder
+from dreamir.guards import check_finite_embeddings
 from dreamir.heads import CalibrationExample, HeadSet, random_heads, rank_heads, score_heads
-from dreamir.io import write_json_atomic
+from dreamir.io import check_output_file, write_json_atomic
 from dreamir.llm.frozen import FrozenLLM
 from dreamir.llm.prompt import PromptSettings
 from dreamir.models import MINILM, SMOLLM2, resolve_model
 from dreamir.objectives import DreamLoss, InfoNCELoss, Objective, ReplugLoss
+from dreamir.options import at_least, positive
 from dreamir.retriever import LoraSettings, Retriever
 from dreamir.trainer import Trainer, TrainingArguments, TrainingResult
 
@@ -56,6 +58,9 @@ class HeadSelectionArguments:
     seed: int = 0
     show_progress: bool = True
 
+    def __post_init__(self) -> None:
+        at_least(self, 1, "top_k", "num_candidates", "max_examples", "max_document_tokens", "batch_size")
+
 
 def calibration_examples(
     examples: Sequence[TrainingExample], corpus: dict[str, Document], num_candidates: int, seed: int
@@ -77,6 +82,7 @@ def calibration_examples(
 
 
 def select_heads(args: HeadSelectionArguments) -> HeadSet:
+    check_output_file(args.out)  # before the slow scoring, not after it
     settings = {k: v for k, v in vars(args).items() if k not in {"out", "show_progress"}}
     if args.random:
         config = AutoConfig.from_pretrained(resolve_model(args.llm))
@@ -119,6 +125,9 @@ class ModelArguments:
     query_prefix: str = ""
     document_prefix: str = ""
 
+    def __post_init__(self) -> None:
+        at_least(self, 1, "max_length", "retriever_layers", "lora_r")
+
 
 @dataclass
 class DreamArguments:
@@ -145,6 +154,10 @@ class DreamArguments:
         default=False, metadata={"help": "full-prompt step instead of the cached one"}
     )
     threads: int | None = 2
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "num_heads", "max_document_tokens", "max_target_tokens", "max_examples", "threads")
+        positive(self, "temperature", "replug_beta")
 
 
 def load_retriever(args: ModelArguments) -> Retriever:
@@ -211,7 +224,8 @@ def train_dream(model: ModelArguments, dream: DreamArguments, training: Training
     corpus = load_corpus(dream.corpus)
     examples = prepare_training_examples(dream.train, corpus, training.num_candidates, dream.max_examples)
     objective = build_objective(load_retriever(model), dream)
-    return Trainer(objective, examples, corpus, training).train()
+    run_settings = {"model": dataclasses.asdict(model), "objective": dataclasses.asdict(dream)}
+    return Trainer(objective, examples, corpus, training, run_settings=run_settings).train()
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------
@@ -225,6 +239,9 @@ class EvaluationArguments:
     threads: int | None = 2
     show_progress: bool = True
 
+    def __post_init__(self) -> None:
+        at_least(self, 1, "batch_size", "threads")
+
 
 def evaluate_model(
     model: str, dataset: BeirDataset, batch_size: int = 64, show_progress: bool = True
@@ -234,12 +251,20 @@ def evaluate_model(
     retriever = Retriever.from_pretrained(resolve_model(model)).eval()
     return evaluate_encoder(
         dataset,
-        lambda texts: retriever.encode_queries(texts, batch_size=batch_size, show_progress=show_progress),
-        lambda texts: retriever.encode_documents(texts, batch_size=batch_size, show_progress=show_progress),
+        lambda texts: check_finite_embeddings(
+            retriever.encode_queries(texts, batch_size=batch_size, show_progress=show_progress),
+            f"{model}: query embeddings",
+        ),
+        lambda texts: check_finite_embeddings(
+            retriever.encode_documents(texts, batch_size=batch_size, show_progress=show_progress),
+            f"{model}: document embeddings",
+        ),
     )
 
 
 def evaluate(args: EvaluationArguments) -> dict[str, float]:
+    if args.out:
+        check_output_file(args.out)  # before the slow evaluation, not after it
     set_threads(args.threads)
     metrics = evaluate_model(
         args.model, load_beir(args.beir, args.split), args.batch_size, args.show_progress

