@@ -194,3 +194,15 @@ def test_adapt_refreshes_candidates_with_the_retriever(tmp_path, tiny_bert_dir, 
 def test_adapt_cli_names_a_missing_corpus(tmp_path, capsys):
     assert main(["adapt", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     assert "corpus.jsonl" in capsys.readouterr().err
+
+
+def test_query_generator_is_seeded_batched_and_cleaned(tiny_llama_dir):
+    from dreamir.llm.generate import GenerationSettings, QueryGenerator, clean_query
+
+    passages = list(make_corpus(5).values())
+    settings = GenerationSettings(max_new_tokens=6, batch_size=2, bf16=False)
+    first = QueryGenerator(tiny_llama_dir, settings, show_progress=False)(passages)
+    again = QueryGenerator(tiny_llama_dir, settings, show_progress=False)(passages)
+    assert len(first) == 5 and first == again
+    assert all("\n" not in query for query in first)
+    assert clean_query('\n Query: "rivers of france"\nmore') == "rivers of france"
