@@ -137,15 +137,18 @@ def dream_attention(
         return output, None
     groups = query.shape[1] // key.shape[1]
     heads = heads.to(query.device)
-    attn = _eager_weights(
-        query.index_select(1, heads),
-        _select_heads_kv(key, heads, groups),
-        attention_mask,
-        scaling,
-    )
-    plan = dream_injection
-    attn = redistribute(attn, plan.doc_index, plan.doc_probs, plan.row_mask, plan.mode)
-    injected = torch.matmul(attn, _select_heads_kv(value, heads, groups)).transpose(1, 2)  # [B, T, Hs, D]
+    # The injected heads run in float32 whatever the rest does (bf16 autocast): their softmax and the
+    # redistribution carry the retriever's gradient. A no-op for a float32 model.
+    with torch.autocast(query.device.type, enabled=False):
+        attn = _eager_weights(
+            query.index_select(1, heads).float(),
+            _select_heads_kv(key, heads, groups).float(),
+            attention_mask.float() if attention_mask is not None else None,
+            scaling,
+        )
+        plan = dream_injection
+        attn = redistribute(attn, plan.doc_index, plan.doc_probs, plan.row_mask, plan.mode)
+        injected = torch.matmul(attn, _select_heads_kv(value, heads, groups).float()).transpose(1, 2)
     # output is [B, T, H, D]; out-of-place index_copy keeps autograd happy.
     return output.index_copy(2, heads, injected.to(output.dtype)), None
 
