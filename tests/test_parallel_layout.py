@@ -1,10 +1,13 @@
 """The parallel document layout and the per-corpus document cache, on a tiny random Llama with GQA."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
+from dreamir.cli import main
+from dreamir.heads import HeadSet
 from dreamir.llm.frozen import FrozenLLM
 from dreamir.llm.parallel import ParallelBatch, block_mask
 from dreamir.llm.prompt import PromptSettings
@@ -146,3 +149,28 @@ def test_bfloat16_stays_close_to_float32(tiny_llama_dir):
         losses.append(_loss_and_grad(model, _batch(model), reuse_prefix=True))
     assert abs(float(losses[0][0] - losses[1][0])) < 0.05
     assert torch.nn.functional.cosine_similarity(losses[0][1].flatten(), losses[1][1].flatten(), dim=0) > 0.9
+
+
+@pytest.mark.parametrize("objective", ["dream", "replug"])
+def test_cli_trains_in_the_parallel_layout_with_a_disk_cache(
+    tiny_bert_dir, tiny_llama_dir, tmp_path, objective
+):
+    rows = [{"_id": f"d{i}", "title": title, "text": text} for i, (title, text) in enumerate(DOCS)]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train = tmp_path / "train.jsonl"
+    examples = [
+        {"query": "what is the capital of france?", "target": "paris", "candidate_ids": ["d0", "d1", "d2"]},
+        {"query": "where is madrid?", "target": "spain", "candidate_ids": ["d3", "d1", "d0"]},
+    ]
+    train.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    HeadSet("tiny", HEADS, [1.0] * len(HEADS), {"top_k": len(HEADS)}).save(tmp_path / "heads.json")
+    arguments = ["train", "--train", str(train), "--corpus", str(tmp_path), "--objective", objective]
+    arguments += ["--retriever", tiny_bert_dir, "--pooling", "mean", "--max-length", "32"]
+    arguments += ["--llm", tiny_llama_dir, "--heads", str(tmp_path / "heads.json")]
+    arguments += ["--document-layout", "parallel", "--precision", "bfloat16"]
+    arguments += ["--document-cache", str(tmp_path / "cache"), "--max-steps", "2", "--num-candidates", "3"]
+    arguments += ["--no-show-progress", "--output-dir", str(tmp_path / "run")]
+    assert main(arguments) == 0
+    assert (tmp_path / "run" / "final" / "modules.json").exists()
+    shards = list((tmp_path / "cache").glob("*/shard-*.safetensors"))
+    assert len(shards) == 1  # all four candidates built once, before the first step

@@ -36,7 +36,9 @@ class TrainingArguments:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     num_candidates: int = 8
-    shuffle_candidates: bool = True  # per example, against the LLM's position bias
+    # Per example, against the LLM's position bias (sequential layout); in the parallel layout the order
+    # changes nothing the LLM computes, so shuffling is harmless there and changes only the logged order.
+    shuffle_candidates: bool = True
     save_steps: int = 50
     save_total_limit: int = 2
     seed: int = 0

@@ -19,7 +19,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from dreamir.llm.doc_cache import DocumentKVCache, KeysValues, model_fingerprint
+from dreamir.llm.doc_cache import BuildStats, DocumentKVCache, KeysValues, model_fingerprint
 from dreamir.llm.injection import (
     ATTENTION_NAME,
     DocumentMassProbe,
@@ -143,6 +143,12 @@ class FrozenLLM(nn.Module):
         if isinstance(prompts[0], ParallelPrompt):
             return collate_parallel(prompts, pad, self.prompt.inject_query_rows).to(self.device)
         return collate_prompts(prompts, pad, self.prompt.inject_query_rows).to(self.device)
+
+    def cache_documents(self, documents: Sequence[tuple[str, str]]) -> BuildStats:
+        """Put (title, text) documents in the parallel layout's document cache now; what is there already
+        is not built again. Returns what this call built."""
+        blocks = encode_parallel_prompt(self.tokenizer, "", documents, None, self.prompt)
+        return self.documents.build(blocks.prefix_ids, blocks.document_ids)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast for the LLM's matmuls when the precision asks for it; nothing in float32."""
