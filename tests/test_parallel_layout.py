@@ -167,7 +167,14 @@ def test_cli_trains_in_the_parallel_layout_with_a_disk_cache(
     arguments = ["train", "--train", str(train), "--corpus", str(tmp_path), "--objective", objective]
     arguments += ["--retriever", tiny_bert_dir, "--pooling", "mean", "--max-length", "32"]
     arguments += ["--llm", tiny_llama_dir, "--heads", str(tmp_path / "heads.json")]
-    arguments += ["--document-layout", "parallel", "--precision", "bfloat16"]
+    arguments += [
+        "--document-layout",
+        "parallel",
+        "--precision",
+        "bfloat16",
+        "--retriever-precision",
+        "bfloat16",
+    ]
     arguments += ["--document-cache", str(tmp_path / "cache"), "--max-steps", "2", "--num-candidates", "3"]
     arguments += ["--no-show-progress", "--output-dir", str(tmp_path / "run")]
     assert main(arguments) == 0

@@ -155,6 +155,12 @@ class DreamArguments:
         default="float32",
         metadata={"help": "bfloat16: the frozen LLM under bf16 autocast, injected heads in float32"},
     )
+    retriever_precision: Literal["float32", "bfloat16"] = field(
+        default="float32",
+        metadata={
+            "help": "bfloat16: the retriever's forward under bf16 autocast (float32 weights and optimiser)"
+        },
+    )
     document_cache: str | None = field(
         default=None,
         metadata={"help": "directory for the parallel layout's document keys/values (default: memory only)"},
@@ -194,7 +200,11 @@ def prepare_training_examples(
 
 
 def build_objective(retriever: Retriever, dream: DreamArguments) -> Objective:
-    temperature = {"temperature": dream.temperature, "learn_temperature": dream.learn_temperature}
+    temperature = {
+        "temperature": dream.temperature,
+        "learn_temperature": dream.learn_temperature,
+        "retriever_precision": dream.retriever_precision,
+    }
     if dream.objective == "infonce":
         return InfoNCELoss(retriever, **temperature)
     prompt = PromptSettings(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from dreamir.data.beir import Document
 from dreamir.retriever import Retriever
+
+RetrieverPrecision = Literal["float32", "bfloat16"]
 
 
 @dataclass
@@ -44,21 +47,36 @@ class Temperature(nn.Module):
 
 
 class Objective(nn.Module):
-    """Base class: a loss module over the retriever (sentence-transformers style)."""
+    """Base class: a loss module over the retriever (sentence-transformers style).
+
+    ``retriever_precision`` "bfloat16" runs the retriever's forward (and so its backward) under bf16
+    autocast; its weights, the optimiser and the scores stay float32 (mixed precision)."""
 
     def __init__(
-        self, retriever: Retriever, temperature: float = 0.05, learn_temperature: bool = False
+        self,
+        retriever: Retriever,
+        temperature: float = 0.05,
+        learn_temperature: bool = False,
+        retriever_precision: RetrieverPrecision = "float32",
     ) -> None:
         super().__init__()
         self.retriever = retriever
         self.temperature = Temperature(temperature, learn_temperature)
+        self.retriever_precision = retriever_precision
+
+    def embed(self, texts: list[str], is_query: bool) -> Tensor:
+        """The retriever's embeddings with autograd, float32 whatever the precision."""
+        if self.retriever_precision == "float32":
+            return self.retriever(texts, is_query=is_query)
+        with torch.autocast(self.retriever.device.type, dtype=torch.bfloat16):
+            return self.retriever(texts, is_query=is_query).float()
 
     def candidate_scores(self, instances: list[TrainingInstance]) -> tuple[Tensor, Tensor]:
         """Cosine scores [B, K] between each query and its candidates, and the mask of real candidates."""
         width = max(len(i.documents) for i in instances)
-        queries = self.retriever([i.query for i in instances], is_query=True)
+        queries = self.embed([i.query for i in instances], is_query=True)
         texts = [d.full_text for i in instances for d in i.documents]
-        documents = self.retriever(texts, is_query=False)
+        documents = self.embed(texts, is_query=False)
         scores = queries.new_zeros(len(instances), width)
         mask = torch.zeros(len(instances), width, dtype=torch.bool, device=queries.device)
         offset = 0

@@ -15,14 +15,14 @@ class InfoNCELoss(Objective):
         labelled = [i for i in instances if i.gold is not None]
         if not labelled:
             raise ValueError("InfoNCE needs examples with a gold_id")
-        queries = self.retriever([i.query for i in labelled], is_query=True)
+        queries = self.embed([i.query for i in labelled], is_query=True)
         # Pool: each example's gold, then every candidate that is not some example's gold.
         golds = [i.gold for i in labelled]
         gold_ids = {d.doc_id for d in golds}
         negatives = list(
             {d.doc_id: d for i in labelled for d in i.documents if d.doc_id not in gold_ids}.values()
         )
-        pool = self.retriever([d.full_text for d in golds + negatives], is_query=False)
+        pool = self.embed([d.full_text for d in golds + negatives], is_query=False)
         similarities = queries @ pool.T
         logits = similarities / self.temperature.value
         targets = torch.arange(len(labelled), device=logits.device)
