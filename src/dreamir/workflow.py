@@ -163,7 +163,9 @@ class DreamArguments:
     )
     document_cache: str | None = field(
         default=None,
-        metadata={"help": "directory for the parallel layout's document keys/values (default: memory only)"},
+        metadata={
+            "help": "directory for the parallel layout's document keys/values (default: <output-dir>/document_cache)"
+        },
     )
     threads: int | None = 2
 
@@ -231,6 +233,9 @@ def train_dream(model: ModelArguments, dream: DreamArguments, training: Training
     set_threads(dream.threads)
     corpus = load_corpus(dream.corpus)
     examples = prepare_training_examples(dream.train, corpus, training.num_candidates, dream.max_examples)
+    if dream.document_layout == "parallel" and dream.document_cache is None:
+        # Candidates' keys and values rarely fit in memory (~1.5-3 MB each for SmolLM2): keep them on disk.
+        dream = dataclasses.replace(dream, document_cache=str(Path(training.output_dir) / "document_cache"))
     objective = build_objective(load_retriever(model), dream)
     llm = getattr(objective, "llm", None)
     if isinstance(llm, FrozenLLM) and dream.document_layout == "parallel":
