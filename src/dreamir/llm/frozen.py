@@ -75,7 +75,8 @@ class FrozenLLM(nn.Module):
         compute = _with_bf16_linears(self.model) if precision == "bfloat16" else self.model
         object.__setattr__(self, "compute_model", compute)
         self.set_heads(heads)
-        # Parallel layout: candidates' keys and values, computed once (on disk too with a directory).
+        # Parallel layout: candidates' keys and values, computed once (on disk too with a directory), stored
+        # in the precision's dtype (float32 keeps the cached step exactly equal to the one-pass reference).
         self.documents = DocumentKVCache(
             self._encode_documents,
             model_fingerprint(self.model),
@@ -243,7 +244,7 @@ class FrozenLLM(nn.Module):
         entries = dict(zip(map(tuple, unique), self.documents.get(batch.prefix_ids, unique), strict=True))
         rows = [[entries[tuple(d)] for d in row] for row in batch.document_ids]
         keys, values = stack_document_keys_values(batch, self._prefix_entry(batch.prefix_ids), rows)
-        dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float32
+        dtype = self.documents.dtype
         return self._cache_from(keys.to(self.device, dtype), values.to(self.device, dtype))
 
     def _cache_from(self, keys: Tensor, values: Tensor) -> DynamicCache:
@@ -287,11 +288,8 @@ class FrozenLLM(nn.Module):
         for i, document in enumerate(documents):
             ids[i, : len(document)] = torch.tensor(document, dtype=torch.long)
             mask[i, start : start + len(document)] = 1
-        dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float32
         expand = (-1, count, -1, -1, -1)
-        cache = self._cache_from(
-            prefix_keys[:, None].expand(expand).to(dtype), prefix_values[:, None].expand(expand).to(dtype)
-        )
+        cache = self._cache_from(prefix_keys[:, None].expand(expand), prefix_values[:, None].expand(expand))
         with self.autocast():
             cache = self.compute_model.model(
                 input_ids=ids.to(self.device),
