@@ -82,6 +82,12 @@ class Settings:
     # LoRA initialisations to train the LoRA set-ups (raw) from, comma-separated. Seed 0 gives the rows
     # "raw/<objective>"; any other seed s adds the rows "raw/<objective>/lora<s>".
     lora_seeds: str = "0"
+    # The frozen LLM's reading of the candidates (issue 12): "parallel" reads each candidate after the
+    # instruction alone and caches its keys and values under <work>/document_cache; heads are then scored
+    # in the same layout (heads_qr_parallel.json). Use another --work directory than the sequential runs'.
+    document_layout: str = "sequential"
+    precision: str = "float32"
+    retriever_precision: str = "float32"
 
 
 def prepare(settings: Settings) -> tuple[Path, Path, Path]:
@@ -91,7 +97,8 @@ def prepare(settings: Settings) -> tuple[Path, Path, Path]:
     if not (data / "meta.json").exists():
         build_factbook(data, seed=settings.seed)
     train = candidates_file(settings, data, settings.num_candidates)
-    heads = work / "heads_qr.json"
+    parallel = settings.document_layout == "parallel"
+    heads = work / ("heads_qr_parallel.json" if parallel else "heads_qr.json")
     if not heads.exists():
         select_heads(
             HeadSelectionArguments(
@@ -102,6 +109,7 @@ def prepare(settings: Settings) -> tuple[Path, Path, Path]:
                 num_candidates=settings.num_candidates,
                 max_examples=settings.calibration_examples,
                 seed=settings.seed,
+                **({"document_layout": "parallel"} if parallel else {}),
             )
         )
     return data, train, heads
@@ -216,6 +224,13 @@ def dream_arguments(
         "num_heads": settings.num_heads,
         "threads": settings.threads,
     }
+    # Only what differs from the defaults, so that runs cached before these options existed still match.
+    if settings.document_layout != "sequential":
+        base["document_layout"] = settings.document_layout
+        base["document_cache"] = str(Path(settings.work) / "document_cache")
+    for key in ("precision", "retriever_precision"):
+        if getattr(settings, key) != "float32":
+            base[key] = getattr(settings, key)
     return DreamArguments(**{**base, **overrides})
 
 

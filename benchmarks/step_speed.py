@@ -4,12 +4,17 @@ Times, on SmolLM2-135M with K candidates of (up to) 128 tokens and a target of a
   (a) the reference step: the whole prompt forward + backward with autograd,
   (b) the optimised step: the documents prefix once without autograd (KV cache), then only the query +
       target suffix with autograd (the default in training),
-  (c) the floor: one no-grad forward of the same prompts through the LLM.
-(a) and (b) include the retriever's forward and backward (all-MiniLM-L6-v2), as in training.
+  (c) the floor: one no-grad forward of the same prompts through the LLM (float32, sequential layout),
+  (d) the new step: parallel document layout, bf16 autocast (injected heads in float32), every candidate's
+      keys and values read from a warm on-disk document cache; only the query + target run through the LLM,
+  (e) the document cache's build rate: the same candidates encoded once (bf16, batches of 8) and stored.
+(a), (b) and (d) include the retriever's forward and backward (all-MiniLM-L6-v2, float32), as in training;
+(d') is (d) with the retriever's forward under bf16 autocast too (--retriever-precision bfloat16).
 Peak memory is the growth of the heap in use (glibc mallinfo2, sampled every 5 ms) over its level
 before each measurement on CPU, or torch.cuda.max_memory_allocated on a GPU.
 
     python benchmarks/step_speed.py            # writes results/step_speed.json
+    python benchmarks/step_speed.py --quick    # 2 timed repeats instead of 5 (a smoke run)
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import ctypes.util
 import datetime
 import platform
 import statistics
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,6 +35,7 @@ import torch
 from dreamir.data.beir import Document, load_beir
 from dreamir.io import write_json_atomic
 from dreamir.llm.frozen import FrozenLLM
+from dreamir.llm.prompt import PromptSettings
 from dreamir.models import MINILM, SMOLLM2, resolve_model
 from dreamir.objectives import DreamLoss, TrainingInstance
 from dreamir.retriever import Retriever
@@ -129,7 +136,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="results/step_speed.json")
+    parser.add_argument("--quick", action="store_true", help="2 timed repeats (overrides --repeats)")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats = 2
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
@@ -149,10 +159,10 @@ def main() -> None:
         for b in batches
     ]
 
-    def step(reuse_prefix: bool, batch):
-        objective.reuse_prefix = reuse_prefix
-        objective.zero_grad(set_to_none=True)
-        objective(batch).loss.backward()
+    def step(reuse_prefix: bool, batch, loss=objective):
+        loss.reuse_prefix = reuse_prefix
+        loss.zero_grad(set_to_none=True)
+        loss(batch).loss.backward()
 
     def retriever_only(_index: int, batch):
         objective.zero_grad(set_to_none=True)
@@ -183,6 +193,20 @@ def main() -> None:
     optimized_s, optimized_mem = measure(lambda i, b: step(True, b))
     floor_s, floor_mem = measure(floor)
     retriever_s, _ = measure(retriever_only)
+
+    # (e) then (d): the same weights, read in the parallel layout in bf16, documents from a disk cache.
+    parallel = {"prompt": PromptSettings(document_layout="parallel"), "precision": "bfloat16"}
+    documents = [(d.title, d.text) for x in instances for d in x.documents]
+    with tempfile.TemporaryDirectory(prefix="doc-cache-") as cache_dir:
+        builder = FrozenLLM(llm.model, llm.tokenizer, llm.heads, **parallel, document_cache_dir=cache_dir)
+        build = builder.cache_documents(documents)
+        # A fresh instance: an empty memory, every entry read from the shards on disk (as in a long run).
+        cached_llm = FrozenLLM(llm.model, llm.tokenizer, llm.heads, **parallel, document_cache_dir=cache_dir)
+        cached_objective = DreamLoss(retriever, cached_llm)
+        cached_s, cached_mem = measure(lambda i, b: step(True, b, cached_objective))
+        # (d') the same with the retriever's forward under bf16 autocast too (float32 weights).
+        cached_objective.retriever_precision = "bfloat16"
+        mixed_s, mixed_mem = measure(lambda i, b: step(True, b, cached_objective))
     tokens = int(prompts[0].attention_mask.sum()) // args.batch_size
     result = {
         "reference_s": reference_s,
@@ -194,6 +218,17 @@ def main() -> None:
         "retriever_s": retriever_s,
         "llm_only_optimized_over_floor": (optimized_s - retriever_s) / floor_s,
         "llm_only_speedup_over_reference": (reference_s - retriever_s) / (optimized_s - retriever_s),
+        "cached_s": cached_s,
+        "cached_over_floor": cached_s / floor_s,
+        "cached_speedup_over_optimized": optimized_s / cached_s,
+        "cache_build_docs_per_s": build.documents_per_second,
+        "cache_bytes_per_doc": build.bytes_per_document,
+        "cache_documents_built": build.documents,
+        "cached_peak_mb": cached_mem / 2**20,
+        "cached_bf16_retriever_s": mixed_s,
+        "cached_bf16_retriever_over_floor": mixed_s / floor_s,
+        "cached_bf16_retriever_speedup_over_optimized": optimized_s / mixed_s,
+        "cached_bf16_retriever_peak_mb": mixed_mem / 2**20,
         "reference_peak_mb": reference_mem / 2**20,
         "optimized_peak_mb": optimized_mem / 2**20,
         "floor_peak_mb": floor_mem / 2**20,
@@ -214,7 +249,24 @@ def main() -> None:
     print(f"(a) reference step   median {reference_s:7.3f} s   peak +{result['reference_peak_mb']:8.1f} MB")
     print(f"(b) optimised step   median {optimized_s:7.3f} s   peak +{result['optimized_peak_mb']:8.1f} MB")
     print(f"(c) no-grad forward  median {floor_s:7.3f} s   peak +{result['floor_peak_mb']:8.1f} MB")
-    print(f"    retriever fwd+bwd median {retriever_s:7.3f} s   (part of (a) and (b))")
+    print(f"    retriever fwd+bwd median {retriever_s:7.3f} s   (part of (a), (b) and (d))")
+    print(
+        f"(d) cached parallel bf16 step median {cached_s:7.3f} s   peak +{result['cached_peak_mb']:8.1f} MB"
+    )
+    print(
+        f"(d') (d) + bf16 retriever median {mixed_s:7.3f} s   peak +{result['cached_bf16_retriever_peak_mb']:8.1f} MB"
+    )
+    print(
+        f"(e) cache build {build.documents} documents at {build.documents_per_second:.1f} docs/s, "
+        f"{build.bytes_per_document / 2**20:.2f} MiB/document"
+    )
+    print(f"cached_over_floor d/c = {result['cached_over_floor']:.2f}   (goal <= 0.3)")
+    print(f"cached_speedup_over_optimized b/d = {result['cached_speedup_over_optimized']:.2f}   (goal >= 4)")
+    print(f"peak memory d <= b: {cached_mem <= optimized_mem}")
+    print(
+        f"with the bf16 retriever: d'/c = {result['cached_bf16_retriever_over_floor']:.2f}, "
+        f"b/d' = {result['cached_bf16_retriever_speedup_over_optimized']:.2f}"
+    )
     print(f"optimized_over_floor b/c = {result['optimized_over_floor']:.2f}   (goal <= 1.5)")
     print(f"speedup_over_reference a/b = {result['speedup_over_reference']:.2f}   (goal >= 2)")
     print(

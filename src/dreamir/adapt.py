@@ -53,7 +53,14 @@ from dreamir.options import at_least, positive
 from dreamir.plots import plot_training_curves
 from dreamir.retriever import CONFIG_FILE, Retriever
 from dreamir.trainer import Trainer, TrainerCallback, TrainingArguments
-from dreamir.workflow import DreamArguments, ModelArguments, build_objective, load_retriever, set_threads
+from dreamir.workflow import (
+    DreamArguments,
+    ModelArguments,
+    build_objective,
+    cache_candidates,
+    load_retriever,
+    set_threads,
+)
 
 logger = logging.getLogger(__name__)
 VALIDATION_METRIC = "val_success@10"
@@ -113,7 +120,15 @@ class AdaptArguments:
         default=128,
         metadata={"help": "retriever tokens per text while training (all-MiniLM-L6-v2 was trained at 128)"},
     )
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast for the loss (float32 weights)"})
+    precision: Literal["float32", "bfloat16"] = field(
+        default="bfloat16",
+        metadata={
+            "help": "the frozen LLM and the retriever's forward in bf16 (float32 weights and optimiser)"
+        },
+    )
+    document_layout: Literal["sequential", "parallel"] = field(
+        default="sequential", metadata={"help": "how the LLM reads the candidates (see README)"}
+    )
     seed: int = 0
     threads: int | None = 2
     show_progress: bool = True
@@ -236,7 +251,9 @@ def select_heads_label_free(
             continue
         documents = [(corpus[i].title, corpus[i].text) for i in ids]
         calibration.append(CalibrationExample(example.query, documents, ids.index(example.gold_id)))
-    llm = FrozenLLM.from_pretrained(args.llm, prompt=PromptSettings())
+    llm = FrozenLLM.from_pretrained(
+        args.llm, prompt=PromptSettings(document_layout=args.document_layout), precision=args.precision
+    )
     scores = score_heads(llm, calibration, batch_size=4, show_progress=args.show_progress)
     heads = rank_heads(
         scores,
@@ -451,6 +468,10 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
             temperature=args.temperature,
             max_target_tokens=args.max_target_tokens,
             train_max_length=args.train_max_length,
+            precision=args.precision,
+            retriever_precision=args.precision,
+            document_layout=args.document_layout,
+            document_cache=str(work / "document_cache") if args.document_layout == "parallel" else None,
         ),
     )
     training = TrainingArguments(
@@ -462,7 +483,6 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
         seed=args.seed,
         save_steps=max(args.max_steps // 5, 1),
         show_progress=args.show_progress,
-        bf16=args.bf16,
     )
     every = args.validate_every or max(args.max_steps // 5, 1)
     callbacks: list[TrainerCallback] = [
@@ -495,6 +515,9 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
             )
         )
     callbacks += extra_callbacks
+    llm = getattr(objective, "llm", None)
+    if isinstance(llm, FrozenLLM) and args.document_layout == "parallel":
+        cache_candidates(llm, train, full_corpus, args.num_candidates, args.show_progress)
     _say(f"training {args.retriever} with {args.objective} for {args.max_steps} steps of {args.batch_size}")
     result = Trainer(
         objective, train, full_corpus, training, run_settings=_run_settings(args), callbacks=callbacks

@@ -43,13 +43,13 @@ class TrainingArguments:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     num_candidates: int = 8
-    shuffle_candidates: bool = True  # per example, against the LLM's position bias
+    # Per example, against the LLM's position bias (sequential layout); in the parallel layout the order
+    # changes nothing the LLM computes, so shuffling is harmless there and changes only the logged order.
+    shuffle_candidates: bool = True
     save_steps: int = 50
     save_total_limit: int = 2
     seed: int = 0
     show_progress: bool = True
-    # Mixed precision: the loss is computed under bf16 autocast, weights and optimiser stay float32.
-    bf16: bool = False
     max_nonfinite_steps: int = 3  # NaN/inf steps in a row (each skipped) before training stops
     allow_longer_run: bool = False  # resume with a larger max_steps than the checkpoint's
 
@@ -256,8 +256,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         losses, logs = [], []
         for start in range(0, len(instances), args.batch_size):
-            with torch.autocast(self.parameters[0].device.type, dtype=torch.bfloat16, enabled=args.bf16):
-                output = self.objective(instances[start : start + args.batch_size])
+            output = self.objective(instances[start : start + args.batch_size])
             (output.loss / args.gradient_accumulation_steps).backward()
             losses.append(float(output.loss.detach()))
             logs.append(output.logs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,13 +22,19 @@ from dreamir.evaluation import evaluate_bm25, evaluate_encoder
 from dreamir.guards import check_finite_embeddings
 from dreamir.heads import CalibrationExample, HeadSet, random_heads, rank_heads, score_heads
 from dreamir.io import check_output_file, write_json_atomic
-from dreamir.llm.frozen import FrozenLLM
-from dreamir.llm.prompt import PromptSettings
+from dreamir.llm.frozen import FrozenLLM, Precision
+from dreamir.llm.prompt import DocumentLayout, PromptSettings
 from dreamir.models import MINILM, SMOLLM2, resolve_model
 from dreamir.objectives import DreamLoss, InfoNCELoss, Objective, ReplugLoss
 from dreamir.options import at_least, positive
 from dreamir.retriever import LoraSettings, Retriever
 from dreamir.trainer import Trainer, TrainingArguments, TrainingResult
+
+logger = logging.getLogger(__name__)
+LAYOUT_HELP = (
+    "sequential: candidates one after another; parallel: each candidate read after the instruction alone, "
+    "all at the same positions, so their keys and values are computed once per corpus"
+)
 
 
 def set_threads(threads: int | None) -> None:
@@ -54,6 +61,7 @@ class HeadSelectionArguments:
     max_examples: int = field(default=64, metadata={"help": "calibration examples to score with"})
     no_calibration: bool = field(default=False, metadata={"help": "skip the 'N/A' query correction"})
     max_document_tokens: int = 128
+    document_layout: DocumentLayout = field(default="sequential", metadata={"help": LAYOUT_HELP})
     batch_size: int = 4
     seed: int = 0
     show_progress: bool = True
@@ -94,9 +102,10 @@ def select_heads(args: HeadSelectionArguments) -> HeadSet:
         corpus = load_corpus(args.corpus)
         examples = read_training_file(args.calibration)[: args.max_examples]
         validate_against_corpus(examples, corpus, args.calibration)
-        llm = FrozenLLM.from_pretrained(
-            args.llm, prompt=PromptSettings(max_document_tokens=args.max_document_tokens)
+        prompt = PromptSettings(
+            max_document_tokens=args.max_document_tokens, document_layout=args.document_layout
         )
+        llm = FrozenLLM.from_pretrained(args.llm, prompt=prompt)
         calibration = calibration_examples(examples, corpus, args.num_candidates, args.seed)
         scores = score_heads(
             llm, calibration, args.batch_size, not args.no_calibration, show_progress=args.show_progress
@@ -153,6 +162,23 @@ class DreamArguments:
     reference_step: bool = field(
         default=False, metadata={"help": "full-prompt step instead of the cached one"}
     )
+    document_layout: DocumentLayout = field(default="sequential", metadata={"help": LAYOUT_HELP})
+    precision: Precision = field(
+        default="float32",
+        metadata={"help": "bfloat16: the frozen LLM under bf16 autocast, injected heads in float32"},
+    )
+    retriever_precision: Literal["float32", "bfloat16"] = field(
+        default="float32",
+        metadata={
+            "help": "bfloat16: the retriever's forward under bf16 autocast (float32 weights and optimiser)"
+        },
+    )
+    document_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "directory for the parallel layout's document keys/values (default: <output-dir>/document_cache)"
+        },
+    )
     threads: int | None = 2
 
     def __post_init__(self) -> None:
@@ -198,23 +224,29 @@ def build_objective(retriever: Retriever, dream: DreamArguments) -> Objective:
 
 
 def _objective(retriever: Retriever, dream: DreamArguments) -> Objective:
-    temperature = {"temperature": dream.temperature, "learn_temperature": dream.learn_temperature}
+    temperature = {
+        "temperature": dream.temperature,
+        "learn_temperature": dream.learn_temperature,
+        "retriever_precision": dream.retriever_precision,
+    }
     if dream.objective == "infonce":
         return InfoNCELoss(retriever, **temperature)
     prompt = PromptSettings(
         max_document_tokens=dream.max_document_tokens,
         max_target_tokens=dream.max_target_tokens,
         inject_query_rows=dream.inject_query_rows,
+        document_layout=dream.document_layout,
     )
+    llm_options = {"prompt": prompt, "precision": dream.precision, "document_cache_dir": dream.document_cache}
     if dream.objective == "replug":
-        llm = FrozenLLM.from_pretrained(dream.llm, prompt=prompt)
+        llm = FrozenLLM.from_pretrained(dream.llm, **llm_options)
         return ReplugLoss(retriever, llm, beta=dream.replug_beta, **temperature)
     if dream.heads is None:
         raise ValueError("DREAM needs --heads (a head file from `dreamir heads`)")
     head_set = HeadSet.load(dream.heads)
     num_heads = dream.num_heads or int(head_set.settings.get("top_k", 16))
     llm = FrozenLLM.from_pretrained(
-        dream.llm, heads=head_set.top(num_heads), mode=dream.injection_mode, prompt=prompt
+        dream.llm, heads=head_set.top(num_heads), mode=dream.injection_mode, **llm_options
     )
     return DreamLoss(retriever, llm, reuse_prefix=not dream.reference_step, **temperature)
 
@@ -223,9 +255,35 @@ def train_dream(model: ModelArguments, dream: DreamArguments, training: Training
     set_threads(dream.threads)
     corpus = load_corpus(dream.corpus)
     examples = prepare_training_examples(dream.train, corpus, training.num_candidates, dream.max_examples)
+    if dream.document_layout == "parallel" and dream.document_cache is None:
+        # Candidates' keys and values rarely fit in memory (~1.5-3 MB each for SmolLM2): keep them on disk.
+        dream = dataclasses.replace(dream, document_cache=str(Path(training.output_dir) / "document_cache"))
     objective = build_objective(load_retriever(model), dream)
+    llm = getattr(objective, "llm", None)
+    if isinstance(llm, FrozenLLM) and dream.document_layout == "parallel":
+        cache_candidates(llm, examples, corpus, training.num_candidates, training.show_progress)
     run_settings = {"model": dataclasses.asdict(model), "objective": dataclasses.asdict(dream)}
     return Trainer(objective, examples, corpus, training, run_settings=run_settings).train()
+
+
+def cache_candidates(
+    llm: FrozenLLM,
+    examples: Sequence[TrainingExample],
+    corpus: dict[str, Document],
+    num_candidates: int,
+    show_progress: bool = True,
+) -> None:
+    """Encode every candidate the training run will read once, before the first step (parallel layout)."""
+    ids = dict.fromkeys(i for e in examples for i in (e.candidate_ids or [])[:num_candidates])
+    llm.documents.show_progress = show_progress
+    stats = llm.cache_documents([(corpus[i].title, corpus[i].text) for i in ids])
+    logger.info(
+        "document cache: %d of %d candidates built, %.1f documents/s, %.0f bytes/document",
+        stats.documents,
+        len(ids),
+        stats.documents_per_second,
+        stats.bytes_per_document,
+    )
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------

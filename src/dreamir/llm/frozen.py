@@ -3,14 +3,23 @@ with the retriever's distribution written into the selected heads. Its parameter
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
+from dreamir.llm.doc_cache import BuildStats, DocumentKVCache, KeysValues, model_fingerprint
 from dreamir.llm.injection import (
     ATTENTION_NAME,
     DocumentMassProbe,
@@ -18,10 +27,22 @@ from dreamir.llm.injection import (
     InjectionPlan,
     register,
 )
+from dreamir.llm.parallel import (
+    ParallelBatch,
+    ParallelPrompt,
+    block_mask,
+    collate_parallel,
+    encode_parallel_prompt,
+    stack_document_keys_values,
+)
 from dreamir.llm.prompt import EncodedPrompt, PromptBatch, PromptSettings, collate_prompts, encode_prompt
 from dreamir.models import resolve_model
 
 HeadList = Sequence[tuple[int, int]]
+# float32: everything in float32 (exact, the default); bfloat16: the frozen LLM's matmuls under bf16 autocast
+# (no-grad document encoding and the suffix that carries gradients); the injected heads stay float32.
+Precision = Literal["float32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 
 
 class FrozenLLM(nn.Module):
@@ -34,15 +55,36 @@ class FrozenLLM(nn.Module):
         heads: HeadList = (),
         mode: InjectionMode = "preserve",
         prompt: PromptSettings | None = None,
+        precision: Precision = "float32",
+        document_cache_dir: str | Path | None = None,
+        show_progress: bool = False,
     ) -> None:
         super().__init__()
         register()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         model.config._attn_implementation = ATTENTION_NAME
         self.model = model.requires_grad_(False).eval()
         self.tokenizer = tokenizer
         self.mode: InjectionMode = mode
         self.prompt = prompt or PromptSettings()
+        self.precision: Precision = precision
+        # What runs the forward passes: the model itself, or (bfloat16) a view of it whose linear layers hold
+        # bf16 copies of their weights, so autocast does not cast 100M frozen weights at every call.
+        # Not a registered submodule: its parameters are the model's or frozen copies of them.
+        compute = _with_bf16_linears(self.model) if precision == "bfloat16" else self.model
+        object.__setattr__(self, "compute_model", compute)
         self.set_heads(heads)
+        # Parallel layout: candidates' keys and values, computed once (on disk too with a directory), stored
+        # in the precision's dtype (float32 keeps the cached step exactly equal to the one-pass reference).
+        self.documents = DocumentKVCache(
+            self._encode_documents,
+            model_fingerprint(self.model),
+            dtype=torch.bfloat16 if precision == "bfloat16" else torch.float32,
+            directory=document_cache_dir,
+            show_progress=show_progress,
+        )
+        self._prefix_entries: dict[tuple[int, ...], KeysValues] = {}
 
     @classmethod
     def from_pretrained(
@@ -52,6 +94,7 @@ class FrozenLLM(nn.Module):
         mode: InjectionMode = "preserve",
         prompt: PromptSettings | None = None,
         device: str | torch.device = "cpu",
+        **options,
     ) -> FrozenLLM:
         register()
         path = resolve_model(name_or_path)
@@ -59,7 +102,7 @@ class FrozenLLM(nn.Module):
         model = AutoModelForCausalLM.from_pretrained(
             path, attn_implementation=ATTENTION_NAME, dtype=torch.float32
         ).to(device)
-        return cls(model, tokenizer, heads=heads, mode=mode, prompt=prompt)
+        return cls(model, tokenizer, heads=heads, mode=mode, prompt=prompt, **options)
 
     def train(self, mode: bool = True) -> FrozenLLM:
         # The LLM stays in eval mode whatever the objective around it does.
@@ -92,13 +135,32 @@ class FrozenLLM(nn.Module):
         self._head_map = {layer: torch.tensor(h, dtype=torch.long) for layer, h in by_layer.items()}
 
     # ---- prompts -------------------------------------------------------------------------------------
-    def encode(self, query: str, documents: Sequence[tuple[str, str]], target: str | None) -> EncodedPrompt:
+    def encode(
+        self, query: str, documents: Sequence[tuple[str, str]], target: str | None
+    ) -> EncodedPrompt | ParallelPrompt:
+        """One example in the settings' document layout; ``documents`` are (title, text) pairs."""
+        if self.prompt.document_layout == "parallel":
+            return encode_parallel_prompt(self.tokenizer, query, documents, target, self.prompt)
         return encode_prompt(self.tokenizer, query, documents, target, self.prompt)
 
-    def collate(self, prompts: Sequence[EncodedPrompt]) -> PromptBatch:
+    def collate(self, prompts: Sequence[EncodedPrompt] | Sequence[ParallelPrompt]) -> PromptBatch:
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else self.tokenizer.eos_token_id
+        if isinstance(prompts[0], ParallelPrompt):
+            return collate_parallel(prompts, pad, self.prompt.inject_query_rows).to(self.device)
         return collate_prompts(prompts, pad, self.prompt.inject_query_rows).to(self.device)
+
+    def cache_documents(self, documents: Sequence[tuple[str, str]]) -> BuildStats:
+        """Put (title, text) documents in the parallel layout's document cache now; what is there already
+        is not built again. Returns what this call built."""
+        blocks = encode_parallel_prompt(self.tokenizer, "", documents, None, self.prompt)
+        return self.documents.build(blocks.prefix_ids, blocks.document_ids)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast for the LLM's matmuls when the precision asks for it; nothing in float32."""
+        if self.precision == "bfloat16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     # ---- the loss ------------------------------------------------------------------------------------
     def target_loss(
@@ -113,15 +175,16 @@ class FrozenLLM(nn.Module):
         plan = None
         if doc_probs is not None and self._head_map:
             plan = InjectionPlan(self._head_map, batch.doc_index, doc_probs, batch.inject_rows, self.mode)
-        if reuse_prefix:
-            hidden, start = self._hidden_with_cached_prefix(batch, plan), batch.prefix_length
-        else:
-            hidden, start = self._hidden_full(batch, plan), 0
+        with self.autocast():
+            if reuse_prefix:
+                hidden, start = self._hidden_with_cached_prefix(batch, plan), batch.prefix_length
+            else:
+                hidden, start = self._hidden_full(batch, plan), 0
         # Only rows that predict a target token go through the (large) output projection.
         labels = batch.labels[:, start:]
         next_labels = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
         rows = next_labels != -100
-        logits = self.model.lm_head(hidden[rows]).float()
+        logits = self.compute_model.lm_head(hidden[rows]).float()
         token_loss = nn.functional.cross_entropy(logits, next_labels[rows], reduction="none")
         if reduction == "mean":
             return token_loss.mean()
@@ -130,9 +193,11 @@ class FrozenLLM(nn.Module):
         return totals / rows.sum(-1).clamp_min(1)
 
     def _hidden_full(self, batch: PromptBatch, plan: InjectionPlan | None) -> Tensor:
-        return self.model.model(
+        # The parallel layout in one pass needs its block mask (the reference for the cached step).
+        mask = block_mask(batch) if isinstance(batch, ParallelBatch) else batch.attention_mask
+        return self.compute_model.model(
             input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
+            attention_mask=mask,
             position_ids=batch.position_ids,
             use_cache=False,
             dream_injection=plan,
@@ -140,27 +205,104 @@ class FrozenLLM(nn.Module):
 
     def _hidden_with_cached_prefix(self, batch: PromptBatch, plan: InjectionPlan | None) -> Tensor:
         split = batch.prefix_length
-        with torch.no_grad():
-            prefix = self.model.model(
-                input_ids=batch.input_ids[:, :split],
-                attention_mask=batch.attention_mask[:, :split],
-                position_ids=batch.position_ids[:, :split],
-                use_cache=True,
-            )
         if plan is not None:
             plan = InjectionPlan(
                 plan.heads, plan.doc_index, plan.doc_probs, plan.row_mask[:, split:], plan.mode
             )
         # Layers below the first injected one see no tensor that requires grad, so autograd records nothing
         # there by itself; the graph starts at the first injected head.
-        return self.model.model(
+        return self._suffix_hidden(batch, self._prefix_cache(batch), dream_injection=plan)
+
+    def _suffix_hidden(self, batch: PromptBatch, prefix: DynamicCache, **attention_kwargs) -> Tensor:
+        """The suffix (question + target) after the keys and values of everything before it."""
+        split = batch.prefix_length
+        return self.compute_model.model(
             input_ids=batch.input_ids[:, split:],
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids[:, split:],
-            past_key_values=prefix.past_key_values,
+            past_key_values=prefix,
             use_cache=True,
-            dream_injection=plan,
+            # The parallel layout's suffix is short against its cached keys: eager math is faster there.
+            dream_eager=isinstance(batch, ParallelBatch),
+            **attention_kwargs,
         ).last_hidden_state
+
+    @torch.no_grad()
+    def _prefix_cache(self, batch: PromptBatch) -> DynamicCache:
+        """Keys and values of the part before the suffix: encoded now (sequential) or assembled from the
+        document cache (parallel)."""
+        split = batch.prefix_length
+        if not isinstance(batch, ParallelBatch):
+            with self.autocast():
+                return self.compute_model.model(
+                    input_ids=batch.input_ids[:, :split],
+                    attention_mask=batch.attention_mask[:, :split],
+                    position_ids=batch.position_ids[:, :split],
+                    use_cache=True,
+                ).past_key_values
+        unique = list({tuple(d): d for row in batch.document_ids for d in row}.values())
+        entries = dict(zip(map(tuple, unique), self.documents.get(batch.prefix_ids, unique), strict=True))
+        rows = [[entries[tuple(d)] for d in row] for row in batch.document_ids]
+        keys, values = stack_document_keys_values(batch, self._prefix_entry(batch.prefix_ids), rows)
+        dtype = self.documents.dtype
+        return self._cache_from(keys.to(self.device, dtype), values.to(self.device, dtype))
+
+    def _cache_from(self, keys: Tensor, values: Tensor) -> DynamicCache:
+        """A transformers cache holding [layers, B, kv_heads, tokens, head_dim] keys and values."""
+        return DynamicCache(ddp_cache_data=list(zip(keys.unbind(0), values.unbind(0), strict=True)))
+
+    @staticmethod
+    def _stack(cache: DynamicCache) -> KeysValues:
+        return (
+            torch.stack([layer.keys for layer in cache.layers]),
+            torch.stack([layer.values for layer in cache.layers]),
+        )
+
+    @torch.no_grad()
+    def _prefix_entry(self, prefix_ids: list[int]) -> KeysValues:
+        """The instruction prefix's keys and values, [layers, kv_heads, P, head_dim], computed once."""
+        key = tuple(prefix_ids)
+        if key not in self._prefix_entries:
+            ids = torch.tensor([prefix_ids], device=self.device)
+            with self.autocast():
+                cache = self.compute_model.model(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True
+                ).past_key_values
+            keys, values = self._stack(cache)
+            self._prefix_entries[key] = (
+                keys[:, 0].to(self.documents.dtype),
+                values[:, 0].to(self.documents.dtype),
+            )
+        return self._prefix_entries[key]
+
+    @torch.no_grad()
+    def _encode_documents(self, prefix_ids: list[int], documents: list[list[int]]) -> list[KeysValues]:
+        """Each document read as a continuation of the prefix alone (the parallel layout), in one batch:
+        right-padded, so padding comes after every real token and changes nothing before it."""
+        prefix_keys, prefix_values = self._prefix_entry(prefix_ids)
+        count, length, start = len(documents), max(len(d) for d in documents), len(prefix_ids)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((count, length), pad, dtype=torch.long)
+        mask = torch.zeros(count, start + length, dtype=torch.long)
+        mask[:, :start] = 1
+        for i, document in enumerate(documents):
+            ids[i, : len(document)] = torch.tensor(document, dtype=torch.long)
+            mask[i, start : start + len(document)] = 1
+        expand = (-1, count, -1, -1, -1)
+        cache = self._cache_from(prefix_keys[:, None].expand(expand), prefix_values[:, None].expand(expand))
+        with self.autocast():
+            cache = self.compute_model.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=(torch.arange(length) + start).expand(count, -1).to(self.device),
+                past_key_values=cache,
+                use_cache=True,
+            ).past_key_values
+        keys, values = self._stack(cache)
+        return [
+            (keys[:, i, :, start : start + len(d)].cpu(), values[:, i, :, start : start + len(d)].cpu())
+            for i, d in enumerate(documents)
+        ]
 
     @torch.no_grad()
     def document_mass(
@@ -179,25 +321,28 @@ class FrozenLLM(nn.Module):
                 other.input_ids[:, :split], first.input_ids[:, :split]
             ):
                 raise ValueError("document_mass: the batches do not share their documents prefix")
-        prefix = self.model.model(
-            input_ids=first.input_ids[:, :split],
-            attention_mask=first.attention_mask[:, :split],
-            position_ids=first.position_ids[:, :split],
-            use_cache=True,
-        ).past_key_values
+        prefix = self._prefix_cache(first)
         masses = []
         for i, batch in enumerate(batches):
             probe_rows = batch.query_rows if rows is None else rows[i]
             if probe_rows[:, :split].any():
                 raise ValueError("document_mass: probe rows must come after the documents")
             probe = DocumentMassProbe(batch.doc_index, batch.num_candidates, probe_rows[:, split:])
-            self.model.model(
-                input_ids=batch.input_ids[:, split:],
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids[:, split:],
-                past_key_values=copy.deepcopy(prefix) if i < len(batches) - 1 else prefix,
-                use_cache=True,
-                dream_probe=probe,
-            )
+            with self.autocast():
+                self._suffix_hidden(
+                    batch, copy.deepcopy(prefix) if i < len(batches) - 1 else prefix, dream_probe=probe
+                )
             masses.append(torch.stack([probe.masses[layer] for layer in range(self.num_layers)], dim=1))
         return masses
+
+
+def _with_bf16_linears(model: PreTrainedModel) -> PreTrainedModel:
+    """A copy of ``model`` sharing every parameter with it except the decoder layers' linear weights, which
+    become frozen bf16 copies (about 2 bytes per weight more). Run under bf16 autocast it computes what
+    autocast computes on the float32 model (embeddings, norms and residual stream stay float32)."""
+    memo: dict[int, object] = {id(p): p for p in model.parameters()}
+    for module in model.model.layers.modules():
+        if isinstance(module, nn.Linear):
+            bf16 = nn.Parameter(module.weight.detach().to(torch.bfloat16), requires_grad=False)
+            memo[id(module.weight)] = bf16
+    return copy.deepcopy(model, memo)

@@ -107,6 +107,14 @@ def _eager_weights(query: Tensor, key: Tensor, mask: Tensor | None, scaling: flo
     return torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
 
 
+def _eager_output(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scaling: float) -> Tensor:
+    """Attention output [B, T, H, D] in eager math, as sdpa_attention_forward returns it."""
+    groups = query.shape[1] // value.shape[1]
+    value = value.repeat_interleave(groups, dim=1) if groups > 1 else value
+    weights = _eager_weights(query, key, mask, scaling)
+    return torch.matmul(weights.to(value.dtype), value).transpose(1, 2).contiguous()
+
+
 def _select_heads_kv(tensor: Tensor, heads: Tensor, groups: int) -> Tensor:
     """Pick, for each selected query head, its (shared, under GQA) key/value head."""
     return tensor.index_select(1, torch.div(heads, groups, rounding_mode="floor"))
@@ -122,30 +130,40 @@ def dream_attention(
     dropout: float = 0.0,
     dream_injection: InjectionPlan | None = None,
     dream_probe: DocumentMassProbe | None = None,
+    dream_eager: bool = False,
     **kwargs,
 ) -> tuple[Tensor, Tensor | None]:
-    """Attention function: SDPA everywhere, eager math plus redistribution in the selected heads."""
+    """Attention function: SDPA everywhere (or eager math with ``dream_eager``), eager math plus
+    redistribution in the selected heads."""
     layer = getattr(module, "layer_idx", None)
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     if dream_probe is not None:
         _record_mass(module, query, key, attention_mask, scaling, dream_probe)
     heads = dream_injection.heads.get(layer) if dream_injection is not None else None
-    output, _ = sdpa_attention_forward(
-        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-    )
+    if dream_eager:
+        # A few query rows over a long cached key sequence: plain matmuls beat the CPU flash kernel,
+        # whose backward dominates such a pass.
+        output = _eager_output(query, key, value, attention_mask, scaling)
+    else:
+        output, _ = sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if heads is None or heads.numel() == 0:
         return output, None
     groups = query.shape[1] // key.shape[1]
     heads = heads.to(query.device)
-    attn = _eager_weights(
-        query.index_select(1, heads),
-        _select_heads_kv(key, heads, groups),
-        attention_mask,
-        scaling,
-    )
-    plan = dream_injection
-    attn = redistribute(attn, plan.doc_index, plan.doc_probs, plan.row_mask, plan.mode)
-    injected = torch.matmul(attn, _select_heads_kv(value, heads, groups)).transpose(1, 2)  # [B, T, Hs, D]
+    # The injected heads run in float32 whatever the rest does (bf16 autocast): their softmax and the
+    # redistribution carry the retriever's gradient. A no-op for a float32 model.
+    with torch.autocast(query.device.type, enabled=False):
+        attn = _eager_weights(
+            query.index_select(1, heads).float(),
+            _select_heads_kv(key, heads, groups).float(),
+            attention_mask.float() if attention_mask is not None else None,
+            scaling,
+        )
+        plan = dream_injection
+        attn = redistribute(attn, plan.doc_index, plan.doc_probs, plan.row_mask, plan.mode)
+        injected = torch.matmul(attn, _select_heads_kv(value, heads, groups).float()).transpose(1, 2)
     # output is [B, T, H, D]; out-of-place index_copy keeps autograd happy.
     return output.index_copy(2, heads, injected.to(output.dtype)), None
 

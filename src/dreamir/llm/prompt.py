@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 DEFAULT_INSTRUCTION = "Answer the question using the documents below. Reply with a short answer only."
+# sequential: documents one after another, each attending to those before it; parallel: every document a
+# continuation of the instruction alone, all at the same positions (see dreamir.llm.parallel).
+DocumentLayout = Literal["sequential", "parallel"]
+DOCUMENT_LAYOUTS: tuple[str, ...] = ("sequential", "parallel")
 
 
 @dataclass
@@ -25,6 +30,13 @@ class PromptSettings:
     max_target_tokens: int = 16
     # Injected rows: those predicting target tokens; optionally also the query's rows.
     inject_query_rows: bool = False
+    document_layout: DocumentLayout = "sequential"
+
+    def __post_init__(self) -> None:
+        if self.document_layout not in DOCUMENT_LAYOUTS:
+            raise ValueError(
+                f"document_layout must be one of {DOCUMENT_LAYOUTS}, got {self.document_layout!r}"
+            )
 
 
 @dataclass
@@ -56,7 +68,7 @@ class PromptBatch:
 
     def to(self, device: torch.device | str) -> PromptBatch:
         moved = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.__dict__.items()}
-        return PromptBatch(**moved)
+        return type(self)(**moved)
 
 
 def _truncate(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int) -> str:
@@ -66,8 +78,23 @@ def _truncate(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int) ->
     return tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
 
 
-def format_document(number: int, title: str, text: str) -> str:
-    return f"[{number}] {title}: {text}" if title else f"[{number}] {text}"
+def format_document(number: int | None, title: str, text: str) -> str:
+    """``[i] title: text``; without a number (parallel layout) a block does not depend on its position."""
+    label = f"[{number}] " if number is not None else ""
+    return f"{label}{title}: {text}" if title else f"{label}{text}"
+
+
+def token_span(offsets: Sequence[tuple[int, int]], lo: int, hi: int) -> tuple[int, int]:
+    """Token [start, end) of the tokens overlapping characters [lo, hi) (a leading-space token such as
+    " What" starts one character early)."""
+    inside = [i for i, (s, e) in enumerate(offsets) if s < hi and e > lo]
+    return (inside[0], inside[-1] + 1) if inside else (0, 0)
+
+
+def target_token_ids(tokenizer: PreTrainedTokenizerBase, target: str, settings: PromptSettings) -> list[int]:
+    """The assistant turn: the (truncated) target, then the end-of-turn token."""
+    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"][: settings.max_target_tokens]
+    return [*target_ids, _end_of_turn_id(tokenizer)]
 
 
 def encode_prompt(
@@ -105,19 +132,12 @@ def encode_prompt(
     input_ids: list[int] = list(encoding["input_ids"])
     offsets = encoding["offset_mapping"]
 
-    def token_span(char_start: int, char_end: int) -> tuple[int, int]:
-        # Tokens overlapping the characters: a leading-space token such as " What" starts one char early.
-        lo, hi = offset + char_start, offset + char_end
-        inside = [i for i, (s, e) in enumerate(offsets) if s < hi and e > lo]
-        return (inside[0], inside[-1] + 1) if inside else (0, 0)
-
-    document_spans = [token_span(a, b) for a, b in block_chars]
-    query_span = token_span(*query_chars)
+    document_spans = [token_span(offsets, offset + a, offset + b) for a, b in block_chars]
+    query_span = token_span(offsets, offset + query_chars[0], offset + query_chars[1])
     documents_end = max((end for _, end in document_spans), default=query_span[0])
     target_start = len(input_ids)
     if target is not None:
-        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"][: settings.max_target_tokens]
-        input_ids += [*target_ids, _end_of_turn_id(tokenizer)]
+        input_ids += target_token_ids(tokenizer, target, settings)
     return EncodedPrompt(input_ids, document_spans, query_span, target_start, documents_end)
 
 
@@ -139,40 +159,72 @@ def collate_prompts(
     suffix_length = max(len(p.input_ids) - p.documents_end for p in prompts)
     num_candidates = max(max(len(p.document_spans) for p in prompts), 1)
     size = (len(prompts), prefix_length + suffix_length)
-    input_ids = torch.full(size, pad_token_id, dtype=torch.long)
+    rows = empty_rows(size, pad_token_id)
+    input_ids, labels, doc_index = rows["input_ids"], rows["labels"], rows["doc_index"]
+    inject_rows, query_rows = rows["inject_rows"], rows["query_rows"]
     attention_mask = torch.zeros(size, dtype=torch.long)
-    labels = torch.full(size, -100, dtype=torch.long)
-    doc_index = torch.full(size, -1, dtype=torch.long)
-    inject_rows = torch.zeros(size, dtype=torch.bool)
-    query_rows = torch.zeros(size, dtype=torch.bool)
     candidate_mask = torch.zeros(len(prompts), num_candidates, dtype=torch.bool)
     for b, prompt in enumerate(prompts):
         shift = prefix_length - prompt.documents_end  # left padding of this row
         length = len(prompt.input_ids)
         input_ids[b, shift : shift + length] = torch.tensor(prompt.input_ids)
         attention_mask[b, shift : shift + length] = 1
-        labels[b, shift + prompt.target_start : shift + length] = torch.tensor(
-            prompt.input_ids[prompt.target_start :]
-        )
         for k, (start, end) in enumerate(prompt.document_spans):
             doc_index[b, shift + start : shift + end] = k
             candidate_mask[b, k] = end > start
-        # Rows t predicting target tokens t+1: from the last prompt token to the second-to-last target token.
-        if length > prompt.target_start:
-            inject_rows[b, shift + prompt.target_start - 1 : shift + length - 1] = True
-        q_start, q_end = prompt.query_span
-        query_rows[b, shift + q_start : shift + q_end] = True
-        if inject_query_rows:
-            inject_rows[b, shift + q_start : shift + q_end] = True
+        mark_query_and_target(
+            RowMarks(labels[b], inject_rows[b], query_rows[b]),
+            shift,
+            prompt.input_ids,
+            prompt.target_start,
+            prompt.query_span,
+            inject_query_rows,
+        )
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     return PromptBatch(
-        input_ids=input_ids,
+        **rows,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        labels=labels,
-        doc_index=doc_index,
-        inject_rows=inject_rows,
-        query_rows=query_rows,
         candidate_mask=candidate_mask,
         prefix_length=prefix_length,
     )
+
+
+def empty_rows(size: tuple[int, int], pad_token_id: int) -> dict[str, Tensor]:
+    """A batch's per-position tensors before any prompt is written in: padding, no label, no document."""
+    return {
+        "input_ids": torch.full(size, pad_token_id, dtype=torch.long),
+        "labels": torch.full(size, -100, dtype=torch.long),
+        "doc_index": torch.full(size, -1, dtype=torch.long),
+        "inject_rows": torch.zeros(size, dtype=torch.bool),
+        "query_rows": torch.zeros(size, dtype=torch.bool),
+    }
+
+
+@dataclass
+class RowMarks:
+    """One batch row's label, injected-row and query-row tensors (views, written in place)."""
+
+    labels: Tensor
+    inject_rows: Tensor
+    query_rows: Tensor
+
+
+def mark_query_and_target(
+    marks: RowMarks,
+    offset: int,
+    input_ids: Sequence[int],
+    target_start: int,
+    query_span: tuple[int, int],
+    inject_query_rows: bool,
+) -> None:
+    """Labels, injected rows and query rows of a token sequence placed at ``offset`` of a batch row."""
+    length = len(input_ids)
+    marks.labels[offset + target_start : offset + length] = torch.tensor(input_ids[target_start:])
+    # Rows t predicting target tokens t+1: from the last prompt token to the second-to-last target token.
+    if length > target_start:
+        marks.inject_rows[offset + target_start - 1 : offset + length - 1] = True
+    q_start, q_end = query_span
+    marks.query_rows[offset + q_start : offset + q_end] = True
+    if inject_query_rows:
+        marks.inject_rows[offset + q_start : offset + q_end] = True

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from dreamir.data.beir import Document
 from dreamir.retriever import Retriever
+
+RetrieverPrecision = Literal["float32", "bfloat16"]
 
 
 @dataclass
@@ -44,18 +47,33 @@ class Temperature(nn.Module):
 
 
 class Objective(nn.Module):
-    """Base class: a loss module over the retriever (sentence-transformers style)."""
+    """Base class: a loss module over the retriever (sentence-transformers style).
+
+    ``retriever_precision`` "bfloat16" runs the retriever's forward (and so its backward) under bf16
+    autocast; its weights, the optimiser and the scores stay float32 (mixed precision)."""
 
     # Tokens the retriever reads per text while training (None: the model's own maximum). Shorter
     # texts make a step cheaper; inference keeps the model's own length.
     train_max_length: int | None = None
 
     def __init__(
-        self, retriever: Retriever, temperature: float = 0.05, learn_temperature: bool = False
+        self,
+        retriever: Retriever,
+        temperature: float = 0.05,
+        learn_temperature: bool = False,
+        retriever_precision: RetrieverPrecision = "float32",
     ) -> None:
         super().__init__()
         self.retriever = retriever
         self.temperature = Temperature(temperature, learn_temperature)
+        self.retriever_precision = retriever_precision
+
+    def embed(self, texts: list[str], is_query: bool) -> Tensor:
+        """The retriever's embeddings with autograd, float32 whatever the precision."""
+        if self.retriever_precision == "float32":
+            return self.retriever(texts, is_query=is_query, max_length=self.train_max_length)
+        with torch.autocast(self.retriever.device.type, dtype=torch.bfloat16):
+            return self.retriever(texts, is_query=is_query, max_length=self.train_max_length).float()
 
     def candidate_scores(self, instances: list[TrainingInstance]) -> tuple[Tensor, Tensor]:
         """Cosine scores [B, K] between each query and its candidates, and the mask of real candidates."""
@@ -71,9 +89,6 @@ class Objective(nn.Module):
             mask[b, :count] = True
             offset += count
         return scores, mask
-
-    def embed(self, texts: list[str], is_query: bool) -> Tensor:
-        return self.retriever(texts, is_query=is_query, max_length=self.train_max_length)
 
     def candidate_distribution(self, scores: Tensor, mask: Tensor) -> Tensor:
         """p = softmax_k(s_k / tau) over the real candidates."""

@@ -4,7 +4,7 @@ and the LLM's next-token loss on the target is the retriever's loss. No relevanc
 from __future__ import annotations
 
 from dreamir.llm.frozen import FrozenLLM
-from dreamir.objectives.base import Objective, ObjectiveOutput, TrainingInstance
+from dreamir.objectives.base import Objective, ObjectiveOutput, RetrieverPrecision, TrainingInstance
 from dreamir.retriever import Retriever
 
 
@@ -15,9 +15,10 @@ class DreamLoss(Objective):
         llm: FrozenLLM,
         temperature: float = 0.05,
         learn_temperature: bool = False,
+        retriever_precision: RetrieverPrecision = "float32",
         reuse_prefix: bool = True,
     ) -> None:
-        super().__init__(retriever, temperature, learn_temperature)
+        super().__init__(retriever, temperature, learn_temperature, retriever_precision)
         if not llm.heads:
             raise ValueError("DREAM needs at least one selected head to inject into")
         self.llm = llm

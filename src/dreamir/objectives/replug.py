@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from dreamir.llm.frozen import FrozenLLM
-from dreamir.objectives.base import Objective, ObjectiveOutput, TrainingInstance
+from dreamir.objectives.base import Objective, ObjectiveOutput, RetrieverPrecision, TrainingInstance
 from dreamir.retriever import Retriever
 
 
@@ -18,10 +18,11 @@ class ReplugLoss(Objective):
         llm: FrozenLLM,
         temperature: float = 0.05,
         learn_temperature: bool = False,
+        retriever_precision: RetrieverPrecision = "float32",
         beta: float = 1.0,
         llm_batch_size: int = 8,
     ) -> None:
-        super().__init__(retriever, temperature, learn_temperature)
+        super().__init__(retriever, temperature, learn_temperature, retriever_precision)
         self.llm = llm
         self.beta = beta
         self.llm_batch_size = llm_batch_size
