@@ -44,7 +44,9 @@ def make_corpus(count: int = 40, seed: int = 0) -> dict[str, Document]:
     corpus = {}
     for i in range(count):
         sentences = [" ".join(["The", *rng.sample(WORDS, 6), f"number{i}x{s}"]) + "." for s in range(4)]
-        corpus[f"p{i}"] = Document(f"p{i}", f"title {i}", " ".join(sentences))
+        # Every other passage has a title long enough to validate with.
+        title = f"title {i}" if i % 2 else f"the title of passage {i}"
+        corpus[f"p{i}"] = Document(f"p{i}", title, " ".join(sentences))
     return corpus
 
 
@@ -163,6 +165,8 @@ def test_adapt_end_to_end_reads_only_the_corpus_and_resumes(tmp_path, tiny_bert_
     assert (out / "model" / "modules.json").exists() and (out / "curves.png").exists()
     assert report["examples"]["train"] == 24 and report["examples"]["validation"] == 6
     assert set(report["validation"]["by_step"]) == {2, 4}
+    log = [json.loads(line) for line in (out / "work" / "train" / "log.jsonl").open()]
+    assert {"val_success@10", "val_mrr@10", "val_title_success@10"} <= set(log[1])
     assert 0 <= report["validation"]["best"] <= 1 and report["steps"] == 4
     assert json.loads((out / "work" / "heads.json").read_text())["settings"]["method"] == "qrhead-pseudo-gold"
     assert "validation" in (out / "report.md").read_text()

@@ -263,6 +263,8 @@ def select_heads_label_free(
             "examples": len(calibration),
             "recipe": args.recipe,
             "top_k": args.num_heads,
+            "document_layout": args.document_layout,
+            "precision": args.precision,
         },
     )
     heads.save(out)
@@ -281,7 +283,12 @@ def _encode(retriever: Retriever, texts: Sequence[str], is_query: bool, max_leng
 
 class PseudoGoldValidator:
     """Every ``every`` steps (and before the first), the held-out examples' success@10 over the corpus;
-    the best retriever so far is saved to ``best_dir``."""
+    the best retriever so far is saved to ``best_dir``.
+
+    Where the held-out examples' passages have titles, each title also searches for its passage's text (a
+    second kind of query, unlike the training queries): a signal drawn only from the training task can
+    rise while real retrieval falls (the retriever learns the pseudo-task), and the titles guard that.
+    """
 
     def __init__(
         self,
@@ -308,15 +315,25 @@ class PseudoGoldValidator:
         row = {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
         self.doc_texts = [corpus[i].full_text for i in self.doc_ids]
         self.gold_rows = [row[s] for s in sources]
+        self.queries = [e.query for e in self.validation]
         self.gold_texts = [(derived.get(e.gold_id) or corpus[e.gold_id]).full_text for e in self.validation]
+        titled = [s for s in dict.fromkeys(sources) if len(corpus[s].title.split()) >= 3 and corpus[s].text]
+        self.queries += [corpus[s].title for s in titled]
+        self.gold_rows += [row[s] for s in titled]
+        self.gold_texts += [corpus[s].text for s in titled]
+        self.num_titles = len(titled)
         self.best = (float("-inf"), float("-inf"))
 
     def measure(self) -> dict[str, float]:
-        queries = _encode(self.retriever, [e.query for e in self.validation], True, self.max_length)
+        queries = _encode(self.retriever, self.queries, True, self.max_length)
         docs = _encode(self.retriever, self.doc_texts, False, self.max_length)
         golds = _encode(self.retriever, self.gold_texts, False, self.max_length)
-        result = pseudo_gold_success(queries, docs, self.gold_rows, golds, k=10)
-        return {f"val_{k}": v for k, v in result.items()}
+        result = {f"val_{k}": v for k, v in pseudo_gold_success(queries, docs, self.gold_rows, golds).items()}
+        if self.num_titles:
+            titles = slice(len(self.queries) - self.num_titles, None)
+            by_title = pseudo_gold_success(queries[titles], docs, self.gold_rows[titles], golds[titles])
+            result.update({f"val_title_{k}": v for k, v in by_title.items()})
+        return result
 
     def on_train_begin(self, trainer: Trainer) -> None:
         log = trainer.output_dir / "log.jsonl"
