@@ -110,8 +110,8 @@ class AdaptArguments:
         default=None, metadata={"help": "head file; default: scored on the generated examples"}
     )
     num_heads: int = 16
-    head_examples: int = 64
-    max_steps: int = 150
+    head_examples: int = 32
+    max_steps: int = 80
     batch_size: int = 4
     learning_rate: float = 2e-5
     temperature: float = 0.05
