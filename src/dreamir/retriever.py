@@ -29,6 +29,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 from transformers.utils import logging as hf_logging
 
 from dreamir.io import OutputPathError, atomic_path
+from dreamir.models import use_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -516,6 +517,7 @@ def _load_backbone(model_dir: Path, hf_config: Any, num_layers: int | None, dtyp
         dtype=dtype,
         local_files_only=True,
         output_loading_info=True,
+        use_safetensors=use_safetensors(model_dir),
     )
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()

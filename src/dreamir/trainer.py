@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import random
 import shutil
 import time
@@ -27,6 +28,8 @@ from dreamir.guards import NonFiniteStepGuard, check_finite_parameters
 from dreamir.io import atomic_path, read_log_rows, write_json_atomic, write_jsonl_atomic
 from dreamir.objectives.base import Objective, TrainingInstance
 from dreamir.options import at_least, fraction, non_negative, positive
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -99,6 +102,7 @@ class Trainer:
             raise ValueError(
                 f"{len(missing)} training examples have no candidate_ids (first: #{missing[0]}); mine them first"
             )
+        _check_candidate_counts(examples, args.num_candidates)
         self.objective = objective
         self.examples = list(examples)
         self.corpus = corpus
@@ -296,3 +300,28 @@ class Trainer:
         kept = [row for row in read_log_rows(log_file) if row.get("step", 0) <= upto]
         write_jsonl_atomic(log_file, kept)
         return kept
+
+
+def _check_candidate_counts(examples: Sequence[TrainingExample], num_candidates: int) -> None:
+    """A softmax over one candidate is constant: such an example gives the retriever no gradient at all.
+    Refuse a run where every example is like that, warn (with the lines) when some are."""
+    single = [i for i, e in enumerate(examples) if len((e.candidate_ids or [])[:num_candidates]) < 2]
+    if not single:
+        return
+    where = ", ".join(
+        f"line {examples[i].source_line}" if examples[i].source_line else f"#{i}" for i in single[:5]
+    )
+    reason = "a single candidate gives a constant softmax and so a zero gradient"
+    if len(single) == len(examples):
+        raise ValueError(
+            f"every training example has a single candidate ({where}, ...; --num-candidates {num_candidates}):"
+            f" {reason}; training would not change the model. Give 2 or more candidates"
+        )
+    logger.warning(
+        "%d of %d training examples have a single candidate (%s%s): %s, they add nothing to training",
+        len(single),
+        len(examples),
+        where,
+        ", ..." if len(single) > 5 else "",
+        reason,
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamir.data.beir import read_corpus, read_qrels, read_queries
-from dreamir.data.errors import DataFormatError
+from dreamir.data.errors import DataFormatError, EmptyFileError
 from dreamir.data.training import read_training_file
 from dreamir.heads import HeadSet
 
@@ -31,6 +31,9 @@ def _every_problem(path: Path, read: Callable[[Path], Any]) -> tuple[list[str], 
             copy.write_bytes(b"".join(lines))
             try:
                 return problems, read(copy)
+            except EmptyFileError as error:
+                # Every line was rejected above: those are the problems, not the emptiness that follows.
+                return (problems or [str(error)]), None
             except DataFormatError as error:
                 problems.append(str(DataFormatError(path, error.line, error.field, error.reason)))
                 if error.line is None:
@@ -78,8 +81,6 @@ def validate_beir_directory(directory: Path) -> list[str]:
     corpus_problems, corpus = _every_problem(directory / "corpus.jsonl", read_corpus)
     query_problems, queries = _every_problem(directory / "queries.jsonl", read_queries)
     problems = corpus_problems + query_problems
-    if corpus is not None and not corpus:
-        problems.append(f"{directory / 'corpus.jsonl'}: holds no documents")
     qrels_files = sorted((directory / "qrels").glob("*.tsv"))
     if not qrels_files:
         problems.append(f"{directory / 'qrels'}: no qrels/*.tsv file")

@@ -244,6 +244,7 @@ def _objective(retriever: Retriever, dream: DreamArguments) -> Objective:
     if dream.heads is None:
         raise ValueError("DREAM needs --heads (a head file from `dreamir heads`)")
     head_set = HeadSet.load(dream.heads)
+    head_set.check_fits(dream.llm, dream.heads)  # before the LLM is loaded
     num_heads = dream.num_heads or int(head_set.settings.get("top_k", 16))
     llm = FrozenLLM.from_pretrained(
         dream.llm, heads=head_set.top(num_heads), mode=dream.injection_mode, **llm_options

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,13 +10,16 @@ from typing import Any
 
 from dreamir.data.errors import (
     DataFormatError,
+    EmptyFileError,
     decode_line,
     iter_jsonl_records,
+    open_data_file,
     optional_string,
     require_string,
 )
 from dreamir.io import write_jsonl_atomic, write_text_atomic
 
+logger = logging.getLogger(__name__)
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 
 
@@ -49,6 +53,8 @@ def read_corpus(path: str | Path) -> dict[str, Document]:
         if doc_id in corpus:
             raise DataFormatError(path, line, "_id", f"duplicate document id {doc_id!r}")
         corpus[doc_id] = Document(doc_id=doc_id, title=title, text=text)
+    if not corpus:
+        raise EmptyFileError(path, "holds no documents (an empty corpus)")
     return corpus
 
 
@@ -75,7 +81,7 @@ def read_qrels(
     """
     path = Path(path)
     qrels: dict[str, dict[str, int]] = {}
-    with path.open("rb") as handle:
+    with open_data_file(path) as handle:
         for line_number, raw_bytes in enumerate(handle, start=1):
             row = decode_line(raw_bytes, path, line_number).rstrip("\r\n")
             if not row.strip():
@@ -114,6 +120,8 @@ def read_qrels(
                     f"conflicting judgements for ({query_id!r}, {doc_id!r}): {judged[doc_id]} and {score}",
                 )
             judged[doc_id] = score
+    if not qrels:
+        raise EmptyFileError(path, "holds no judgements (empty qrels)")
     return qrels
 
 
@@ -129,6 +137,16 @@ def load_beir(directory: str | Path, split: str = "test") -> BeirDataset:
     qrels = read_qrels(qrels_path, known_query_ids=all_queries, known_doc_ids=corpus)
     # BEIR convention: the split's queries are exactly those with judgements in its qrels.
     queries = {query_id: text for query_id, text in all_queries.items() if query_id in qrels}
+    unjudged = [query_id for query_id, judged in qrels.items() if max(judged.values()) <= 0]
+    if unjudged:
+        logger.warning(
+            "%s: %d of %d queries have no relevant document (every score <= 0, e.g. %r); they count as 0 "
+            "in every average",
+            qrels_path,
+            len(unjudged),
+            len(qrels),
+            unjudged[0],
+        )
     return BeirDataset(name=directory.name, corpus=corpus, queries=queries, qrels=qrels)
 
 

@@ -32,6 +32,24 @@ class DataFormatError(ValueError):
         return (type(self), (self.path, self.line, self.field, self.reason))
 
 
+class EmptyFileError(DataFormatError):
+    """A data file with no records at all."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(path, None, None, reason)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.reason))
+
+
+def open_data_file(path: str | Path):
+    """Open a data file for reading bytes; a directory given instead is a DataFormatError naming it."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataFormatError(path, None, None, "is a directory, expected a file")
+    return path.open("rb")
+
+
 def decode_line(raw: bytes, path: str | Path, line_number: int) -> str:
     """One line of a text data file as UTF-8; undecodable bytes are a DataFormatError naming the line."""
     try:
@@ -47,7 +65,7 @@ def iter_jsonl_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]
     Raises DataFormatError for undecodable bytes, malformed JSON or a value that is not an object.
     """
     path = Path(path)
-    with path.open("rb") as handle:
+    with open_data_file(path) as handle:
         for line_number, raw in enumerate(handle, start=1):
             text = decode_line(raw, path, line_number)
             if not text.strip():

@@ -36,7 +36,7 @@ from dreamir.llm.parallel import (
     stack_document_keys_values,
 )
 from dreamir.llm.prompt import EncodedPrompt, PromptBatch, PromptSettings, collate_prompts, encode_prompt
-from dreamir.models import resolve_model
+from dreamir.models import resolve_model, use_safetensors
 
 HeadList = Sequence[tuple[int, int]]
 # float32: everything in float32 (exact, the default); bfloat16: the frozen LLM's matmuls under bf16 autocast
@@ -100,7 +100,10 @@ class FrozenLLM(nn.Module):
         path = resolve_model(name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(
-            path, attn_implementation=ATTENTION_NAME, dtype=torch.float32
+            path,
+            attn_implementation=ATTENTION_NAME,
+            dtype=torch.float32,
+            use_safetensors=use_safetensors(path),
         ).to(device)
         return cls(model, tokenizer, heads=heads, mode=mode, prompt=prompt, **options)
 

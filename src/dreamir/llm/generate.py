@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dreamir.models import resolve_model
+from dreamir.models import resolve_model, use_safetensors
 
 DEFAULT_QUERY_INSTRUCTION = (
     "Write one short search query that a user would type to find the passage below. "
@@ -49,7 +49,11 @@ class QueryGenerator:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = torch.bfloat16 if self.settings.bf16 else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval().requires_grad_(False)
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=use_safetensors(path))
+            .eval()
+            .requires_grad_(False)
+        )
         self.show_progress = show_progress
         self._calls = 0
 
