@@ -309,9 +309,11 @@ class PseudoGoldValidator:
         self.every = every
         self.best_dir = best_dir
         sources = [source_of.get(e.gold_id, e.gold_id) for e in self.validation]
-        others = [i for i in sorted(corpus) if i not in set(sources)]
+        unique_sources = list(dict.fromkeys(sources))
+        taken = set(unique_sources)
+        others = [i for i in sorted(corpus) if i not in taken]
         random.Random(seed).shuffle(others)
-        self.doc_ids = list(dict.fromkeys(sources)) + others[: max(max_docs - len(set(sources)), 0)]
+        self.doc_ids = unique_sources + others[: max(max_docs - len(unique_sources), 0)]
         row = {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
         self.doc_texts = [corpus[i].full_text for i in self.doc_ids]
         self.gold_rows = [row[s] for s in sources]
@@ -445,16 +447,18 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
         stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - started
         write_json_atomic(report_file, stages)
 
-    started = time.perf_counter()
     corpus = read_corpus(corpus_file)
     if not corpus:
         raise ValueError(f"{corpus_file}: the corpus is empty")
     _say(f"{len(corpus)} passages in {corpus_file}")
-    if not (work / "examples.json").exists():
+    fresh = not (work / "examples.json").exists()
+    if fresh:
         _say(f"making training examples ({args.recipe}) from up to {args.max_passages} passages")
-    meta = prepare_examples(args, corpus, work)
+    started = time.perf_counter()
+    meta = prepare_examples(args, corpus, work)  # reads the stored examples on a re-run
+    if fresh:
+        finish("examples", started)  # a re-run adds no time to the stage
     _say(f"{meta['train']} training and {meta['validation']} validation examples; dropped {meta['dropped']}")
-    finish("examples", started)
 
     derived, source_of = read_derived(work / "derived.jsonl")
     train = read_training_file(work / "train.jsonl")
