@@ -82,6 +82,22 @@ def test_ict_examples_remove_the_query_sentence_and_keep_the_target_in_the_deriv
     assert len({e.query for e in built.examples}) == 20
 
 
+def test_ict_examples_with_the_target_removed_keep_neither_query_nor_target_in_the_derived_passage():
+    corpus = make_corpus(10)
+    settings = CorpusExampleSettings(max_passages=100, target_words=6, ict_target="removed")
+    built = build_ict_examples(corpus, settings)
+    assert built.examples
+    for example in built.examples:
+        derived = built.derived[example.gold_id]
+        source = corpus[built.source_of[example.gold_id]]
+        assert example.query not in derived.text and example.target not in derived.text
+        assert example.target in source.text and derived.text
+        # Only the query sentence and the sentences the target runs into are gone.
+        removed = [s for s in split_sentences(source.text) if s not in derived.text]
+        assert removed[0] == example.query and example.target.startswith(removed[1].split()[0])
+        assert len(" ".join(removed[1:-1]).split()) < len(example.target.split())
+
+
 def test_generated_examples_drop_and_count_degenerate_queries():
     corpus = make_corpus(6)
     passages = sorted(corpus.values(), key=lambda d: d.doc_id)

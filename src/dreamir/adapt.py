@@ -89,6 +89,10 @@ class AdaptArguments:
     max_passages: int = field(default=1000, metadata={"help": "passages sampled to make examples from"})
     examples_per_passage: int = 1
     target_words: int = field(default=32, metadata={"help": "words of text the LLM must predict"})
+    ict_target: Literal["kept", "removed"] = field(
+        default="kept",
+        metadata={"help": "ict: the target's sentences kept in the pseudo-gold passage or removed from it"},
+    )
     query_instruction: str | None = field(
         default=None, metadata={"help": "genq: the instruction asking for a query (default: a search query)"}
     )
@@ -146,6 +150,7 @@ class AdaptArguments:
             max_passages=self.max_passages,
             examples_per_passage=self.examples_per_passage,
             target_words=self.target_words,
+            ict_target=self.ict_target,
             seed=self.seed,
         )
 

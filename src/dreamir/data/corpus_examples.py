@@ -44,6 +44,9 @@ class CorpusExampleSettings:
     # Targets: up to this many words of the text after the query sentence (ict) or of the opening (genq);
     # the LLM prompt truncates further to its own max_target_tokens.
     target_words: int = 32
+    # ict: keep the target's sentences in the pseudo-gold passage (the LLM can copy them) or remove them
+    # (the LLM must predict the target from what the passage says around it, as from any other candidate).
+    ict_target: Literal["kept", "removed"] = "kept"
     min_query_words: int = 5
     max_query_words: int = 64
     seed: int = 0
@@ -51,6 +54,8 @@ class CorpusExampleSettings:
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
+        if self.ict_target not in ("kept", "removed"):
+            raise ValueError(f"ict_target must be 'kept' or 'removed', got {self.ict_target!r}")
         for name in ("max_passages", "examples_per_passage", "target_words", "min_query_words"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -129,7 +134,16 @@ def build_ict_examples(corpus: Mapping[str, Document], settings: CorpusExampleSe
             if not _query_ok(query, settings, seen, result.dropped):
                 continue
             target = _first_words(" ".join(sentences[position + 1 :]), settings.target_words)
-            rest = " ".join(sentences[:position] + sentences[position + 1 :])
+            removed = {position}
+            if settings.ict_target == "removed":
+                removed |= set(
+                    range(position + 1, position + 1 + _sentences_covering(sentences, position + 1, target))
+                )
+            kept = [sentence for i, sentence in enumerate(sentences) if i not in removed]
+            if not kept:
+                result.dropped["nothing left of the passage"] += 1
+                continue
+            rest = " ".join(kept)
             derived_id = f"{passage.doc_id}{DERIVED_SEPARATOR}ict{made}"
             result.derived[derived_id] = Document(derived_id, passage.title, rest)
             result.source_of[derived_id] = passage.doc_id
@@ -138,6 +152,15 @@ def build_ict_examples(corpus: Mapping[str, Document], settings: CorpusExampleSe
             )
             made += 1
     return result
+
+
+def _sentences_covering(sentences: Sequence[str], start: int, target: str) -> int:
+    """How many sentences from ``start`` on the target's words run into."""
+    words, count = len(target.split()), 0
+    while words > 0 and start + count < len(sentences):
+        words -= len(sentences[start + count].split())
+        count += 1
+    return count
 
 
 def copied_verbatim(query: str, passage: Document, min_words: int = 6) -> bool:
