@@ -26,6 +26,7 @@ FORBIDDEN = {
     ],
     "candidates": ["dreamir.llm", "dreamir.retriever", "dreamir.objectives", "dreamir.trainer", "torch"],
     "evaluation": ["dreamir.llm", "dreamir.retriever", "dreamir.objectives", "dreamir.trainer", "torch"],
+    "similarity": ["dreamir.llm", "dreamir.retriever", "dreamir.objectives", "dreamir.data", "torch"],
     "objectives": ["dreamir.trainer", "dreamir.workflow", "dreamir.cli", "dreamir.heads"],
     "trainer": ["dreamir.workflow", "dreamir.cli", "dreamir.quickstart", "dreamir.llm"],
 }

@@ -318,6 +318,7 @@ def evaluate_model(
             retriever.encode_documents(texts, batch_size=batch_size, show_progress=show_progress),
             f"{model}: document embeddings",
         ),
+        similarity=retriever.config.similarity,
     )
 
 
