@@ -10,10 +10,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dreamir"
 FORBIDDEN = {
     "retriever": [
         "dreamir.llm",
-        "dreamir.heads",
         "dreamir.objectives",
         "dreamir.trainer",
         "dreamir.workflow",
+        "dreamir.evaluation",
     ],
     "llm": ["dreamir.retriever", "dreamir.objectives", "dreamir.trainer", "dreamir.workflow", "dreamir.cli"],
     "data": [
@@ -21,13 +21,13 @@ FORBIDDEN = {
         "dreamir.retriever",
         "dreamir.objectives",
         "dreamir.trainer",
-        "dreamir.heads",
         "torch",
     ],
     "candidates": ["dreamir.llm", "dreamir.retriever", "dreamir.objectives", "dreamir.trainer", "torch"],
     "evaluation": ["dreamir.llm", "dreamir.retriever", "dreamir.objectives", "dreamir.trainer", "torch"],
     "similarity": ["dreamir.llm", "dreamir.retriever", "dreamir.objectives", "dreamir.data", "torch"],
-    "objectives": ["dreamir.trainer", "dreamir.workflow", "dreamir.cli", "dreamir.heads"],
+    # Head selection is a step of its own: objectives take the heads, never select them.
+    "objectives": ["dreamir.trainer", "dreamir.workflow", "dreamir.cli", "dreamir.llm.heads"],
     "trainer": ["dreamir.workflow", "dreamir.cli", "dreamir.quickstart", "dreamir.llm"],
 }
 
