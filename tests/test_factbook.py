@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from dreamir.data.beir import load_beir
-from dreamir.data.factbook import (
+from dreamir.data.training import read_training_file, validate_against_corpus
+from dreamir.datasets.factbook import (
     FIELDS,
     OUTPUT_FILES,
     FactbookPaths,
@@ -15,7 +16,6 @@ from dreamir.data.factbook import (
     finish_answer,
     name_in_sentence,
 )
-from dreamir.data.training import read_training_file, validate_against_corpus
 
 
 @pytest.fixture(scope="module")
