@@ -273,7 +273,7 @@ class Retriever(torch.nn.Module):
             )
         with atomic_path(path, replace_directory=earlier_save) as tmp:
             write_directory(tmp, self.merged_backbone(), self.tokenizer, self.config, self.embedding_dim)
-            (tmp / CONFIG_FILE).write_text(
-                json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8"
-            )
+            # The settings sentence-transformers has no place for (LoRA, cutting, EOS), for Retriever.load.
+            settings = json.dumps(self.config.to_dict(), indent=2, ensure_ascii=False)
+            (tmp / CONFIG_FILE).write_text(settings + "\n", encoding="utf-8")
         return path

@@ -1,11 +1,14 @@
 """The sentence-transformers directory format: reading the settings a directory implies, and writing one
 with sentence-transformers' own modules and ``save``, so that ``SentenceTransformer(dir)`` encodes as the
-retriever does.
+retriever does (LoRA merged first; a cut backbone is saved with its cut config; last-token pooling with a
+tokenizer that appends EOS itself).
 
-Reading does not go through ``SentenceTransformer(dir)``: the settings must be known before any weight is
-loaded (they may cut the backbone to its first layers, which sentence-transformers cannot load), and the
-weights go through :func:`dreamir.retriever.backbone.load_backbone` (safetensors only, quiet about
-expected leftovers). The module files themselves are read with sentence-transformers' classes.
+Reading does not go through ``SentenceTransformer(dir)``, for three reasons: the settings must be known
+before any weight is loaded (the command line overrides them, and ``num_layers`` cuts the backbone before
+its layers are built); plain Hugging Face directories, which sentence-transformers would wrap in a default
+mean pooling, must load through the same path; and weights load through
+:func:`dreamir.retriever.backbone.load_backbone`, safetensors only and quiet about expected leftovers.
+The Pooling module's file is read with sentence-transformers' own reader.
 """
 
 from __future__ import annotations
@@ -133,7 +136,8 @@ def write_directory(
     finally:
         tokenizer.model_max_length = old_max
     # sentence-transformers builds its Transformer module from a directory: the backbone's files give it
-    # the architecture, on the meta device (no weight is read); the module then holds the live backbone.
+    # the architecture, on the meta device (no weight is read); the module then holds the live backbone,
+    # whose weights its save writes again (the price of saving through sentence-transformers).
     backbone.save_pretrained(out, safe_serialization=True)
     transformer = Transformer(
         str(out),
