@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from dreamir.data.beir import Document
 from dreamir.evaluation import exact_search
 from dreamir.llm.frozen import FrozenLLM
 from dreamir.objectives import DreamLoss, InfoNCELoss
@@ -59,3 +60,32 @@ def test_unnormalised_retriever_trains_and_evaluates_on_its_own_similarity(
     output.loss.backward()
     optimizer.step()
     assert any(not torch.equal(a, b) for a, b in zip(before, retriever.trainable_parameters(), strict=True))
+
+
+def test_evaluating_a_saved_model_ranks_by_its_saved_similarity(tiny_bert_dir, tmp_path):
+    from dreamir.data.beir import BeirDataset
+    from dreamir.evaluation import evaluate_encoder
+    from dreamir.workflow import evaluate_model
+
+    config = RetrieverConfig(pooling="mean", normalize=False, similarity="dot", max_length=32)
+    retriever = Retriever.from_pretrained(tiny_bert_dir, config)
+    retriever.save(tmp_path / "dot")
+    texts = [d.full_text for d in DOCS] + ["paris", "the sun", "water and fire", "a large old city"]
+    corpus = {f"d{i}": Document(f"d{i}", "", text) for i, text in enumerate(texts)}
+    queries = {f"q{i}": text for i, text in enumerate(["capital?", "moon", "river", "who", "red dog"])}
+    # Each query's gold: its best document by dot product, which cosine ranks lower for some queries.
+    scores = similarity_matrix(
+        retriever.encode_queries(list(queries.values())),
+        retriever.encode_documents([d.full_text for d in corpus.values()]),
+        "dot",
+    )
+    qrels = {q: {f"d{int(scores[i].argmax())}": 1} for i, q in enumerate(queries)}
+    dataset = BeirDataset("toy", corpus, queries, qrels)
+    by_name = {
+        name: evaluate_encoder(dataset, retriever.encode_queries, retriever.encode_documents, similarity=name)
+        for name in ("dot", "cosine")
+    }
+    assert by_name["dot"]["mrr@10"] == 1.0 > by_name["cosine"]["mrr@10"]
+    assert evaluate_model(str(tmp_path / "dot"), dataset, show_progress=False) == pytest.approx(
+        by_name["dot"]
+    )

@@ -218,7 +218,9 @@ class Retriever(torch.nn.Module):
                     for b in range(0, len(order), batch_size):
                         rows = order[b : b + batch_size]
                         batch = self.tokenizer.pad(
-                            {k: [seqs[i] for i in rows] for k, seqs in lists.items()}, return_tensors="pt"
+                            {k: [seqs[i] for i in rows] for k, seqs in lists.items()},
+                            return_attention_mask=True,
+                            return_tensors="pt",
                         )
                         out[torch.tensor(rows) + start] = self.embed(batch).float().cpu()
                         bar.update(len(rows))
