@@ -25,7 +25,7 @@ from compare import (
 )
 from transformers import AutoConfig
 
-from dreamir.heads import random_heads
+from dreamir.llm.heads import random_heads
 from dreamir.models import SMOLLM2, resolve_model
 
 

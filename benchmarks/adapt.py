@@ -27,7 +27,7 @@ import torch
 
 from dreamir.adapt import TIE_BREAKER, VALIDATION_METRIC, AdaptArguments, adapt
 from dreamir.data.beir import BeirDataset, load_beir
-from dreamir.data.factbook import build_factbook
+from dreamir.datasets.factbook import build_factbook
 from dreamir.evaluation import evaluate_encoder, format_results_table
 from dreamir.io import read_log_rows, write_json_atomic
 from dreamir.models import MINILM

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from dreamir.data.beir import load_beir
-from dreamir.data.factbook import build_factbook
 from dreamir.data.training import write_training_file
+from dreamir.datasets.factbook import build_factbook
 from dreamir.evaluation import format_results_table
 from dreamir.io import read_log_rows, write_json_atomic
 from dreamir.models import MINILM, SMOLLM2

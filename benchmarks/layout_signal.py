@@ -19,9 +19,9 @@ import time
 import torch
 
 from dreamir.data.training import read_training_file
-from dreamir.heads import HeadSet
 from dreamir.io import write_json_atomic
 from dreamir.llm.frozen import FrozenLLM
+from dreamir.llm.heads import HeadSet
 from dreamir.llm.prompt import PromptSettings
 from dreamir.models import SMOLLM2
 from dreamir.workflow import calibration_examples, load_corpus

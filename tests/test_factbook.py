@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from dreamir.data.beir import load_beir
-from dreamir.data.factbook import (
+from dreamir.data.training import read_training_file, validate_against_corpus
+from dreamir.datasets.factbook import (
     FIELDS,
     OUTPUT_FILES,
     FactbookPaths,
@@ -15,7 +16,6 @@ from dreamir.data.factbook import (
     finish_answer,
     name_in_sentence,
 )
-from dreamir.data.training import read_training_file, validate_against_corpus
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +122,10 @@ def test_answer_and_text_cleaning() -> None:
     assert name_in_sentence("United Kingdom") == "the United Kingdom"
     assert name_in_sentence("The Gambia") == "the Gambia"
     assert name_in_sentence("France") == "France"
+
+
+def test_field_specs_name_the_factbook_field_only_where_it_is_not_the_label():
+    renamed = [spec for spec in FIELDS if spec.factbook_name is not None]
+    assert renamed and all(spec.factbook_name != spec.label for spec in renamed)
+    assert all(spec.name == (spec.factbook_name or spec.label) for spec in FIELDS)
+    assert len({spec.key for spec in FIELDS}) == len(FIELDS)

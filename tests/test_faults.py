@@ -20,7 +20,7 @@ from dreamir.data.beir import read_corpus, read_qrels, read_queries
 from dreamir.data.errors import DataFormatError
 from dreamir.data.training import read_training_file
 from dreamir.guards import NonFiniteError
-from dreamir.heads import HeadSet
+from dreamir.llm.heads import HeadSet
 from dreamir.objectives import InfoNCELoss
 from dreamir.retriever import Retriever, RetrieverConfig
 from dreamir.trainer import CHECKPOINTS, STATE_FILE, Trainer, TrainingArguments

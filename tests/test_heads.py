@@ -7,8 +7,8 @@ import torch
 
 from dreamir.cli import main
 from dreamir.data.errors import DataFormatError
-from dreamir.heads import CalibrationExample, HeadSet, random_heads, rank_heads, score_heads
 from dreamir.llm.frozen import FrozenLLM
+from dreamir.llm.heads import CalibrationExample, HeadSet, random_heads, rank_heads, score_heads
 
 WORDS = [
     "paris",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dreamir.cli import main
-from dreamir.data.factbook import build_factbook
+from dreamir.datasets.factbook import build_factbook
 from dreamir.io import OutputPathError, write_json_atomic
 from dreamir.retriever import Retriever, RetrieverConfig
 

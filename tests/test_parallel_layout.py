@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from dreamir.cli import main
-from dreamir.heads import HeadSet
 from dreamir.llm.frozen import FrozenLLM
+from dreamir.llm.heads import HeadSet
 from dreamir.llm.parallel import ParallelBatch, block_mask
 from dreamir.llm.prompt import PromptSettings
 from tests.tiny_models import make_tiny_llama
@@ -125,7 +125,7 @@ def test_a_stale_cache_is_rebuilt_not_read(tiny_llama_dir, tmp_path, change):
         path = make_tiny_llama(tmp_path / "other", num_layers=2, num_heads=4, num_kv_heads=2)
         other = FrozenLLM.from_pretrained(path)
         with torch.no_grad():
-            other.model.model.layers[0].self_attn.k_proj.weight.mul_(1.5)
+            other.model.get_decoder().layers[0].self_attn.k_proj.weight.mul_(1.5)
         other.model.save_pretrained(path)
     elif change == "settings":
         prompt = dataclasses.replace(PARALLEL, instruction="Answer the question.")

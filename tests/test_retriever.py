@@ -155,14 +155,18 @@ def test_encode_restores_order_and_matches_forward(bert_dir: Path, llama_dir: Pa
     assert r.encode([]).shape == (0, r.embedding_dim)
 
 
-def test_similarity_is_cosine(bert_dir: Path) -> None:
-    r = Retriever.from_pretrained(bert_dir, RetrieverConfig(normalize=False))
+@pytest.mark.parametrize(("normalize", "similarity"), [(True, "cosine"), (False, "cosine"), (False, "dot")])
+def test_similarity_follows_the_config(bert_dir: Path, normalize: bool, similarity: str) -> None:
+    r = Retriever.from_pretrained(bert_dir, RetrieverConfig(normalize=normalize, similarity=similarity))
     q, d = r.encode(TEXTS[:2]), r.encode(TEXTS)
-    want = (q @ d.T) / np.outer(np.linalg.norm(q, axis=1), np.linalg.norm(d, axis=1))
-    np.testing.assert_allclose(Retriever.similarity(q, d), want, atol=1e-6)
-    np.testing.assert_allclose(
-        Retriever.similarity(torch.from_numpy(q), torch.from_numpy(d)).numpy(), want, atol=1e-6
-    )
+    want = q @ d.T
+    if similarity == "cosine":
+        want = want / np.outer(np.linalg.norm(q, axis=1), np.linalg.norm(d, axis=1))
+    np.testing.assert_allclose(r.similarity(q, d), want, atol=1e-6)
+    qt, dt = torch.from_numpy(q), torch.from_numpy(d)
+    np.testing.assert_allclose(r.similarity(qt, dt).numpy(), want, atol=1e-6)
+    if normalize:  # unit rows are not normalised again: the scores are their dot products, bit for bit
+        assert torch.equal(r.similarity(qt, dt), qt @ dt.T)
 
 
 # ---------------------------------------------------------------------- save / load / ST parity
@@ -185,18 +189,44 @@ def test_save_load_round_trip_is_exact(bert_dir: Path, llama_dir: Path, tmp_path
     np.testing.assert_array_equal(Retriever.load(out).encode(TEXTS), r.encode(TEXTS))
 
 
-@pytest.mark.parametrize(("which", "pooling"), [("bert", "mean"), ("bert", "cls"), ("llama", "last")])
+ST_CASES = {
+    "bert-mean": ("bert", RetrieverConfig(pooling="mean", max_length=24)),
+    "bert-cls": ("bert", RetrieverConfig(pooling="cls", max_length=24)),
+    "bert-mean-dot": (
+        "bert",
+        RetrieverConfig(pooling="mean", normalize=False, similarity="dot", max_length=24),
+    ),
+    "llama-last": ("llama", RetrieverConfig(pooling="last", max_length=24)),
+    "llama-last-cut-lora": (
+        "llama",
+        RetrieverConfig(pooling="last", max_length=24, num_layers=2, lora=LoraSettings(r=2, dropout=0.0)),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ST_CASES))
 def test_sentence_transformers_loads_saved_dir_identically(
-    bert_dir: Path, llama_dir: Path, tmp_path: Path, which: str, pooling: str
+    bert_dir: Path, llama_dir: Path, tmp_path: Path, case: str
 ) -> None:
-    path = bert_dir if which == "bert" else llama_dir
-    r = Retriever.from_pretrained(path, RetrieverConfig(pooling=pooling, max_length=24))
+    which, cfg = ST_CASES[case]
+    r = Retriever.from_pretrained(bert_dir if which == "bert" else llama_dir, cfg)
+    if cfg.lora is not None:  # trained adapters, so that merging them changes the saved weights
+        with torch.no_grad():
+            for name, parameter in r.backbone.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_(0, 0.1)
     r.save(tmp_path / "st")
     modules = json.loads((tmp_path / "st" / "modules.json").read_text())
-    assert [m["path"] for m in modules] == ["", "1_Pooling", "2_Normalize"]
+    assert [m["path"] for m in modules] == ["", "1_Pooling", "2_Normalize"][: 3 if cfg.normalize else 2]
     st = SentenceTransformer(str(tmp_path / "st"), device="cpu")
-    assert st.max_seq_length == 24
-    np.testing.assert_allclose(st.encode(TEXTS, batch_size=3), r.encode(TEXTS), rtol=0, atol=1e-5)
+    assert st.max_seq_length == 24 and st.similarity_fn_name == cfg.similarity
+    np.testing.assert_allclose(st.encode(TEXTS, batch_size=3), r.encode(TEXTS), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        st.similarity(st.encode(TEXTS[:2]), st.encode(TEXTS)).numpy(),
+        r.similarity(r.encode(TEXTS[:2]), r.encode(TEXTS)),
+        rtol=0,
+        atol=1e-6,
+    )
 
 
 def test_sentence_transformers_applies_saved_prompts(llama_dir: Path, tmp_path: Path) -> None:
@@ -211,11 +241,26 @@ def test_sentence_transformers_applies_saved_prompts(llama_dir: Path, tmp_path: 
 
 def test_config_read_back_from_sentence_transformers_files(bert_dir: Path, tmp_path: Path) -> None:
     cfg = RetrieverConfig(
-        pooling="cls", normalize=False, max_length=40, query_prefix="q: ", document_prefix="d: "
+        pooling="cls",
+        normalize=False,
+        similarity="dot",
+        max_length=40,
+        query_prefix="q: ",
+        document_prefix="d: ",
     )
     Retriever.from_pretrained(bert_dir, cfg).save(tmp_path / "st")
     (tmp_path / "st" / CONFIG_FILE).unlink()  # leave only what sentence-transformers wrote
     assert Retriever.from_pretrained(tmp_path / "st").config == cfg
+    model_config = tmp_path / "st" / "config_sentence_transformers.json"
+    settings = json.loads(model_config.read_text())
+    del settings["similarity_fn_name"]  # sentence-transformers' default is cosine, whatever the norm
+    model_config.write_text(json.dumps(settings))
+    assert Retriever.read_config(tmp_path / "st") == dataclasses.replace(cfg, similarity="cosine")
+    model_config.write_text(json.dumps({**settings, "similarity_fn_name": "euclidean"}))
+    with pytest.raises(
+        ValueError, match=r"config_sentence_transformers\.json: similarity_fn_name 'euclidean'"
+    ):
+        Retriever.read_config(tmp_path / "st")
     assert Retriever.from_pretrained(bert_dir).config == RetrieverConfig()  # plain HF dir: defaults
     # Never more tokens than the position table holds (tiny BERT: 512).
     assert Retriever.from_pretrained(bert_dir, RetrieverConfig(max_length=4096)).config.max_length == 512

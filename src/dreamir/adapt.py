@@ -44,9 +44,9 @@ from dreamir.data.corpus_examples import (
 )
 from dreamir.data.training import TrainingExample, read_training_file, write_training_file
 from dreamir.evaluation import exact_search, pseudo_gold_success
-from dreamir.heads import CalibrationExample, HeadSet, rank_heads, score_heads
 from dreamir.io import atomic_path, read_log_rows, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from dreamir.llm.frozen import FrozenLLM
+from dreamir.llm.heads import CalibrationExample, HeadSet, rank_heads, score_heads
 from dreamir.llm.prompt import PromptSettings
 from dreamir.models import MINILM, SMOLLM2
 from dreamir.options import at_least, positive

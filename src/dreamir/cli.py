@@ -127,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
     from dreamir.quickstart import QuickstartArguments, run_quickstart
 
     if args.command == "factbook":
-        from dreamir.data.factbook import build_factbook
+        from dreamir.datasets.factbook import build_factbook
 
         paths = build_factbook(args.out, seed=args.seed)
         print(

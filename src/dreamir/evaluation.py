@@ -1,6 +1,7 @@
 """Retrieval evaluation: exact dense search, BEIR-style metrics and a results table.
 
-Knows nothing of models: encoders come in as callables from texts to numpy arrays.
+Knows nothing of models: encoders come in as callables from texts to numpy arrays, and the similarity
+to rank with as its name (the retriever's ``config.similarity``; see dreamir.similarity).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytrec_eval
 
 from dreamir.candidates import bm25_run
 from dreamir.data.beir import BeirDataset
+from dreamir.similarity import Similarity, prepare
 
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 # pytrec_eval measure names for the metrics it computes (MRR@10 is computed here: its recip_rank has
@@ -24,15 +26,6 @@ Run = dict[str, dict[str, float]]
 Qrels = Mapping[str, Mapping[str, int]]
 
 
-def _l2_normalise(embeddings: np.ndarray) -> np.ndarray:
-    matrix = np.asarray(embeddings, dtype=np.float32)
-    if matrix.ndim != 2:
-        raise ValueError(f"expected a 2-D embedding matrix, got shape {matrix.shape}")
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    # A zero vector stays zero (scores 0) rather than turning into NaNs.
-    return matrix / np.maximum(norms, np.float32(1e-12))
-
-
 def exact_search(
     query_embeddings: np.ndarray,
     doc_embeddings: np.ndarray,
@@ -40,14 +33,15 @@ def exact_search(
     doc_ids: Sequence[str],
     k: int = 100,
     batch_size: int | None = None,
+    similarity: Similarity = "cosine",
 ) -> Run:
-    """Top-``k`` documents per query by cosine similarity (dot product of L2-normalised float32).
+    """Top-``k`` documents per query by ``similarity`` (cosine: dot product of L2-normalised float32).
 
     Queries are scored in batches so the score block stays under ~256 MiB; ``batch_size`` overrides.
     """
     query_ids, doc_ids = list(query_ids), list(doc_ids)
-    queries = _l2_normalise(query_embeddings)
-    docs = _l2_normalise(doc_embeddings)
+    queries = prepare(query_embeddings, similarity)
+    docs = prepare(doc_embeddings, similarity)
     if queries.shape[0] != len(query_ids):
         raise ValueError(f"{queries.shape[0]} query embeddings but {len(query_ids)} query ids")
     if docs.shape[0] != len(doc_ids):
@@ -130,8 +124,10 @@ def evaluate_encoder(
     encode_queries: Callable[[list[str]], np.ndarray],
     encode_documents: Callable[[list[str]], np.ndarray],
     k: int = 100,
+    similarity: Similarity = "cosine",
 ) -> dict[str, float]:
-    """Encode ``dataset`` with the two callables, search exactly and score with compute_metrics.
+    """Encode ``dataset`` with the two callables, search exactly by ``similarity`` and score with
+    compute_metrics.
 
     Documents are encoded as ``Document.full_text`` (title + " " + text), the BEIR convention.
     """
@@ -139,7 +135,7 @@ def evaluate_encoder(
     doc_ids = list(dataset.corpus)
     query_embeddings = np.asarray(encode_queries([dataset.queries[query_id] for query_id in query_ids]))
     doc_embeddings = np.asarray(encode_documents([dataset.corpus[doc_id].full_text for doc_id in doc_ids]))
-    run = exact_search(query_embeddings, doc_embeddings, query_ids, doc_ids, k=k)
+    run = exact_search(query_embeddings, doc_embeddings, query_ids, doc_ids, k=k, similarity=similarity)
     return compute_metrics(dataset.qrels, run)
 
 
@@ -186,6 +182,7 @@ def pseudo_gold_success(
     gold_rows: Sequence[int],
     gold_embeddings: np.ndarray | None = None,
     k: int = 10,
+    similarity: Similarity = "cosine",
 ) -> dict[str, float]:
     """Label-free validation: how often each query's pseudo-gold passage ranks in the top ``k``.
 
@@ -194,14 +191,14 @@ def pseudo_gold_success(
     removed) is searched among the corpus without adding it for every other query. Ties count against
     the gold. Returns ``success@k`` and ``mrr@k``.
     """
-    queries = _l2_normalise(query_embeddings)
-    docs = _l2_normalise(doc_embeddings)
+    queries = prepare(query_embeddings, similarity)
+    docs = prepare(doc_embeddings, similarity)
     rows = np.asarray(gold_rows, dtype=np.int64)
     if len(rows) != queries.shape[0]:
         raise ValueError(f"{queries.shape[0]} queries but {len(rows)} gold rows")
     if len(rows) == 0:
         raise ValueError("no validation queries")
-    golds = docs[rows] if gold_embeddings is None else _l2_normalise(gold_embeddings)
+    golds = docs[rows] if gold_embeddings is None else prepare(gold_embeddings, similarity)
     gold_scores = (queries * golds).sum(1)
     ranks = np.empty(len(rows), dtype=np.int64)
     for start in range(0, len(rows), 256):

@@ -11,7 +11,7 @@ from typing import Any
 from dreamir.data.beir import read_corpus, read_qrels, read_queries
 from dreamir.data.errors import DataFormatError, EmptyFileError
 from dreamir.data.training import read_training_file
-from dreamir.heads import HeadSet
+from dreamir.llm.heads import HeadSet
 
 MAX_PROBLEMS_PER_FILE = 100
 

@@ -20,9 +20,9 @@ from dreamir.data.beir import BeirDataset, Document, load_beir, read_corpus
 from dreamir.data.training import TrainingExample, read_training_file, validate_against_corpus
 from dreamir.evaluation import evaluate_bm25, evaluate_encoder
 from dreamir.guards import check_finite_embeddings
-from dreamir.heads import CalibrationExample, HeadSet, random_heads, rank_heads, score_heads
 from dreamir.io import check_output_file, write_json_atomic
 from dreamir.llm.frozen import FrozenLLM, Precision
+from dreamir.llm.heads import CalibrationExample, HeadSet, random_heads, rank_heads, score_heads
 from dreamir.llm.prompt import DocumentLayout, PromptSettings
 from dreamir.models import MINILM, SMOLLM2, resolve_model
 from dreamir.objectives import DreamLoss, InfoNCELoss, Objective, ReplugLoss
@@ -318,6 +318,7 @@ def evaluate_model(
             retriever.encode_documents(texts, batch_size=batch_size, show_progress=show_progress),
             f"{model}: document embeddings",
         ),
+        similarity=retriever.config.similarity,
     )
 
 

@@ -1,24 +1,19 @@
-"""The frozen LLM: loads a causal LM with the DREAM attention function and computes the target's NTP loss
-with the retriever's distribution written into the selected heads. Its parameters never change."""
+"""The DREAM reader: a frozen causal LM (dreamir.llm.causal_lm) with the DREAM attention function, which
+reads K candidate documents in a prompt and computes the target's NTP loss with the retriever's
+distribution written into the selected heads. Its parameters never change."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import torch
-from torch import Tensor, nn
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    DynamicCache,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from torch import Tensor
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from dreamir.llm.causal_lm import PRECISIONS, FrozenCausalLM, Precision, Reduction
 from dreamir.llm.doc_cache import BuildStats, DocumentKVCache, KeysValues, model_fingerprint
 from dreamir.llm.injection import (
     ATTENTION_NAME,
@@ -36,17 +31,15 @@ from dreamir.llm.parallel import (
     stack_document_keys_values,
 )
 from dreamir.llm.prompt import EncodedPrompt, PromptBatch, PromptSettings, collate_prompts, encode_prompt
-from dreamir.models import resolve_model, use_safetensors
 
 HeadList = Sequence[tuple[int, int]]
-# float32: everything in float32 (exact, the default); bfloat16: the frozen LLM's matmuls under bf16 autocast
-# (no-grad document encoding and the suffix that carries gradients); the injected heads stay float32.
-Precision = Literal["float32", "bfloat16"]
-PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
+# Precision "bfloat16" runs the no-grad document encoding and the suffix that carries gradients under bf16
+# autocast; the injected heads stay float32.
+__all__ = ["PRECISIONS", "FrozenLLM", "HeadList", "Precision"]
 
 
-class FrozenLLM(nn.Module):
-    """A causal LM that reads K candidate documents and scores a target under an injected distribution."""
+class FrozenLLM(FrozenCausalLM):
+    """A frozen causal LM that reads K candidate documents and scores a target under an injected distribution."""
 
     def __init__(
         self,
@@ -59,21 +52,12 @@ class FrozenLLM(nn.Module):
         document_cache_dir: str | Path | None = None,
         show_progress: bool = False,
     ) -> None:
-        super().__init__()
         register()
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        # Before the parent copies the model for bf16: the copy keeps the attention function.
         model.config._attn_implementation = ATTENTION_NAME
-        self.model = model.requires_grad_(False).eval()
-        self.tokenizer = tokenizer
+        super().__init__(model, tokenizer, precision)
         self.mode: InjectionMode = mode
         self.prompt = prompt or PromptSettings()
-        self.precision: Precision = precision
-        # What runs the forward passes: the model itself, or (bfloat16) a view of it whose linear layers hold
-        # bf16 copies of their weights, so autocast does not cast 100M frozen weights at every call.
-        # Not a registered submodule: its parameters are the model's or frozen copies of them.
-        compute = _with_bf16_linears(self.model) if precision == "bfloat16" else self.model
-        object.__setattr__(self, "compute_model", compute)
         self.set_heads(heads)
         # Parallel layout: candidates' keys and values, computed once (on disk too with a directory), stored
         # in the precision's dtype (float32 keeps the cached step exactly equal to the one-pass reference).
@@ -94,35 +78,11 @@ class FrozenLLM(nn.Module):
         mode: InjectionMode = "preserve",
         prompt: PromptSettings | None = None,
         device: str | torch.device = "cpu",
-        **options,
+        **options: Any,
     ) -> FrozenLLM:
         register()
-        path = resolve_model(name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            attn_implementation=ATTENTION_NAME,
-            dtype=torch.float32,
-            use_safetensors=use_safetensors(path),
-        ).to(device)
+        model, tokenizer = cls.load_model(name_or_path, device, attn_implementation=ATTENTION_NAME)
         return cls(model, tokenizer, heads=heads, mode=mode, prompt=prompt, **options)
-
-    def train(self, mode: bool = True) -> FrozenLLM:
-        # The LLM stays in eval mode whatever the objective around it does.
-        super().train(False)
-        return self
-
-    @property
-    def num_layers(self) -> int:
-        return self.model.config.num_hidden_layers
-
-    @property
-    def num_heads(self) -> int:
-        return self.model.config.num_attention_heads
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     def set_heads(self, heads: Iterable[tuple[int, int]]) -> None:
         heads = sorted({(int(layer), int(head)) for layer, head in heads})
@@ -159,15 +119,13 @@ class FrozenLLM(nn.Module):
         blocks = encode_parallel_prompt(self.tokenizer, "", documents, None, self.prompt)
         return self.documents.build(blocks.prefix_ids, blocks.document_ids)
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast for the LLM's matmuls when the precision asks for it; nothing in float32."""
-        if self.precision == "bfloat16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     # ---- the loss ------------------------------------------------------------------------------------
     def target_loss(
-        self, batch: PromptBatch, doc_probs: Tensor | None, reuse_prefix: bool = True, reduction: str = "mean"
+        self,
+        batch: PromptBatch,
+        doc_probs: Tensor | None,
+        reuse_prefix: bool = True,
+        reduction: Reduction = "mean",
     ) -> Tensor:
         """Cross-entropy of the target tokens with ``doc_probs`` [B, K] injected (None: the stock model).
 
@@ -183,22 +141,12 @@ class FrozenLLM(nn.Module):
                 hidden, start = self._hidden_with_cached_prefix(batch, plan), batch.prefix_length
             else:
                 hidden, start = self._hidden_full(batch, plan), 0
-        # Only rows that predict a target token go through the (large) output projection.
-        labels = batch.labels[:, start:]
-        next_labels = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
-        rows = next_labels != -100
-        logits = self.compute_model.lm_head(hidden[rows]).float()
-        token_loss = nn.functional.cross_entropy(logits, next_labels[rows], reduction="none")
-        if reduction == "mean":
-            return token_loss.mean()
-        example = rows.nonzero()[:, 0]
-        totals = torch.zeros(rows.shape[0], device=token_loss.device).index_add(0, example, token_loss)
-        return totals / rows.sum(-1).clamp_min(1)
+        return self.reduce(*self.token_losses(hidden, batch.labels[:, start:]), reduction)
 
     def _hidden_full(self, batch: PromptBatch, plan: InjectionPlan | None) -> Tensor:
         # The parallel layout in one pass needs its block mask (the reference for the cached step).
         mask = block_mask(batch) if isinstance(batch, ParallelBatch) else batch.attention_mask
-        return self.compute_model.model(
+        return self.decoder(
             input_ids=batch.input_ids,
             attention_mask=mask,
             position_ids=batch.position_ids,
@@ -219,7 +167,7 @@ class FrozenLLM(nn.Module):
     def _suffix_hidden(self, batch: PromptBatch, prefix: DynamicCache, **attention_kwargs) -> Tensor:
         """The suffix (question + target) after the keys and values of everything before it."""
         split = batch.prefix_length
-        return self.compute_model.model(
+        return self.decoder(
             input_ids=batch.input_ids[:, split:],
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids[:, split:],
@@ -237,7 +185,7 @@ class FrozenLLM(nn.Module):
         split = batch.prefix_length
         if not isinstance(batch, ParallelBatch):
             with self.autocast():
-                return self.compute_model.model(
+                return self.decoder(
                     input_ids=batch.input_ids[:, :split],
                     attention_mask=batch.attention_mask[:, :split],
                     position_ids=batch.position_ids[:, :split],
@@ -268,7 +216,7 @@ class FrozenLLM(nn.Module):
         if key not in self._prefix_entries:
             ids = torch.tensor([prefix_ids], device=self.device)
             with self.autocast():
-                cache = self.compute_model.model(
+                cache = self.decoder(
                     input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True
                 ).past_key_values
             keys, values = self._stack(cache)
@@ -294,7 +242,7 @@ class FrozenLLM(nn.Module):
         expand = (-1, count, -1, -1, -1)
         cache = self._cache_from(prefix_keys[:, None].expand(expand), prefix_values[:, None].expand(expand))
         with self.autocast():
-            cache = self.compute_model.model(
+            cache = self.decoder(
                 input_ids=ids.to(self.device),
                 attention_mask=mask.to(self.device),
                 position_ids=(torch.arange(length) + start).expand(count, -1).to(self.device),
@@ -337,15 +285,3 @@ class FrozenLLM(nn.Module):
                 )
             masses.append(torch.stack([probe.masses[layer] for layer in range(self.num_layers)], dim=1))
         return masses
-
-
-def _with_bf16_linears(model: PreTrainedModel) -> PreTrainedModel:
-    """A copy of ``model`` sharing every parameter with it except the decoder layers' linear weights, which
-    become frozen bf16 copies (about 2 bytes per weight more). Run under bf16 autocast it computes what
-    autocast computes on the float32 model (embeddings, norms and residual stream stay float32)."""
-    memo: dict[int, object] = {id(p): p for p in model.parameters()}
-    for module in model.model.layers.modules():
-        if isinstance(module, nn.Linear):
-            bf16 = nn.Parameter(module.weight.detach().to(torch.bfloat16), requires_grad=False)
-            memo[id(module.weight)] = bf16
-    return copy.deepcopy(model, memo)

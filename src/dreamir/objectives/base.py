@@ -75,8 +75,13 @@ class Objective(nn.Module):
         with torch.autocast(self.retriever.device.type, dtype=torch.bfloat16):
             return self.retriever(texts, is_query=is_query, max_length=self.train_max_length).float()
 
+    def similarity(self, queries: Tensor, documents: Tensor) -> Tensor:
+        """Scores [m, n] by the retriever's own similarity, the one evaluation and search use too."""
+        return self.retriever.similarity(queries, documents)
+
     def candidate_scores(self, instances: list[TrainingInstance]) -> tuple[Tensor, Tensor]:
-        """Cosine scores [B, K] between each query and its candidates, and the mask of real candidates."""
+        """Scores [B, K] between each query and its candidates (the retriever's similarity), and the mask of
+        real candidates."""
         width = max(len(i.documents) for i in instances)
         queries = self.embed([i.query for i in instances], is_query=True)
         documents = self.embed([d.full_text for i in instances for d in i.documents], is_query=False)
@@ -85,7 +90,7 @@ class Objective(nn.Module):
         offset = 0
         for b, instance in enumerate(instances):
             count = len(instance.documents)
-            scores[b, :count] = documents[offset : offset + count] @ queries[b]
+            scores[b, :count] = self.similarity(queries[b : b + 1], documents[offset : offset + count])[0]
             mask[b, :count] = True
             offset += count
         return scores, mask

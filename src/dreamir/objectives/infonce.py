@@ -23,7 +23,7 @@ class InfoNCELoss(Objective):
             {d.doc_id: d for i in labelled for d in i.documents if d.doc_id not in gold_ids}.values()
         )
         pool = self.embed([d.full_text for d in golds + negatives], is_query=False)
-        similarities = queries @ pool.T
+        similarities = self.similarity(queries, pool)
         logits = similarities / self.temperature.value
         targets = torch.arange(len(labelled), device=logits.device)
         loss = torch.nn.functional.cross_entropy(logits, targets)

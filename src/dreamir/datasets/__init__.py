@@ -1,0 +1,1 @@
+"""Example datasets built into retrieval tasks (corpus, questions, training files)."""

@@ -1,0 +1,77 @@
+"""The retriever's settings: pooling, normalisation, similarity, lengths, prefixes, LoRA, cutting."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from dreamir.similarity import Similarity, check_similarity
+
+logger = logging.getLogger(__name__)
+
+Pooling = Literal["mean", "cls", "last"]
+POOLINGS: tuple[str, ...] = get_args(Pooling)
+
+# Written beside the sentence-transformers files: the settings sentence-transformers has no place for.
+CONFIG_FILE = "dreamir_retriever.json"
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter settings. ``target_modules=None`` means peft's defaults for the architecture."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | Literal["all-linear"] | None = None
+    # The adapters' random initialisation has its own seed: drawn from the global generator, it would depend
+    # on whatever ran before in the process, and so would every result trained from it.
+    init_seed: int = 0
+
+
+@dataclass
+class RetrieverConfig:
+    pooling: Pooling = "mean"
+    normalize: bool = True
+    # How a query and a document are compared, in training, evaluation and search alike ("cosine" is
+    # sentence-transformers' default; with normalize=True it equals "dot").
+    similarity: Similarity = "cosine"
+    max_length: int = 256
+    query_prefix: str = ""
+    document_prefix: str = ""
+    lora: LoraSettings | None = None
+    # Keep only the first N transformer layers (a cheap raw backbone); None keeps them all.
+    num_layers: int | None = None
+    # End every text with the tokenizer's end-of-text token, so that last-token pooling reads a state that
+    # has seen the whole text rather than its last word (as RepLLaMA does). None: only for "last" pooling
+    # (decided when used, so that a config copied with another pooling follows it).
+    append_eos: bool | None = None
+
+    @property
+    def ends_with_eos(self) -> bool:
+        return self.pooling == "last" if self.append_eos is None else self.append_eos
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {sorted(POOLINGS)}, got {self.pooling!r}")
+        check_similarity(self.similarity)
+        if isinstance(self.lora, Mapping):
+            self.lora = LoraSettings(**self.lora)
+        if self.max_length < 1:
+            raise ValueError(f"max_length must be positive, got {self.max_length}")
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ValueError(f"num_layers must be positive, got {self.num_layers}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RetrieverConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            logger.warning("Ignoring unknown RetrieverConfig keys: %s", sorted(unknown))
+        return cls(**{k: v for k, v in d.items() if k in known})

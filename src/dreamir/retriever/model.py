@@ -1,0 +1,281 @@
+"""The dense retriever: an ordinary bi-encoder (HF backbone + pooling + optional L2 norm, optional LoRA).
+
+It knows nothing about LLMs or how it is trained; it saves in the sentence-transformers layout so that
+``SentenceTransformer(saved_dir).encode(texts)`` reproduces :meth:`Retriever.encode`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from dreamir.io import OutputPathError, atomic_path
+from dreamir.retriever.backbone import cap_length, load_backbone, prepare_tokenizer, with_lora
+from dreamir.retriever.config import CONFIG_FILE, Pooling, RetrieverConfig
+from dreamir.retriever.st_format import local_dir, read_directory, write_directory
+from dreamir.similarity import similarity_matrix
+
+# Texts tokenised at once by ``encode`` before length-sorting: big enough to sort well, small enough
+# that the Python token lists stay modest for huge corpora.
+_ENCODE_CHUNK = 16384
+# ``show_progress=None`` shows a bar only above this many batches.
+_AUTO_PROGRESS_BATCHES = 5
+
+
+def pool(hidden: Tensor, attention_mask: Tensor, mode: Pooling) -> Tensor:
+    """Pool token states [n, t, h] to [n, h] (float32), ignoring padding on either side.
+
+    Index choices mirror sentence-transformers' Pooling so saved models encode identically there.
+    """
+    hidden = hidden.float()
+    mask = attention_mask.to(hidden.device)
+    if mode == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+    if mode == "cls":
+        # First non-padding token (position 0 under right padding).
+        idx = mask.to(torch.int32).argmax(dim=1)
+    elif mode == "last":
+        # Last non-padding token, whichever side the padding is on.
+        seq_len = mask.shape[1]
+        values, from_end = mask.flip(1).max(dim=1)
+        idx = torch.where(values == 0, 0, seq_len - 1 - from_end)
+    else:
+        raise ValueError(f"unknown pooling {mode!r}")
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
+
+
+class Retriever(torch.nn.Module):
+    """Bi-encoder: HF ``AutoModel`` backbone + pooling (+ L2 normalisation), optionally LoRA-wrapped."""
+
+    def __init__(
+        self,
+        backbone: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        config: RetrieverConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config if config is not None else RetrieverConfig()
+        self.tokenizer = prepare_tokenizer(tokenizer, self.config.ends_with_eos)
+        # Pre-tokenised batches are padded with tokenizer.pad, which would otherwise advise against it.
+        self.tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True
+
+        base_forward = inspect.signature(backbone.forward).parameters
+        self._forward_keys = {"input_ids", "attention_mask", "token_type_ids", "position_ids"} & set(
+            base_forward
+        )
+        self._accepts_use_cache = "use_cache" in base_forward
+        hidden_size = getattr(backbone.config.get_text_config(), "hidden_size", None)
+        self.embedding_dim = int(hidden_size or backbone.get_input_embeddings().embedding_dim)
+        self.backbone = with_lora(backbone, self.config.lora) if self.config.lora is not None else backbone
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_dir: str | Path,
+        config: RetrieverConfig | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = torch.float32,
+    ) -> Retriever:
+        """Load from a local HF model directory or sentence-transformers directory (never the hub).
+
+        With ``config=None`` the settings come from ``dreamir_retriever.json`` if present, else from the
+        sentence-transformers files (pooling, normalisation, similarity, max_seq_length, prompts), else
+        defaults.
+        """
+        root = Path(path_or_dir)
+        model_dir, _ = read_directory(local_dir(root))
+        config = config if config is not None else cls.read_config(root)
+        hf_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+        backbone = load_backbone(model_dir, hf_config, config.num_layers, dtype)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        if config.max_length > cap_length(config.max_length, hf_config):
+            config = dataclasses.replace(config, max_length=cap_length(config.max_length, hf_config))
+        model = cls(backbone, tokenizer, config)
+        return model.to(device)
+
+    @classmethod
+    def read_config(cls, path_or_dir: str | Path) -> RetrieverConfig:
+        """The settings :meth:`from_pretrained` starts from with ``config=None``, read without loading the
+        weights (``max_length`` is capped to the backbone's positions only when the model is loaded)."""
+        root = local_dir(path_or_dir)
+        if (root / CONFIG_FILE).is_file():
+            return RetrieverConfig.from_dict(json.loads((root / CONFIG_FILE).read_text(encoding="utf-8")))
+        return read_directory(root)[1] or RetrieverConfig()
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Retriever:
+        """Load a directory written by :meth:`save` (LoRA, if configured, is re-attached fresh)."""
+        return cls.from_pretrained(path, device=device)
+
+    # ------------------------------------------------------------------ encoding
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _prefixed(self, texts: Sequence[str], is_query: bool) -> list[str]:
+        prefix = self.config.query_prefix if is_query else self.config.document_prefix
+        return [prefix + t for t in texts] if prefix else list(texts)
+
+    def _length_limit(self, max_length: int | None) -> int:
+        return min(max_length or self.config.max_length, self.config.max_length)
+
+    def tokenize(
+        self, texts: Sequence[str], is_query: bool = False, max_length: int | None = None
+    ) -> dict[str, Tensor]:
+        """Tokenise (with the query or document prefix), padded to the longest, on the model's device;
+        ``max_length`` (default: the model's own) can only shorten."""
+        enc = self.tokenizer(
+            self._prefixed(texts, is_query),
+            padding=True,
+            truncation=True,
+            max_length=self._length_limit(max_length),
+            return_tensors="pt",
+        )
+        device = self.device
+        return {k: v.to(device) for k, v in enc.items() if k in self._forward_keys}
+
+    def embed(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Embed a pre-tokenised batch (``input_ids``, ``attention_mask``, ...) -> [n, dim] float32."""
+        device = self.device
+        inputs = {k: v.to(device) for k, v in batch.items() if k in self._forward_keys}
+        if self._accepts_use_cache:
+            inputs["use_cache"] = False  # no KV cache for a single encoding pass
+        hidden = self.backbone(**inputs, return_dict=True).last_hidden_state
+        emb = pool(hidden, inputs["attention_mask"], self.config.pooling)
+        return F.normalize(emb, p=2, dim=-1) if self.config.normalize else emb
+
+    def forward(self, texts: Sequence[str], is_query: bool, max_length: int | None = None) -> Tensor:
+        """Embeddings with autograd, [n, dim] (L2-normalised when ``config.normalize``)."""
+        return self.embed(self.tokenize(texts, is_query, max_length))
+
+    @overload
+    def encode(
+        self,
+        texts: Sequence[str] | str,
+        is_query: bool = ...,
+        batch_size: int = ...,
+        show_progress: bool | None = ...,
+        convert_to_numpy: Literal[True] = ...,
+        max_length: int | None = ...,
+    ) -> np.ndarray: ...
+    @overload
+    def encode(
+        self,
+        texts: Sequence[str] | str,
+        is_query: bool = ...,
+        batch_size: int = ...,
+        show_progress: bool | None = ...,
+        convert_to_numpy: Literal[False] = ...,
+        max_length: int | None = ...,
+    ) -> Tensor: ...
+    def encode(
+        self,
+        texts: Sequence[str] | str,
+        is_query: bool = False,
+        batch_size: int = 64,
+        show_progress: bool | None = None,
+        convert_to_numpy: bool = True,
+        max_length: int | None = None,
+    ) -> np.ndarray | Tensor:
+        """Inference embeddings [n, dim] float32 in input order (a single string gives [dim]).
+
+        ``max_length`` (default: the model's own) can only shorten the texts.
+
+        Texts are sorted by token length (longest first) so each batch pads to a near-equal length.
+        """
+        single = isinstance(texts, str)
+        items = self._prefixed([texts] if single else texts, is_query)
+        n = len(items)
+        out = torch.empty(n, self.embedding_dim, dtype=torch.float32)
+        n_batches = math.ceil(n / batch_size)
+        show = n_batches > _AUTO_PROGRESS_BATCHES if show_progress is None else show_progress
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode(), tqdm(total=n, desc="Encoding", unit="text", disable=not show) as bar:
+                for start in range(0, n, _ENCODE_CHUNK):
+                    chunk = items[start : start + _ENCODE_CHUNK]
+                    enc = self.tokenizer(chunk, truncation=True, max_length=self._length_limit(max_length))
+                    lists = {k: v for k, v in enc.items() if k in self._forward_keys}
+                    order = sorted(range(len(chunk)), key=lambda i: -len(lists["input_ids"][i]))
+                    for b in range(0, len(order), batch_size):
+                        rows = order[b : b + batch_size]
+                        batch = self.tokenizer.pad(
+                            {k: [seqs[i] for i in rows] for k, seqs in lists.items()},
+                            return_attention_mask=True,
+                            return_tensors="pt",
+                        )
+                        out[torch.tensor(rows) + start] = self.embed(batch).float().cpu()
+                        bar.update(len(rows))
+        finally:
+            self.train(was_training)
+        if single:
+            out = out[0]
+        return out.numpy() if convert_to_numpy else out
+
+    def encode_queries(self, texts: Sequence[str] | str, **kwargs: Any) -> np.ndarray | Tensor:
+        return self.encode(texts, is_query=True, **kwargs)
+
+    def encode_documents(self, texts: Sequence[str] | str, **kwargs: Any) -> np.ndarray | Tensor:
+        return self.encode(texts, is_query=False, **kwargs)
+
+    def similarity(self, queries: np.ndarray | Tensor, documents: np.ndarray | Tensor) -> np.ndarray | Tensor:
+        """Scores [m, n] of query rows against document rows by ``config.similarity``, the one definition
+        used in training, evaluation and search (numpy in, numpy out: dreamir.similarity)."""
+        if not (isinstance(queries, Tensor) and isinstance(documents, Tensor)):
+            return similarity_matrix(np.asarray(queries), np.asarray(documents), self.config.similarity)
+        if self.config.similarity == "cosine" and not self.config.normalize:
+            queries, documents = F.normalize(queries, dim=-1), F.normalize(documents, dim=-1)
+        # Normalised embeddings are not normalised again: cosine is their dot product as it stands.
+        return queries @ documents.T
+
+    # ------------------------------------------------------------------ training helpers
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters that require grad (only the LoRA ones when LoRA is on)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    @property
+    def is_lora(self) -> bool:
+        return self.config.lora is not None
+
+    # ------------------------------------------------------------------ saving
+
+    def merged_backbone(self) -> PreTrainedModel:
+        """The backbone with LoRA merged in, as a copy; the live (trainable) module is left untouched."""
+        if not self.is_lora:
+            return self.backbone
+        return copy.deepcopy(self.backbone).merge_and_unload()
+
+    def save(self, path: str | Path) -> Path:
+        """Write a sentence-transformers directory (LoRA merged) plus ``dreamir_retriever.json``, atomically."""
+        path = Path(path)
+        # Replace only an earlier save (or an empty directory), never a directory of the user's own.
+        earlier_save = path.is_dir() and ((path / CONFIG_FILE).is_file() or not any(path.iterdir()))
+        if path.is_dir() and not earlier_save:
+            raise OutputPathError(
+                path, f"is an existing directory without {CONFIG_FILE}; refusing to replace it with a model"
+            )
+        with atomic_path(path, replace_directory=earlier_save) as tmp:
+            write_directory(tmp, self.merged_backbone(), self.tokenizer, self.config, self.embedding_dim)
+            # The settings sentence-transformers has no place for (LoRA, cutting, EOS), for Retriever.load.
+            settings = json.dumps(self.config.to_dict(), indent=2, ensure_ascii=False)
+            (tmp / CONFIG_FILE).write_text(settings + "\n", encoding="utf-8")
+        return path
