@@ -13,14 +13,15 @@ from pathlib import Path
 
 import torch
 from compare import (
+    STAGES,
     Settings,
     candidates_file,
     datasets_for,
-    dream_arguments,
     evaluate_system,
     parse,
     prepare,
     report,
+    system_arguments,
     train_system,
 )
 from transformers import AutoConfig
@@ -42,17 +43,20 @@ class AblationSettings(Settings):
 
 
 def main() -> None:
-    settings = parse(AblationSettings)
+    settings = parse(AblationSettings, __doc__)
     torch.set_num_threads(settings.threads)
     data, _, heads = prepare(settings)
     datasets = datasets_for(settings, data)
     work = Path(settings.work)
     random_file = work / "heads_random.json"
-    if not random_file.exists():
+
+    def draw_random_heads() -> None:
         config = AutoConfig.from_pretrained(resolve_model(SMOLLM2))
         random_heads(
             config.num_hidden_layers, config.num_attention_heads, settings.num_heads, settings.seed, SMOLLM2
         ).save(random_file)
+
+    STAGES.run("random heads", random_file, draw_random_heads)
 
     # name for --variants: (label in the table, run directory, objective overrides, training overrides)
     variants = {
@@ -79,8 +83,8 @@ def main() -> None:
     for label, run, dream_overrides, training_overrides in variants.values():
         k = training_overrides.get("num_candidates", settings.num_candidates)
         train = candidates_file(settings, data, k)
-        dream = dream_arguments(settings, train, data, heads, **dream_overrides)
-        final, train_seconds[label] = train_system(settings, run, "warm", dream, **training_overrides)
+        system = system_arguments(settings, train, data, heads, **dream_overrides)
+        final, train_seconds[label] = train_system(settings, run, "warm", system, **training_overrides)
         logs[label] = final.parent / "log.jsonl"
         for dataset_name, metrics in evaluate_system(settings, run, str(final), datasets).items():
             results[dataset_name][label] = metrics

@@ -19,22 +19,25 @@ import argparse
 import datetime
 import platform
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dreamir.adapt import TIE_BREAKER, VALIDATION_METRIC, AdaptArguments, adapt
+from dreamir.cli import ArgumentParser
 from dreamir.data.beir import BeirDataset, load_beir
 from dreamir.data.factbook import build_factbook
 from dreamir.evaluation import evaluate_encoder, format_results_table
 from dreamir.io import read_log_rows, write_json_atomic
 from dreamir.models import MINILM
 from dreamir.plots import plot_training_curves
+from dreamir.stages import Stages
 from dreamir.trainer import Trainer
 from dreamir.workflow import evaluate_model, read_json
 
+STAGES = Stages()
 EXAMPLE_FILES = ("examples.json", "train.jsonl", "validation.jsonl", "derived.jsonl")
 
 
@@ -86,8 +89,7 @@ def corpus_dir(settings: Settings, name: str) -> Path:
     if name == "scifact":
         return Path(settings.beir)
     directory = Path(settings.work) / "factbook-data"
-    if not (directory / "meta.json").exists():
-        build_factbook(directory, seed=settings.seed)
+    STAGES.run("factbook", directory / "meta.json", lambda: build_factbook(directory, seed=settings.seed))
     return directory
 
 
@@ -130,24 +132,11 @@ def tracking_correlation(log: Path, start: dict, baseline: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for spec in fields(Settings):
-        kind = {"int | None": int, "float | None": float}.get(str(spec.type), type(spec.default))
-        if kind is bool:
-            parser.add_argument(
-                f"--{spec.name.replace('_', '-')}",
-                action=argparse.BooleanOptionalAction,
-                default=spec.default,
-            )
-        else:
-            parser.add_argument(f"--{spec.name.replace('_', '-')}", type=kind, default=spec.default)
+    parser = ArgumentParser([Settings], description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--quick", action="store_true", help="smoke run: 10 steps, Factbook only")
-    args = vars(parser.parse_args())
-    quick = args.pop("quick")
-    settings = Settings(**args)
-    if quick:
+    settings, extra = parser.parse_args_into_dataclasses(look_for_args_file=False)
+    if extra.quick:
         settings.datasets, settings.max_steps, settings.max_passages = "factbook", 10, 200
         settings.work, settings.out = settings.work + "-quick", settings.out.replace(".json", "_quick.json")
     torch.set_num_threads(settings.threads)
@@ -225,9 +214,7 @@ def main() -> None:
 
 
 def cached_eval(path: Path, model: str, dataset: BeirDataset) -> dict[str, float]:
-    if not path.exists():
-        write_json_atomic(path, evaluate_model(model, dataset, show_progress=False))
-    return read_json(path)
+    return STAGES.json(path.stem, path, lambda: evaluate_model(model, dataset, show_progress=False))
 
 
 if __name__ == "__main__":
