@@ -60,12 +60,13 @@ def run_heads(args) -> None:
 
 
 def run_train(model, data, sampling, objective, llm, runtime, training, *options) -> None:
-    from dreamir import workflow
+    from dreamir import distributed, workflow
 
     result = workflow.train_retriever(
         model, data, objective, training, sampling=sampling, llm=llm, options=options, runtime=runtime
     )
-    print(f"trained {result.steps} steps (resumed from {result.resumed_from}) -> {result.final_dir}")
+    if distributed.current().is_main:
+        print(f"trained {result.steps} steps (resumed from {result.resumed_from}) -> {result.final_dir}")
 
 
 def run_eval(args) -> None:

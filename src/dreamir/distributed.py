@@ -34,8 +34,10 @@ def join_processes() -> Processes:
     """This process's place in the run, joining the process group a launcher asked for."""
     from accelerate import PartialState  # imported here: it is slow to import and one process needs none
 
-    state = PartialState()
-    return Processes(state.process_index, state.num_processes)
+    PartialState()  # initialises the process group from the launcher's environment, if there is one
+    # Read from the group itself: accelerate's own counters stay at one process on CPUs unless its
+    # launcher set them, though the group it formed holds all of them.
+    return current()
 
 
 def current() -> Processes:

@@ -35,6 +35,7 @@ from dreamir.io import atomic_path, read_log_rows, write_json_atomic, write_json
 from dreamir.objectives.base import Objective
 from dreamir.options import at_least, fraction, non_negative, positive
 
+__all__ = ["SamplingArguments", "Trainer", "TrainerCallback", "TrainingArguments", "TrainingResult"]
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
