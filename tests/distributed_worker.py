@@ -2,6 +2,8 @@
 process group's environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
 
     python -m tests.distributed_worker OBJECTIVE BERT_DIR LLAMA_DIR OUTPUT_DIR BATCH_SIZE MAX_STEPS [CRASH_AT]
+
+Exit codes: 0 trained, 3 killed at CRASH_AT as planned, 4 a checkpoint refused the run's settings.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dreamir.checkpoints import CheckpointError
 from dreamir.data.sampling import SamplingArguments
 from dreamir.llm.frozen import FrozenLLM
 from dreamir.objectives import DreamLoss, InfoNCELoss
@@ -66,6 +69,9 @@ def main(argv: list[str]) -> int:
         trainer.train()
     except Crash:
         return 3
+    except CheckpointError as error:
+        print(error, file=sys.stderr)
+        return 4
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -40,6 +40,8 @@ LAYOUT_HELP = (
 # ---- training ------------------------------------------------------------------------------------------
 @dataclass
 class ModelArguments:
+    _argument_group_name = "retriever"  # its heading in --help
+
     retriever: str = field(default=MINILM, metadata={"help": "packaged retriever name or local directory"})
     pooling: Literal["mean", "cls", "last"] | None = field(
         default=None, metadata={"help": "default: the model's own (mean for all-minilm-l6-v2)"}
@@ -64,6 +66,8 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    _argument_group_name = "training data"  # its heading in --help
+
     train: str = field(metadata={"help": "training-format JSONL (candidate_ids mined with BM25 if absent)"})
     corpus: str = field(metadata={"help": "BEIR directory or corpus.jsonl the candidate ids refer to"})
     max_examples: int | None = field(default=None, metadata={"help": "read only the first N examples"})
@@ -74,6 +78,8 @@ class DataArguments:
 
 @dataclass
 class ObjectiveArguments:
+    _argument_group_name = "objective"  # its heading in --help
+
     objective: str = field(
         default="dream",
         metadata={
@@ -104,6 +110,8 @@ class ObjectiveArguments:
 
 @dataclass
 class LLMArguments:
+    _argument_group_name = "frozen LLM (dream, replug)"  # its heading in --help
+
     llm: str = field(
         default=SMOLLM2, metadata={"help": "the frozen LLM: packaged name or local HF directory"}
     )
@@ -130,6 +138,8 @@ class LLMArguments:
 
 @dataclass
 class RuntimeArguments:
+    _argument_group_name = "runtime"  # its heading in --help
+
     threads: int | None = field(default=2, metadata={"help": "CPU threads torch may use"})
 
     def __post_init__(self) -> None:

@@ -44,6 +44,8 @@ STATE_FILE = "trainer_state.pt"
 
 @dataclass
 class TrainingArguments:
+    _argument_group_name = "training loop"  # its heading in --help
+
     output_dir: str = field(metadata={"help": "run directory: log.jsonl, checkpoints/, final/"})
     max_steps: int = field(default=200, metadata={"help": "optimiser steps"})
     batch_size: int = field(

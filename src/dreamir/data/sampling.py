@@ -36,6 +36,8 @@ class TrainingInstance:
 
 @dataclass
 class SamplingArguments:
+    _argument_group_name = "candidates"  # its heading in --help
+
     num_candidates: int = field(
         default=8, metadata={"help": "candidates per example: the first K of its candidate_ids"}
     )

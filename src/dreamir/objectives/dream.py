@@ -14,6 +14,8 @@ from dreamir.retriever import Retriever
 
 @dataclass
 class DreamOptions:
+    _argument_group_name = "dream options"  # its heading in --help
+
     heads: str | None = field(default=None, metadata={"help": "head file written by `dreamir heads` (dream)"})
     num_heads: int | None = field(
         default=None, metadata={"help": "heads injected; default: the head file's top_k"}

@@ -17,6 +17,8 @@ from dreamir.retriever import Retriever
 
 @dataclass
 class ReplugOptions:
+    _argument_group_name = "replug options"  # its heading in --help
+
     replug_beta: float = field(
         default=1.0, metadata={"help": "temperature of the LLM's target distribution q (replug)"}
     )
