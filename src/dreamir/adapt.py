@@ -429,51 +429,20 @@ class DenseCandidateRefresher:
         return {"refresh_pseudo_gold_found": found / len(examples)}
 
 
-# ---- the command ----------------------------------------------------------------------------------------
-def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ()) -> dict:
-    """Run (or resume) every stage; ``extra_callbacks`` join the trainer's (benchmarks use it to measure
-    a labelled metric beside the label-free one)."""
-    set_threads(args.threads)
-    out = Path(args.out)
-    work = out / "work"
-    corpus_dir = Path(args.corpus)
-    corpus_file = corpus_dir / "corpus.jsonl" if corpus_dir.is_dir() else corpus_dir
-    if not corpus_file.exists():
-        raise FileNotFoundError(f"{corpus_file}: no corpus.jsonl (adapt reads a BEIR-layout directory)")
-    stages = Stages(say=_say, seconds_file=work / "stages.json")
-    corpus = read_corpus(corpus_file)
-    if not corpus:
-        raise ValueError(f"{corpus_file}: the corpus is empty")
-    _say(f"{len(corpus)} passages in {corpus_file}")
-    meta_file = stages.run(
-        "examples",
-        work / "examples.json",
-        lambda: prepare_examples(args, corpus, work),
-        f"making training examples ({args.recipe}) from up to {args.max_passages} passages",
-    )
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    _say(f"{meta['train']} training and {meta['validation']} validation examples; dropped {meta['dropped']}")
-
-    derived, source_of = read_derived(work / "derived.jsonl")
-    train = read_training_file(work / "train.jsonl")
-    validation = read_training_file(work / "validation.jsonl")
-    full_corpus = {**corpus, **derived}
-
-    heads_file = Path(args.heads) if args.heads else work / "heads.json"
-
-    def score_heads() -> None:
-        heads = select_heads_label_free(args, train, full_corpus, heads_file)
-        _say(f"top heads (layer, head): {heads.top(args.num_heads)}")
-
-    if args.objective == "dream":
-        stages.run(
-            "heads",
-            heads_file,
-            score_heads,
-            f"scoring the heads of {args.llm} on {args.head_examples} examples (pseudo-gold, no labels)",
-        )
-
+def build_trainer(
+    args: AdaptArguments,
+    work: Path,
+    heads_file: Path,
+    train: Sequence[TrainingExample],
+    validation: Sequence[TrainingExample],
+    corpus: Mapping[str, Document],
+    derived: Mapping[str, Document],
+    source_of: Mapping[str, str],
+    extra_callbacks: Sequence[TrainerCallback] = (),
+) -> Trainer:
+    """The retriever, the objective and its frozen LLM, the validation (and refresh) callbacks, the trainer."""
     train_dir = work / "train"
+    full_corpus = {**corpus, **derived}
     model = ModelArguments(retriever=args.retriever)
     retriever = load_retriever(model)
     objective = build_objective(
@@ -536,7 +505,7 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
     llm = getattr(objective, "llm", None)
     if isinstance(llm, FrozenLLM) and args.document_layout == "parallel":
         cache_candidates(llm, train, full_corpus, args.num_candidates, args.show_progress)
-    trainer = Trainer(
+    return Trainer(
         objective,
         train,
         full_corpus,
@@ -545,9 +514,58 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
         run_settings=_run_settings(args),
         callbacks=callbacks,
     )
+
+
+# ---- the command ----------------------------------------------------------------------------------------
+def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ()) -> dict:
+    """Run (or resume) every stage; ``extra_callbacks`` join the trainer's (benchmarks use it to measure
+    a labelled metric beside the label-free one)."""
+    set_threads(args.threads)
+    out = Path(args.out)
+    work = out / "work"
+    corpus_dir = Path(args.corpus)
+    corpus_file = corpus_dir / "corpus.jsonl" if corpus_dir.is_dir() else corpus_dir
+    if not corpus_file.exists():
+        raise FileNotFoundError(f"{corpus_file}: no corpus.jsonl (adapt reads a BEIR-layout directory)")
+    stages = Stages(say=_say, seconds_file=work / "stages.json")
+    corpus = read_corpus(corpus_file)
+    if not corpus:
+        raise ValueError(f"{corpus_file}: the corpus is empty")
+    _say(f"{len(corpus)} passages in {corpus_file}")
+    meta_file = stages.run(
+        "examples",
+        work / "examples.json",
+        lambda: prepare_examples(args, corpus, work),
+        f"making training examples ({args.recipe}) from up to {args.max_passages} passages",
+    )
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    _say(f"{meta['train']} training and {meta['validation']} validation examples; dropped {meta['dropped']}")
+
+    derived, source_of = read_derived(work / "derived.jsonl")
+    train = read_training_file(work / "train.jsonl")
+    validation = read_training_file(work / "validation.jsonl")
+    full_corpus = {**corpus, **derived}
+
+    heads_file = Path(args.heads) if args.heads else work / "heads.json"
+
+    def score_heads() -> None:
+        heads = select_heads_label_free(args, train, full_corpus, heads_file)
+        _say(f"top heads (layer, head): {heads.top(args.num_heads)}")
+
+    if args.objective == "dream":
+        stages.run(
+            "heads",
+            heads_file,
+            score_heads,
+            f"scoring the heads of {args.llm} on {args.head_examples} examples (pseudo-gold, no labels)",
+        )
+
+    train_dir = work / "train"
     result = stages.timed(
         "training",
-        trainer.train,
+        lambda: build_trainer(
+            args, work, heads_file, train, validation, corpus, derived, source_of, extra_callbacks
+        ).train(),
         f"training {args.retriever} with {args.objective} for {args.max_steps} steps of {args.batch_size}",
     )
 
