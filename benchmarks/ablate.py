@@ -18,6 +18,7 @@ from compare import (
     candidates_file,
     datasets_for,
     evaluate_system,
+    option,
     parse,
     prepare,
     report,
@@ -32,13 +33,15 @@ from dreamir.models import SMOLLM2, resolve_model
 
 @dataclass
 class AblationSettings(Settings):
-    work: str = "runs/compare"  # shares data, candidates, heads and the default DREAM run with compare.py
-    out: str = "results/ablate.json"
-    setups: str = "warm"
+    # Shares data, candidates, heads and the default DREAM run with compare.py.
+    work: str = option("runs/compare", "cache of every stage, shared with compare.py")
+    out: str = option("results/ablate.json", "results file; the curves go beside it")
+    setups: str = option("warm", "retriever set-up")
     # Held-out Factbook only by default: SciFact adds ~4.5 min of encoding per variant on 2 CPU cores.
-    eval_scifact: bool = False
-    variants: str = (
-        "all"  # comma-separated subset of: default,random,h4,h64,k4,k16,replace,prior,tau0.02,tau0.1
+    eval_scifact: bool = option(False, "also evaluate on SciFact")
+    variants: str = option(
+        "all",
+        "all, or a comma-separated subset of: default,random,h4,h64,k4,k16,replace,prior,tau0.02,tau0.1",
     )
 
 

@@ -15,12 +15,12 @@ and results/adapt_curves.png; every stage is cached under --work, so an interrup
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import platform
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,21 +41,25 @@ STAGES = Stages()
 EXAMPLE_FILES = ("examples.json", "train.jsonl", "validation.jsonl", "derived.jsonl")
 
 
+def option(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Settings:
-    work: str = "runs/adapt"
-    out: str = "results/adapt.json"
-    beir: str = "../shared/data/beir/scifact"
-    datasets: str = "scifact,factbook"
-    objectives: str = "dream,infonce,replug"
-    recipe: str = "ict"
-    max_steps: int | None = None  # default: adapt's
-    max_passages: int | None = None
-    learning_rate: float | None = None
-    refresh_every: int | None = None
-    track_labelled: bool = True
-    seed: int = 0
-    threads: int = 2
+    work: str = option("runs/adapt", "cache of every stage")
+    out: str = option("results/adapt.json", "results file; the curves go beside it")
+    beir: str = option("../shared/data/beir/scifact", "SciFact (BEIR layout)")
+    datasets: str = option("scifact,factbook", "corpora to adapt to, comma-separated")
+    objectives: str = option("dream,infonce,replug", "objectives, comma-separated")
+    recipe: str = option("ict", "how examples are made from a corpus: ict, genq")
+    max_steps: int | None = option(None, "default: adapt's")
+    max_passages: int | None = option(None, "default: adapt's")
+    learning_rate: float | None = option(None, "default: adapt's")
+    refresh_every: int | None = option(None, "default: adapt's")
+    track_labelled: bool = option(True, "measure the labelled nDCG@10 at each validation (DREAM only)")
+    seed: int = option(0, "seeds every run")
+    threads: int = option(2, "CPU threads torch may use")
 
 
 class LabelledTracker:
@@ -133,7 +137,6 @@ def tracking_correlation(log: Path, start: dict, baseline: dict) -> dict:
 
 def main() -> None:
     parser = ArgumentParser([Settings], description=__doc__)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--quick", action="store_true", help="smoke run: 10 steps, Factbook only")
     settings, extra = parser.parse_args_into_dataclasses(look_for_args_file=False)
     if extra.quick:

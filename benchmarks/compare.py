@@ -17,7 +17,6 @@ interrupted run resumes.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import platform
@@ -71,36 +70,42 @@ LEARNING_RATES = {"warm": 2e-5, "raw": 5e-4}
 STAGES = Stages()
 
 
+def option(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Settings:
-    work: str = "runs/compare"
-    out: str = "results/compare.json"
-    beir: str = "../shared/data/beir/scifact"
-    steps: int = 100
-    batch_size: int = 2
-    num_candidates: int = 8
-    num_heads: int = 16
-    calibration_examples: int = 32
-    seed: int = 0
-    threads: int = 2
-    setups: str = "warm,raw"
-    objectives: str = "dream,infonce,replug"
-    eval_scifact: bool = True
+    work: str = option("runs/compare", "cache of every stage (data, heads, runs, evaluations)")
+    out: str = option("results/compare.json", "results file; the curves go beside it")
+    beir: str = option("../shared/data/beir/scifact", "SciFact (BEIR layout)")
+    steps: int = option(100, "optimiser steps per system")
+    batch_size: int = option(2, "examples per step")
+    num_candidates: int = option(8, "BM25 candidates per question")
+    num_heads: int = option(16, "query-focused heads DREAM injects into")
+    calibration_examples: int = option(32, "labelled questions the heads are scored on")
+    seed: int = option(0, "seeds data, heads and training")
+    threads: int = option(2, "CPU threads torch may use")
+    setups: str = option("warm,raw", "retriever set-ups, comma-separated: warm, raw")
+    objectives: str = option("dream,infonce,replug", "objectives, comma-separated")
+    eval_scifact: bool = option(True, "also evaluate on SciFact")
     # The raw set-up's 6-layer decoder is ~2.3x slower to encode than all-MiniLM-L6-v2 (3 vs 1.3 min per
     # Factbook pass on 2 CPU cores), so SciFact would add an estimated 10-15 min per raw system; add "raw"
     # here for the complete grid.
-    scifact_setups: str = "warm"
+    scifact_setups: str = option("warm", "set-ups evaluated on SciFact, comma-separated")
     # Smoke runs search only the passages of the held-out countries (a smaller, easier corpus).
-    eval_subset: bool = False
+    eval_subset: bool = option(False, "search only the held-out countries' passages (smoke runs)")
     # LoRA initialisations to train the LoRA set-ups (raw) from, comma-separated. Seed 0 gives the rows
     # "raw/<objective>"; any other seed s adds the rows "raw/<objective>/lora<s>".
-    lora_seeds: str = "0"
-    # The frozen LLM's reading of the candidates (issue 12): "parallel" reads each candidate after the
-    # instruction alone and caches its keys and values under <work>/document_cache; heads are then scored
-    # in the same layout (heads_qr_parallel.json). Use another --work directory than the sequential runs'.
-    document_layout: str = "sequential"
-    precision: str = "float32"
-    retriever_precision: str = "float32"
+    lora_seeds: str = option("0", "LoRA initialisations of the raw set-up, comma-separated")
+    # "parallel" reads each candidate after the instruction alone and caches its keys and values under
+    # <work>/document_cache; heads are then scored in the same layout (heads_qr_parallel.json). Use another
+    # --work directory than the sequential runs'.
+    document_layout: str = option(
+        "sequential", "how the frozen LLM reads the candidates: sequential, parallel"
+    )
+    precision: str = option("float32", "the frozen LLM's precision: float32, bfloat16")
+    retriever_precision: str = option("float32", "the retriever's forward precision: float32, bfloat16")
 
 
 def prepare(settings: Settings) -> tuple[Path, Path, Path]:
@@ -331,7 +336,6 @@ def report(settings: Settings, results: dict, train_seconds: dict, logs: dict, t
 
 def parse(settings_class=Settings, description: str | None = __doc__) -> Settings:
     parser = ArgumentParser([settings_class], description=description)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--quick", action="store_true", help="smoke run: few steps, Factbook only")
     settings, extra = parser.parse_args_into_dataclasses(look_for_args_file=False)
     quick = extra.quick

@@ -153,12 +153,16 @@ COMMANDS = [
 
 
 # ---- parsing -----------------------------------------------------------------------------------------------
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions as written, defaults after every option's help."""
+
+
 class ArgumentParser(HfArgumentParser):
     """HfArgumentParser with defaults shown in the help and ``--no-x`` for every boolean option (Hugging
     Face adds it only where the default is True)."""
 
     def __init__(self, dataclass_types: Sequence[type], **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(dataclass_types, **kwargs)
 
     def _parse_dataclass_field(self, parser, field) -> None:
