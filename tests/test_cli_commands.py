@@ -166,3 +166,14 @@ def test_the_objective_option_offers_every_registered_objective_and_each_builds(
         assert type(built) is cls
     with pytest.raises(ValueError, match="--objective 'nope' is not one of dream, infonce, replug"):
         ObjectiveArguments(objective="nope")
+
+
+def test_boolean_options_work_as_flags_with_their_negations():
+    from dreamir.arguments import ModelArguments
+
+    parser = cli.ArgumentParser([ModelArguments])
+    parse = lambda *argv: parser.parse_args_into_dataclasses(list(argv), look_for_args_file=False)[0]  # noqa: E731
+    assert parse().append_eos is None and parse().lora is False
+    assert parse("--append-eos").append_eos is True and parse("--no-append-eos").append_eos is False
+    assert parse("--lora").lora is True and parse("--lora", "--no-lora").lora is False
+    assert parse("--append-eos", "false").append_eos is False

@@ -167,11 +167,15 @@ class ArgumentParser(HfArgumentParser):
 
     def _parse_dataclass_field(self, parser, field) -> None:
         super()._parse_dataclass_field(parser, field)
+        if field.type not in (bool, bool | None) or field.default is True:
+            return
+        if field.default is None:  # "unset": the flag alone still means True, as for the other booleans
+            flag = next(a for a in parser._actions if a.dest == field.name)
+            flag.nargs, flag.const = "?", True
         negative = f"--no-{field.name.replace('_', '-')}"
-        if field.type in (bool, bool | None) and field.default is not True:
-            parser.add_argument(
-                f"--no_{field.name}", negative, action="store_false", dest=field.name, help="turn it off"
-            )
+        parser.add_argument(
+            f"--no_{field.name}", negative, action="store_false", dest=field.name, help="turn it off"
+        )
 
 
 def command_parser(command: Command) -> ArgumentParser:
