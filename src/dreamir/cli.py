@@ -141,15 +141,49 @@ def _quickstart_arguments() -> list[type]:
 
 
 COMMANDS = [
-    Command("factbook", "build the Factbook retrieval task (BEIR layout + train files)", _arguments("FactbookArguments"), run_factbook),
-    Command("mine", "add BM25 top-K candidate_ids to a training file (label-free)", _arguments("MineArguments"), run_mine),
-    Command("heads", "select query-focused heads; writes a head file", _arguments("HeadSelectionArguments"), run_heads),
+    Command(
+        "factbook",
+        "build the Factbook retrieval task (BEIR layout + train files)",
+        _arguments("FactbookArguments"),
+        run_factbook,
+    ),
+    Command(
+        "mine",
+        "add BM25 top-K candidate_ids to a training file (label-free)",
+        _arguments("MineArguments"),
+        run_mine,
+    ),
+    Command(
+        "heads",
+        "select query-focused heads; writes a head file",
+        _arguments("HeadSelectionArguments"),
+        run_heads,
+    ),
     Command("train", "train a retriever (DREAM or a baseline objective)", _train_arguments, run_train),
-    Command("eval", "nDCG@10, Recall@100, MRR@10 on a BEIR-layout directory", _arguments("EvaluationArguments"), run_eval),
-    Command("adapt", "adapt a retriever to a corpus with no queries and no labels (reads corpus.jsonl only)", _adapt_arguments, run_adapt, positional="corpus"),
-    Command("validate", "check data and head files; report every problem found", _arguments("ValidateArguments"), run_validate, positional="paths"),
-    Command("quickstart", "the whole pipeline on packaged models and data", _quickstart_arguments, run_quickstart),
-]  # fmt: skip
+    Command(
+        "eval",
+        "nDCG@10, Recall@100, MRR@10 on a BEIR-layout directory",
+        _arguments("EvaluationArguments"),
+        run_eval,
+    ),
+    Command(
+        "adapt",
+        "adapt a retriever to a corpus with no queries and no labels (reads corpus.jsonl only)",
+        _adapt_arguments,
+        run_adapt,
+        positional="corpus",
+    ),
+    Command(
+        "validate",
+        "check data and head files; report every problem found",
+        _arguments("ValidateArguments"),
+        run_validate,
+        positional="paths",
+    ),
+    Command(
+        "quickstart", "the whole pipeline on packaged models and data", _quickstart_arguments, run_quickstart
+    ),
+]
 
 
 # ---- parsing -----------------------------------------------------------------------------------------------
