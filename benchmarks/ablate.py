@@ -13,14 +13,16 @@ from pathlib import Path
 
 import torch
 from compare import (
+    STAGES,
     Settings,
     candidates_file,
     datasets_for,
-    dream_arguments,
     evaluate_system,
+    option,
     parse,
     prepare,
     report,
+    system_arguments,
     train_system,
 )
 from transformers import AutoConfig
@@ -31,28 +33,33 @@ from dreamir.models import SMOLLM2, resolve_model
 
 @dataclass
 class AblationSettings(Settings):
-    work: str = "runs/compare"  # shares data, candidates, heads and the default DREAM run with compare.py
-    out: str = "results/ablate.json"
-    setups: str = "warm"
+    # Shares data, candidates, heads and the default DREAM run with compare.py.
+    work: str = option("runs/compare", "cache of every stage, shared with compare.py")
+    out: str = option("results/ablate.json", "results file; the curves go beside it")
+    setups: str = option("warm", "retriever set-up")
     # Held-out Factbook only by default: SciFact adds ~4.5 min of encoding per variant on 2 CPU cores.
-    eval_scifact: bool = False
-    variants: str = (
-        "all"  # comma-separated subset of: default,random,h4,h64,k4,k16,replace,prior,tau0.02,tau0.1
+    eval_scifact: bool = option(False, "also evaluate on SciFact")
+    variants: str = option(
+        "all",
+        "all, or a comma-separated subset of: default,random,h4,h64,k4,k16,replace,prior,tau0.02,tau0.1",
     )
 
 
 def main() -> None:
-    settings = parse(AblationSettings)
+    settings = parse(AblationSettings, __doc__)
     torch.set_num_threads(settings.threads)
     data, _, heads = prepare(settings)
     datasets = datasets_for(settings, data)
     work = Path(settings.work)
     random_file = work / "heads_random.json"
-    if not random_file.exists():
+
+    def draw_random_heads() -> None:
         config = AutoConfig.from_pretrained(resolve_model(SMOLLM2))
         random_heads(
             config.num_hidden_layers, config.num_attention_heads, settings.num_heads, settings.seed, SMOLLM2
         ).save(random_file)
+
+    STAGES.run("random heads", random_file, draw_random_heads)
 
     # name for --variants: (label in the table, run directory, objective overrides, training overrides)
     variants = {
@@ -79,8 +86,8 @@ def main() -> None:
     for label, run, dream_overrides, training_overrides in variants.values():
         k = training_overrides.get("num_candidates", settings.num_candidates)
         train = candidates_file(settings, data, k)
-        dream = dream_arguments(settings, train, data, heads, **dream_overrides)
-        final, train_seconds[label] = train_system(settings, run, "warm", dream, **training_overrides)
+        system = system_arguments(settings, train, data, heads, **dream_overrides)
+        final, train_seconds[label] = train_system(settings, run, "warm", system, **training_overrides)
         logs[label] = final.parent / "log.jsonl"
         for dataset_name, metrics in evaluate_system(settings, run, str(final), datasets).items():
             results[dataset_name][label] = metrics

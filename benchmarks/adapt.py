@@ -15,44 +15,51 @@ and results/adapt_curves.png; every stage is cached under --work, so an interrup
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import platform
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from dreamir.adapt import TIE_BREAKER, VALIDATION_METRIC, AdaptArguments, adapt
+from dreamir.cli import ArgumentParser
 from dreamir.data.beir import BeirDataset, load_beir
 from dreamir.datasets.factbook import build_factbook
 from dreamir.evaluation import evaluate_encoder, format_results_table
 from dreamir.io import read_log_rows, write_json_atomic
 from dreamir.models import MINILM
 from dreamir.plots import plot_training_curves
+from dreamir.stages import Stages
 from dreamir.trainer import Trainer
 from dreamir.workflow import evaluate_model, read_json
 
+STAGES = Stages()
 EXAMPLE_FILES = ("examples.json", "train.jsonl", "validation.jsonl", "derived.jsonl")
+
+
+def option(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class Settings:
-    work: str = "runs/adapt"
-    out: str = "results/adapt.json"
-    beir: str = "../shared/data/beir/scifact"
-    datasets: str = "scifact,factbook"
-    objectives: str = "dream,infonce,replug"
-    recipe: str = "ict"
-    max_steps: int | None = None  # default: adapt's
-    max_passages: int | None = None
-    learning_rate: float | None = None
-    refresh_every: int | None = None
-    track_labelled: bool = True
-    seed: int = 0
-    threads: int = 2
+    work: str = option("runs/adapt", "cache of every stage")
+    out: str = option("results/adapt.json", "results file; the curves go beside it")
+    beir: str = option("../shared/data/beir/scifact", "SciFact (BEIR layout)")
+    datasets: str = option("scifact,factbook", "corpora to adapt to, comma-separated")
+    objectives: str = option("dream,infonce,replug", "objectives, comma-separated")
+    recipe: str = option("ict", "how examples are made from a corpus: ict, genq")
+    max_steps: int | None = option(None, "default: adapt's")
+    max_passages: int | None = option(None, "default: adapt's")
+    learning_rate: float | None = option(None, "default: adapt's")
+    refresh_every: int | None = option(None, "default: adapt's")
+    track_labelled: bool = option(True, "measure the labelled nDCG@10 at each validation (DREAM only)")
+    seed: int = option(0, "seeds every run")
+    threads: int = option(2, "CPU threads torch may use")
 
 
 class LabelledTracker:
@@ -86,8 +93,7 @@ def corpus_dir(settings: Settings, name: str) -> Path:
     if name == "scifact":
         return Path(settings.beir)
     directory = Path(settings.work) / "factbook-data"
-    if not (directory / "meta.json").exists():
-        build_factbook(directory, seed=settings.seed)
+    STAGES.run("factbook", directory / "meta.json", lambda: build_factbook(directory, seed=settings.seed))
     return directory
 
 
@@ -130,24 +136,10 @@ def tracking_correlation(log: Path, start: dict, baseline: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for spec in fields(Settings):
-        kind = {"int | None": int, "float | None": float}.get(str(spec.type), type(spec.default))
-        if kind is bool:
-            parser.add_argument(
-                f"--{spec.name.replace('_', '-')}",
-                action=argparse.BooleanOptionalAction,
-                default=spec.default,
-            )
-        else:
-            parser.add_argument(f"--{spec.name.replace('_', '-')}", type=kind, default=spec.default)
+    parser = ArgumentParser([Settings], description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke run: 10 steps, Factbook only")
-    args = vars(parser.parse_args())
-    quick = args.pop("quick")
-    settings = Settings(**args)
-    if quick:
+    settings, extra = parser.parse_args_into_dataclasses(look_for_args_file=False)
+    if extra.quick:
         settings.datasets, settings.max_steps, settings.max_passages = "factbook", 10, 200
         settings.work, settings.out = settings.work + "-quick", settings.out.replace(".json", "_quick.json")
     torch.set_num_threads(settings.threads)
@@ -225,9 +217,7 @@ def main() -> None:
 
 
 def cached_eval(path: Path, model: str, dataset: BeirDataset) -> dict[str, float]:
-    if not path.exists():
-        write_json_atomic(path, evaluate_model(model, dataset, show_progress=False))
-    return read_json(path)
+    return STAGES.json(path.stem, path, lambda: evaluate_model(model, dataset, show_progress=False))
 
 
 if __name__ == "__main__":

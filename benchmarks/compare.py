@@ -17,34 +17,44 @@ interrupted run resumes.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import platform
-from dataclasses import MISSING, asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from dreamir.arguments import (
+    DataArguments,
+    HeadSelectionArguments,
+    LLMArguments,
+    ModelArguments,
+    ObjectiveArguments,
+    RuntimeArguments,
+    SamplingArguments,
+    TrainingArguments,
+)
+from dreamir.cli import ArgumentParser
 from dreamir.data.beir import load_beir
 from dreamir.data.training import write_training_file
 from dreamir.datasets.factbook import build_factbook
 from dreamir.evaluation import format_results_table
 from dreamir.io import read_log_rows, write_json_atomic
 from dreamir.models import MINILM, SMOLLM2
+from dreamir.objectives import options_classes
 from dreamir.plots import plot_training_curves
-from dreamir.trainer import TrainingArguments
+from dreamir.stages import Stages
 from dreamir.workflow import (
-    DreamArguments,
-    HeadSelectionArguments,
-    ModelArguments,
     evaluate_model,
     load_corpus,
     load_retriever,
+    objective_settings,
     prepare_training_examples,
     read_json,
     select_heads,
-    train_dream,
+    train_retriever,
 )
 
 SETUPS = {
@@ -56,51 +66,60 @@ SETUPS = {
 # Learning rates per set-up (full fine-tuning of a trained model vs fresh LoRA adapters); identical across
 # objectives so that only the objective differs.
 LEARNING_RATES = {"warm": 2e-5, "raw": 5e-4}
+# Every stage below is named by its output under --work and skipped when that output exists.
+STAGES = Stages()
+
+
+def option(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class Settings:
-    work: str = "runs/compare"
-    out: str = "results/compare.json"
-    beir: str = "../shared/data/beir/scifact"
-    steps: int = 100
-    batch_size: int = 2
-    num_candidates: int = 8
-    num_heads: int = 16
-    calibration_examples: int = 32
-    seed: int = 0
-    threads: int = 2
-    setups: str = "warm,raw"
-    objectives: str = "dream,infonce,replug"
-    eval_scifact: bool = True
+    work: str = option("runs/compare", "cache of every stage (data, heads, runs, evaluations)")
+    out: str = option("results/compare.json", "results file; the curves go beside it")
+    beir: str = option("../shared/data/beir/scifact", "SciFact (BEIR layout)")
+    steps: int = option(100, "optimiser steps per system")
+    batch_size: int = option(2, "examples per step")
+    num_candidates: int = option(8, "BM25 candidates per question")
+    num_heads: int = option(16, "query-focused heads DREAM injects into")
+    calibration_examples: int = option(32, "labelled questions the heads are scored on")
+    seed: int = option(0, "seeds data, heads and training")
+    threads: int = option(2, "CPU threads torch may use")
+    setups: str = option("warm,raw", "retriever set-ups, comma-separated: warm, raw")
+    objectives: str = option("dream,infonce,replug", "objectives, comma-separated")
+    eval_scifact: bool = option(True, "also evaluate on SciFact")
     # The raw set-up's 6-layer decoder is ~2.3x slower to encode than all-MiniLM-L6-v2 (3 vs 1.3 min per
     # Factbook pass on 2 CPU cores), so SciFact would add an estimated 10-15 min per raw system; add "raw"
     # here for the complete grid.
-    scifact_setups: str = "warm"
+    scifact_setups: str = option("warm", "set-ups evaluated on SciFact, comma-separated")
     # Smoke runs search only the passages of the held-out countries (a smaller, easier corpus).
-    eval_subset: bool = False
+    eval_subset: bool = option(False, "search only the held-out countries' passages (smoke runs)")
     # LoRA initialisations to train the LoRA set-ups (raw) from, comma-separated. Seed 0 gives the rows
     # "raw/<objective>"; any other seed s adds the rows "raw/<objective>/lora<s>".
-    lora_seeds: str = "0"
-    # The frozen LLM's reading of the candidates (issue 12): "parallel" reads each candidate after the
-    # instruction alone and caches its keys and values under <work>/document_cache; heads are then scored
-    # in the same layout (heads_qr_parallel.json). Use another --work directory than the sequential runs'.
-    document_layout: str = "sequential"
-    precision: str = "float32"
-    retriever_precision: str = "float32"
+    lora_seeds: str = option("0", "LoRA initialisations of the raw set-up, comma-separated")
+    # "parallel" reads each candidate after the instruction alone and caches its keys and values under
+    # <work>/document_cache; heads are then scored in the same layout (heads_qr_parallel.json). Use another
+    # --work directory than the sequential runs'.
+    document_layout: str = option(
+        "sequential", "how the frozen LLM reads the candidates: sequential, parallel"
+    )
+    precision: str = option("float32", "the frozen LLM's precision: float32, bfloat16")
+    retriever_precision: str = option("float32", "the retriever's forward precision: float32, bfloat16")
 
 
 def prepare(settings: Settings) -> tuple[Path, Path, Path]:
     """Factbook data, BM25 candidates and the head file, each built once under the work directory."""
     work = Path(settings.work)
     data = work / "factbook"
-    if not (data / "meta.json").exists():
-        build_factbook(data, seed=settings.seed)
+    STAGES.run("factbook", data / "meta.json", lambda: build_factbook(data, seed=settings.seed))
     train = candidates_file(settings, data, settings.num_candidates)
     parallel = settings.document_layout == "parallel"
     heads = work / ("heads_qr_parallel.json" if parallel else "heads_qr.json")
-    if not heads.exists():
-        select_heads(
+    STAGES.run(
+        "heads",
+        heads,
+        lambda: select_heads(
             HeadSelectionArguments(
                 calibration=str(data / "calibration.jsonl"),
                 corpus=str(data),
@@ -111,44 +130,99 @@ def prepare(settings: Settings) -> tuple[Path, Path, Path]:
                 seed=settings.seed,
                 **({"document_layout": "parallel"} if parallel else {}),
             )
-        )
+        ),
+    )
     return data, train, heads
 
 
 def candidates_file(settings: Settings, data: Path, num_candidates: int) -> Path:
     """The training questions with their BM25 top-``num_candidates`` pools, mined once per K."""
     path = Path(settings.work) / f"train_k{num_candidates}.jsonl"
-    if not path.exists():
+
+    def mine() -> None:
         examples = prepare_training_examples(
             data / "train.jsonl", load_corpus(data), num_candidates, settings.steps * settings.batch_size
         )
         write_training_file(path, examples)
-    return path
+
+    return STAGES.run(f"candidates k{num_candidates}", path, mine)
+
+
+@dataclass
+class SystemArguments:
+    """What one system trains with beside the retriever set-up and the loop: data, objective, frozen LLM,
+    every objective's own options and the thread count."""
+
+    data: DataArguments
+    objective: ObjectiveArguments = field(default_factory=ObjectiveArguments)
+    llm: LLMArguments = field(default_factory=LLMArguments)
+    options: list[Any] = field(default_factory=lambda: [cls() for cls in options_classes()])
+    runtime: RuntimeArguments = field(default_factory=RuntimeArguments)
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> SystemArguments:
+        """From one flat mapping of option names (as on the command line) to values."""
+        unknown = set(values) - {f.name for part in SYSTEM_PARTS for f in fields(part)}
+        if unknown:
+            raise ValueError(f"unknown system settings {sorted(unknown)}")
+
+        def build(part: type) -> Any:
+            return part(**{f.name: values[f.name] for f in fields(part) if f.name in values})
+
+        return cls(
+            build(DataArguments),
+            build(ObjectiveArguments),
+            build(LLMArguments),
+            [build(c) for c in options_classes()],
+            build(RuntimeArguments),
+        )
+
+    def record(self) -> dict[str, Any]:
+        return objective_settings(self.data, self.objective, self.llm, self.options, self.runtime)
+
+
+SYSTEM_PARTS = [DataArguments, ObjectiveArguments, LLMArguments, *options_classes(), RuntimeArguments]
 
 
 def train_system(
-    settings: Settings, name: str, setup: str, dream: DreamArguments, lora_seed: int = 0, **training
+    settings: Settings, name: str, setup: str, system: SystemArguments, lora_seed: int = 0, **training
 ) -> tuple[Path, float]:
     """Train one system (cached); returns the final retriever directory and its training time."""
     model = replace(SETUPS[setup], lora_seed=lora_seed)
     out = Path(settings.work) / "runs" / name
     final = out / "final"
+    sampling = SamplingArguments(num_candidates=training.pop("num_candidates", settings.num_candidates))
     arguments = TrainingArguments(
         output_dir=str(out),
         max_steps=training.pop("steps", settings.steps),
         batch_size=settings.batch_size,
         learning_rate=LEARNING_RATES[setup],
-        num_candidates=training.pop("num_candidates", settings.num_candidates),
         seed=settings.seed,
         save_steps=max(settings.steps // 4, 1),
         **training,
     )
     check_cached_run(
         out / "run_settings.json",
-        {"setup": asdict(model), "dream": asdict(dream), "training": asdict(arguments)},
+        {
+            "setup": asdict(model),
+            "dream": system.record(),
+            "training": {**asdict(arguments), **asdict(sampling)},
+        },
     )
-    if not (final / "modules.json").exists():
-        train_dream(model, dream, arguments)
+    STAGES.run(
+        f"train {name}",
+        final / "modules.json",
+        lambda: train_retriever(
+            model,
+            system.data,
+            system.objective,
+            arguments,
+            sampling=sampling,
+            llm=system.llm,
+            options=system.options,
+            runtime=system.runtime,
+        ),
+    )
     # The logged step times, not a stopwatch around training: they also count the steps an interrupted
     # run did before its last checkpoint (the log keeps exactly the steps the final model went through).
     return final, sum(row["step_seconds"] for row in read_log_rows(out / "log.jsonl"))
@@ -161,8 +235,8 @@ def check_cached_run(path: Path, run_settings: dict) -> None:
     """
     if path.exists():
         cached = read_json(path)
-        for section, arguments_class in RUN_SETTING_SECTIONS.items():
-            cached[section] = {**field_defaults(arguments_class), **cached.get(section, {})}
+        for section, arguments_classes in RUN_SETTING_SECTIONS.items():
+            cached[section] = {**field_defaults(*arguments_classes), **cached.get(section, {})}
         if cached != json.loads(json.dumps(run_settings)):
             raise SystemExit(
                 f"{path.parent} was trained with other settings ({path}); pass another --work directory"
@@ -171,13 +245,18 @@ def check_cached_run(path: Path, run_settings: dict) -> None:
         write_json_atomic(path, run_settings)
 
 
-RUN_SETTING_SECTIONS = {"setup": ModelArguments, "dream": DreamArguments, "training": TrainingArguments}
+RUN_SETTING_SECTIONS = {
+    "setup": [ModelArguments],
+    "dream": SYSTEM_PARTS,
+    "training": [TrainingArguments, SamplingArguments],
+}
 
 
-def field_defaults(arguments_class: type) -> dict:
-    """The JSON form of every field of a dataclass that has a default."""
+def field_defaults(*arguments_classes: type) -> dict:
+    """The JSON form of every field of these dataclasses that has a default."""
     defaults = {
         f.name: f.default if f.default_factory is MISSING else f.default_factory()
+        for arguments_class in arguments_classes
         for f in fields(arguments_class)
         if f.default is not MISSING or f.default_factory is not MISSING
     }
@@ -187,19 +266,21 @@ def field_defaults(arguments_class: type) -> dict:
 def save_untrained(setup: str, work: str) -> Path:
     """The raw set-up's starting retriever, saved once so that it is evaluated like the trained ones."""
     final = Path(work) / "runs" / f"{setup}-base" / "final"
-    if not (final / "modules.json").exists():
-        load_retriever(SETUPS[setup]).save(final)
+    STAGES.run(
+        f"save {setup}-base", final / "modules.json", lambda: load_retriever(SETUPS[setup]).save(final)
+    )
     return final
 
 
 def evaluate_system(settings: Settings, name: str, model: str, datasets: dict) -> dict[str, dict[str, float]]:
-    results = {}
-    for dataset_name, dataset in datasets.items():
-        cached = Path(settings.work) / "eval" / f"{dataset_name}-{name}.json"
-        if not cached.exists():
-            write_json_atomic(cached, evaluate_model(model, dataset))
-        results[dataset_name] = read_json(cached)
-    return results
+    return {
+        dataset_name: STAGES.json(
+            f"eval {dataset_name}-{name}",
+            Path(settings.work) / "eval" / f"{dataset_name}-{name}.json",
+            lambda dataset=dataset: evaluate_model(model, dataset),
+        )
+        for dataset_name, dataset in datasets.items()
+    }
 
 
 def datasets_for(settings: Settings, data: Path) -> dict:
@@ -213,10 +294,10 @@ def datasets_for(settings: Settings, data: Path) -> dict:
     return datasets
 
 
-def dream_arguments(
+def system_arguments(
     settings: Settings, train_file: Path, data: Path, head_file: Path, **overrides
-) -> DreamArguments:
-    """The objective's arguments shared by every system; ``overrides`` (e.g. heads, train) win."""
+) -> SystemArguments:
+    """The arguments shared by every system; ``overrides`` (e.g. heads, train, objective) win."""
     base = {
         "train": str(train_file),
         "corpus": str(data),
@@ -231,7 +312,7 @@ def dream_arguments(
     for key in ("precision", "retriever_precision"):
         if getattr(settings, key) != "float32":
             base[key] = getattr(settings, key)
-    return DreamArguments(**{**base, **overrides})
+    return SystemArguments.from_flat({**base, **overrides})
 
 
 def report(settings: Settings, results: dict, train_seconds: dict, logs: dict, title: str) -> None:
@@ -253,20 +334,11 @@ def report(settings: Settings, results: dict, train_seconds: dict, logs: dict, t
         print(f"{title}: {settings.out}, {png}")
 
 
-def parse(settings_class=Settings) -> Settings:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for key, value in asdict(settings_class()).items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
-        else:
-            parser.add_argument(flag, type=type(value), default=value)
+def parse(settings_class=Settings, description: str | None = __doc__) -> Settings:
+    parser = ArgumentParser([settings_class], description=description)
     parser.add_argument("--quick", action="store_true", help="smoke run: few steps, Factbook only")
-    args = vars(parser.parse_args())
-    quick = args.pop("quick")
-    settings = settings_class(**args)
+    settings, extra = parser.parse_args_into_dataclasses(look_for_args_file=False)
+    quick = extra.quick
     if quick:
         settings.steps, settings.calibration_examples, settings.eval_scifact = 6, 8, False
         settings.eval_subset = True
@@ -304,8 +376,8 @@ def main() -> None:
             for objective in settings.objectives.split(","):
                 name = f"{setup}-{objective}" + (f"-lora{lora_seed}" if lora_seed else "")
                 system = f"{setup}/{objective}" + (f"/lora{lora_seed}" if lora_seed else "")
-                dream = dream_arguments(settings, train, data, heads, objective=objective)
-                final, seconds = train_system(settings, name, setup, dream, lora_seed=lora_seed)
+                system_args = system_arguments(settings, train, data, heads, objective=objective)
+                final, seconds = train_system(settings, name, setup, system_args, lora_seed=lora_seed)
                 train_seconds[system] = seconds
                 logs[system] = final.parent / "log.jsonl"
                 record(system, evaluate_system(settings, name, str(final), on))

@@ -1,4 +1,5 @@
-"""Dependencies point one way: CLI -> workflow -> trainer -> objectives -> {retriever, frozen LLM}."""
+"""Dependencies point one way: CLI -> {adapt, quickstart} -> workflow -> arguments -> trainer -> objectives ->
+{retriever, frozen LLM} -> data, with small leaf modules (io, options, distributed, stages, ...) under all."""
 
 import ast
 from pathlib import Path
@@ -9,37 +10,45 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dreamir"
 
 # Everything that knows about models or runs them, and the orchestrators on top.
 _MODEL_LAYERS = ["dreamir.llm", "dreamir.retriever", "dreamir.objectives", "dreamir.trainer"]
-_ORCHESTRATION = ["dreamir.workflow", "dreamir.cli", "dreamir.quickstart", "dreamir.adapt"]
+_ORCHESTRATION = [
+    "dreamir.workflow",
+    "dreamir.arguments",
+    "dreamir.cli",
+    "dreamir.quickstart",
+    "dreamir.adapt",
+]
 # Small helpers every layer may use; they use no layer.
-_UTILITIES = ("io", "models", "guards", "options", "checkpoints", "plots")
+_UTILITIES = ("io", "models", "guards", "options", "checkpoints", "plots", "distributed", "stages")
 # Entry points and pipelines: free to import every layer.
-ORCHESTRATORS = {"__init__", "cli", "workflow", "quickstart", "adapt", "validate"}
+ORCHESTRATORS = {"__init__", "cli", "quickstart", "validate"}
 
 FORBIDDEN = {
     "retriever": [
+        *_ORCHESTRATION,
         "dreamir.llm",
         "dreamir.objectives",
         "dreamir.trainer",
-        "dreamir.workflow",
         "dreamir.evaluation",
     ],
-    "llm": ["dreamir.retriever", "dreamir.objectives", "dreamir.trainer", "dreamir.workflow", "dreamir.cli"],
-    "data": [
-        "dreamir.llm",
-        "dreamir.retriever",
-        "dreamir.objectives",
-        "dreamir.trainer",
-        "dreamir.datasets",
-        "torch",
-    ],
-    "candidates": ["dreamir.llm", "dreamir.retriever", "dreamir.objectives", "dreamir.trainer", "torch"],
-    "evaluation": ["dreamir.llm", "dreamir.retriever", "dreamir.objectives", "dreamir.trainer", "torch"],
-    "similarity": ["dreamir.llm", "dreamir.retriever", "dreamir.objectives", "dreamir.data", "torch"],
+    "llm": ["dreamir.retriever", "dreamir.objectives", "dreamir.trainer", *_ORCHESTRATION],
+    "data": [*_MODEL_LAYERS, *_ORCHESTRATION, "dreamir.datasets", "torch"],
+    "candidates": [*_MODEL_LAYERS, "torch"],
+    "evaluation": [*_MODEL_LAYERS, "torch"],
+    "similarity": [*_MODEL_LAYERS, "dreamir.data", "torch"],
     # Example datasets build task files from core data; nothing below them knows they exist.
-    "datasets": [*_MODEL_LAYERS, "dreamir.evaluation", "dreamir.candidates", "torch"],
+    "datasets": [*_MODEL_LAYERS, *_ORCHESTRATION, "dreamir.evaluation", "dreamir.candidates", "torch"],
     # Head selection is a step of its own: objectives take the heads, never select them.
-    "objectives": ["dreamir.trainer", "dreamir.workflow", "dreamir.cli", "dreamir.llm.heads"],
-    "trainer": ["dreamir.workflow", "dreamir.cli", "dreamir.quickstart", "dreamir.llm"],
+    "objectives": ["dreamir.trainer", "dreamir.llm.heads", *_ORCHESTRATION],
+    "trainer": ["dreamir.llm", *_ORCHESTRATION],
+    "arguments": [
+        "dreamir.workflow",
+        "dreamir.cli",
+        "dreamir.adapt",
+        "dreamir.quickstart",
+        "dreamir.retriever",
+    ],
+    "workflow": ["dreamir.cli", "dreamir.adapt", "dreamir.quickstart"],
+    "adapt": ["dreamir.cli", "dreamir.quickstart"],
     **{name: [*_MODEL_LAYERS, *_ORCHESTRATION, "dreamir.data", "dreamir.datasets"] for name in _UTILITIES},
 }
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dreamir.data.beir import Document
+from dreamir.data.sampling import SamplingArguments
 from dreamir.data.training import TrainingExample
 from dreamir.llm.frozen import FrozenLLM
 from dreamir.objectives import DreamLoss, TrainingInstance
@@ -96,9 +97,10 @@ def _train(tmp_path, bert, llama, max_steps, name="run", crash_at=None):
         warmup_ratio=0.25,
         save_steps=2,
         show_progress=False,
-        num_candidates=3,
     )
-    trainer = _CrashingTrainer(objective, EXAMPLES, CORPUS, args)
+    trainer = _CrashingTrainer(
+        objective, EXAMPLES, CORPUS, args, sampling=SamplingArguments(num_candidates=3)
+    )
     trainer.crash_at = crash_at
     return objective, trainer.train()
 

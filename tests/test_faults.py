@@ -18,6 +18,7 @@ from dreamir.checkpoints import CheckpointError
 from dreamir.cli import main
 from dreamir.data.beir import read_corpus, read_qrels, read_queries
 from dreamir.data.errors import DataFormatError
+from dreamir.data.sampling import SamplingArguments
 from dreamir.data.training import read_training_file
 from dreamir.guards import NonFiniteError
 from dreamir.llm.heads import HeadSet
@@ -33,6 +34,9 @@ def _objective(bert_dir: str, temperature: float = 0.05) -> InfoNCELoss:
     return InfoNCELoss(retriever, temperature=temperature)
 
 
+SAMPLING = SamplingArguments(num_candidates=3)
+
+
 def _args(output_dir: Path, **overrides) -> TrainingArguments:
     settings = {
         "max_steps": 6,
@@ -40,7 +44,6 @@ def _args(output_dir: Path, **overrides) -> TrainingArguments:
         "learning_rate": 1e-3,
         "warmup_ratio": 0.25,
         "save_steps": 2,
-        "num_candidates": 3,
         "show_progress": False,
     }
     return TrainingArguments(output_dir=str(output_dir), **{**settings, **overrides})
@@ -48,7 +51,9 @@ def _args(output_dir: Path, **overrides) -> TrainingArguments:
 
 def _train(bert_dir: str, output_dir: Path, temperature: float = 0.05, **overrides):
     objective = _objective(bert_dir, temperature)
-    return objective, Trainer(objective, EXAMPLES, CORPUS, _args(output_dir, **overrides)).train()
+    return objective, Trainer(
+        objective, EXAMPLES, CORPUS, _args(output_dir, **overrides), sampling=SAMPLING
+    ).train()
 
 
 def _log_rows(output_dir: Path) -> list[dict]:
@@ -86,7 +91,7 @@ def test_a_single_nonfinite_step_is_skipped_counted_and_training_goes_on(tmp_pat
     retriever = Retriever.from_pretrained(tiny_bert_dir, RetrieverConfig(pooling="mean", max_length=32))
     _OneNaNStep.calls = 0
     objective = _OneNaNStep(retriever, temperature=0.05)
-    result = Trainer(objective, EXAMPLES, CORPUS, _args(tmp_path / "run")).train()
+    result = Trainer(objective, EXAMPLES, CORPUS, _args(tmp_path / "run"), sampling=SAMPLING).train()
     assert [row.get("skipped", 0) for row in result.history] == [0, 0, 1, 0, 0, 0]
     assert all(torch.isfinite(p).all() for p in Retriever.load(result.final_dir).parameters())
 
@@ -163,7 +168,9 @@ KILL_POINTS = sorted(random.Random(16).sample(range(1, 7), 5))
 
 @pytest.mark.parametrize("kill_at", KILL_POINTS)
 def test_kill_and_resume_gives_bit_identical_weights(kill_at, tiny_bert_dir, tmp_path, reference):
-    trainer = _KilledTrainer(_objective(tiny_bert_dir), EXAMPLES, CORPUS, _args(tmp_path / "run"))
+    trainer = _KilledTrainer(
+        _objective(tiny_bert_dir), EXAMPLES, CORPUS, _args(tmp_path / "run"), sampling=SAMPLING
+    )
     trainer.kill_at = kill_at
     with pytest.raises(_Killed):
         trainer.train()
@@ -223,7 +230,9 @@ def test_resume_with_other_settings_is_refused_with_the_differences(tiny_bert_di
     assert (tmp_path / "run" / "training_args.json").read_text() == recorded  # never records unused settings
     objective = _objective(tiny_bert_dir)
     with pytest.raises(CheckpointError, match="data: the training rows or their passages differ"):
-        Trainer(objective, EXAMPLES[:2], CORPUS, _args(tmp_path / "run", max_steps=4)).train()
+        Trainer(
+            objective, EXAMPLES[:2], CORPUS, _args(tmp_path / "run", max_steps=4), sampling=SAMPLING
+        ).train()
     _, result = _train(tiny_bert_dir, tmp_path / "run", max_steps=6, allow_longer_run=True)
     assert result.resumed_from == 4 and result.steps == 6
 

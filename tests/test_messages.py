@@ -11,6 +11,7 @@ import torch
 from dreamir.cli import main
 from dreamir.data.beir import load_beir, read_corpus
 from dreamir.data.errors import DataFormatError
+from dreamir.data.sampling import SamplingArguments
 from dreamir.data.training import TrainingExample
 from dreamir.objectives import InfoNCELoss
 from dreamir.retriever import Retriever, RetrieverConfig
@@ -91,10 +92,9 @@ def _trainer(bert_dir, tmp_path, candidate_lists, num_candidates=3):
     examples = [
         TrainingExample("q", "t", ids, source_line=line) for line, ids in enumerate(candidate_lists, start=1)
     ]
-    args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=1, num_candidates=num_candidates, show_progress=False
-    )
-    return Trainer(InfoNCELoss(retriever), examples, CORPUS, args)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, show_progress=False)
+    sampling = SamplingArguments(num_candidates=num_candidates)
+    return Trainer(InfoNCELoss(retriever), examples, CORPUS, args, sampling=sampling)
 
 
 def test_training_examples_with_a_single_candidate_are_warned_about_or_refused(
@@ -102,7 +102,7 @@ def test_training_examples_with_a_single_candidate_are_warned_about_or_refused(
 ):
     ids = list(CORPUS)
     torch.manual_seed(0)
-    with caplog.at_level(logging.WARNING, logger="dreamir.trainer"):
+    with caplog.at_level(logging.WARNING, logger="dreamir.data.sampling"):
         _trainer(tiny_bert_dir, tmp_path, [ids[:3], ids[:1], ids[1:3]])
     assert "1 of 3 training examples have a single candidate (line 2)" in caplog.text
     with pytest.raises(ValueError, match="every training example has a single candidate"):

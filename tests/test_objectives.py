@@ -55,9 +55,19 @@ def test_objective_trains_only_the_retriever_and_lowers_its_loss(kind, tiny_bert
 
 def test_replug_target_distribution_is_computed_once(tiny_bert_dir, tiny_llama_dir):
     objective = _make("replug", tiny_bert_dir, tiny_llama_dir)
+    scored = []  # (query, document, target) rows the LLM reads, call by call
+    target_loss = objective.llm.target_loss
+
+    def counting(batch, *args, **kwargs):
+        scored.append(len(batch.labels))
+        return target_loss(batch, *args, **kwargs)
+
+    objective.llm.target_loss = counting
     first = objective.target_log_likelihood(INSTANCES)
-    assert torch.isfinite(first).all() and len(objective._log_likelihood) == 6
+    assert torch.isfinite(first).all() and sum(scored) == sum(len(i.documents) for i in INSTANCES)
+    scored.clear()
     torch.testing.assert_close(objective.target_log_likelihood(INSTANCES), first)
+    assert scored == []  # the LLM's judgement is reused, not recomputed
 
 
 def test_infonce_needs_labels(tiny_bert_dir, tiny_llama_dir):

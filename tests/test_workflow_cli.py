@@ -4,12 +4,13 @@ import json
 
 import pytest
 
+from dreamir.arguments import ModelArguments
 from dreamir.cli import main
 from dreamir.data.beir import Document
 from dreamir.data.training import TrainingExample
 from dreamir.models import ModelNotFoundError, resolve_model
 from dreamir.retriever import CONFIG_FILE, Retriever, RetrieverConfig
-from dreamir.workflow import ModelArguments, calibration_examples, load_retriever
+from dreamir.workflow import calibration_examples, load_retriever
 
 
 def test_unknown_model_names_fail_without_touching_the_hub(tmp_path):

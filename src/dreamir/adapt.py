@@ -32,6 +32,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from dreamir.arguments import LLMArguments, ModelArguments, ObjectiveArguments, SamplingArguments
 from dreamir.candidates import BM25Index
 from dreamir.data.beir import Document, read_corpus
 from dreamir.data.corpus_examples import (
@@ -49,18 +50,13 @@ from dreamir.llm.frozen import FrozenLLM
 from dreamir.llm.heads import CalibrationExample, HeadSet, rank_heads, score_heads
 from dreamir.llm.prompt import PromptSettings
 from dreamir.models import MINILM, SMOLLM2
+from dreamir.objectives import OBJECTIVES, DreamOptions
 from dreamir.options import at_least, positive
 from dreamir.plots import plot_training_curves
 from dreamir.retriever import CONFIG_FILE, Retriever
+from dreamir.stages import Stages
 from dreamir.trainer import Trainer, TrainerCallback, TrainingArguments
-from dreamir.workflow import (
-    DreamArguments,
-    ModelArguments,
-    build_objective,
-    cache_candidates,
-    load_retriever,
-    set_threads,
-)
+from dreamir.workflow import build_objective, cache_candidates, load_retriever, set_threads
 
 logger = logging.getLogger(__name__)
 VALIDATION_METRIC = "val_success@10"
@@ -74,20 +70,25 @@ def _rank_key(result: Mapping[str, float]) -> tuple[float, float]:
 
 @dataclass
 class AdaptArguments:
-    corpus: str = field(metadata={"help": "BEIR-layout directory (only its corpus.jsonl is read)"})
+    corpus: str = field(
+        metadata={"help": "BEIR-layout directory (only its corpus.jsonl is read); also the first word"}
+    )
     out: str = field(metadata={"help": "output directory: model/, report.json, report.md, work/"})
     retriever: str = field(default=MINILM, metadata={"help": "packaged retriever name or local directory"})
     llm: str = field(default=SMOLLM2, metadata={"help": "the frozen LLM (judge, and generator for genq)"})
-    objective: Literal["dream", "infonce", "replug"] = field(
+    objective: str = field(
         default="dream",
-        metadata={"help": "dream; infonce (pseudo-gold as positive) and replug are baselines"},
+        metadata={
+            "help": "dream; infonce (pseudo-gold as positive) and replug are baselines",
+            "choices": list(OBJECTIVES),
+        },
     )
     recipe: Literal["ict", "genq"] = field(
         default="ict",
         metadata={"help": "ict: a sentence of a passage is the query; genq: the LLM writes the query"},
     )
     max_passages: int = field(default=1000, metadata={"help": "passages sampled to make examples from"})
-    examples_per_passage: int = 1
+    examples_per_passage: int = field(default=1, metadata={"help": "examples made from each passage"})
     target_words: int = field(default=32, metadata={"help": "words of text the LLM must predict"})
     ict_target: Literal["kept", "removed"] = field(
         default="kept",
@@ -101,7 +102,7 @@ class AdaptArguments:
         default=3000, metadata={"help": "corpus passages the validation searches (all when fewer)"}
     )
     validate_every: int | None = field(default=None, metadata={"help": "steps; default: max_steps / 5"})
-    num_candidates: int = 8
+    num_candidates: int = field(default=8, metadata={"help": "candidates per training example (BM25 top-K)"})
     force_pseudo_gold: bool = field(
         default=True,
         metadata={"help": "put the pseudo-gold passage among the candidates when BM25 misses it"},
@@ -113,13 +114,15 @@ class AdaptArguments:
     heads: str | None = field(
         default=None, metadata={"help": "head file; default: scored on the generated examples"}
     )
-    num_heads: int = 16
-    head_examples: int = 32
-    max_steps: int = 80
-    batch_size: int = 4
-    learning_rate: float = 2e-5
-    temperature: float = 0.05
-    max_target_tokens: int = 32
+    num_heads: int = field(default=16, metadata={"help": "query-focused heads DREAM injects into"})
+    head_examples: int = field(default=32, metadata={"help": "training examples the heads are scored on"})
+    max_steps: int = field(default=80, metadata={"help": "optimiser steps"})
+    batch_size: int = field(default=4, metadata={"help": "examples per optimiser step"})
+    learning_rate: float = field(default=2e-5, metadata={"help": "AdamW peak learning rate"})
+    temperature: float = field(
+        default=0.05, metadata={"help": "softmax temperature tau over candidate scores"}
+    )
+    max_target_tokens: int = field(default=32, metadata={"help": "target tokens the LLM must predict"})
     train_max_length: int | None = field(
         default=128,
         metadata={"help": "retriever tokens per text while training (all-MiniLM-L6-v2 was trained at 128)"},
@@ -133,9 +136,9 @@ class AdaptArguments:
     document_layout: Literal["sequential", "parallel"] = field(
         default="sequential", metadata={"help": "how the LLM reads the candidates (see README)"}
     )
-    seed: int = 0
-    threads: int | None = 2
-    show_progress: bool = True
+    seed: int = field(default=0, metadata={"help": "seeds sampling, splits, training and validation"})
+    threads: int | None = field(default=2, metadata={"help": "CPU threads torch may use"})
+    show_progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def __post_init__(self) -> None:
         at_least(self, 1, "max_passages", "examples_per_passage", "target_words", "validation_examples")
@@ -180,10 +183,9 @@ def build_examples(args: AdaptArguments, corpus: Mapping[str, Document]) -> Corp
 
 
 def prepare_examples(args: AdaptArguments, corpus: Mapping[str, Document], work: Path) -> dict:
-    """Write train.jsonl, validation.jsonl, derived.jsonl (derived passages) and examples.json (counts)."""
+    """Write train.jsonl, validation.jsonl, derived.jsonl (derived passages) and examples.json (counts,
+    written last: its presence marks the stage done)."""
     meta_file = work / "examples.json"
-    if meta_file.exists():
-        return json.loads(meta_file.read_text(encoding="utf-8"))
     if args.recipe not in RECIPES:
         raise ValueError(f"--recipe must be one of {RECIPES}")
     started = time.perf_counter()
@@ -432,80 +434,44 @@ class DenseCandidateRefresher:
         return {"refresh_pseudo_gold_found": found / len(examples)}
 
 
-# ---- the command ----------------------------------------------------------------------------------------
-def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ()) -> dict:
-    """Run (or resume) every stage; ``extra_callbacks`` join the trainer's (benchmarks use it to measure
-    a labelled metric beside the label-free one)."""
-    set_threads(args.threads)
-    out = Path(args.out)
-    work = out / "work"
-    corpus_dir = Path(args.corpus)
-    corpus_file = corpus_dir / "corpus.jsonl" if corpus_dir.is_dir() else corpus_dir
-    if not corpus_file.exists():
-        raise FileNotFoundError(f"{corpus_file}: no corpus.jsonl (adapt reads a BEIR-layout directory)")
-    stages: dict[str, float] = {}
-    report_file = work / "stages.json"
-    if report_file.exists():
-        stages = json.loads(report_file.read_text(encoding="utf-8"))
-
-    def finish(stage: str, started: float) -> None:
-        stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - started
-        write_json_atomic(report_file, stages)
-
-    corpus = read_corpus(corpus_file)
-    if not corpus:
-        raise ValueError(f"{corpus_file}: the corpus is empty")
-    _say(f"{len(corpus)} passages in {corpus_file}")
-    fresh = not (work / "examples.json").exists()
-    if fresh:
-        _say(f"making training examples ({args.recipe}) from up to {args.max_passages} passages")
-    started = time.perf_counter()
-    meta = prepare_examples(args, corpus, work)  # reads the stored examples on a re-run
-    if fresh:
-        finish("examples", started)  # a re-run adds no time to the stage
-    _say(f"{meta['train']} training and {meta['validation']} validation examples; dropped {meta['dropped']}")
-
-    derived, source_of = read_derived(work / "derived.jsonl")
-    train = read_training_file(work / "train.jsonl")
-    validation = read_training_file(work / "validation.jsonl")
-    full_corpus = {**corpus, **derived}
-
-    heads_file = Path(args.heads) if args.heads else work / "heads.json"
-    if args.objective == "dream" and not heads_file.exists():
-        started = time.perf_counter()
-        _say(f"scoring the heads of {args.llm} on {args.head_examples} examples (pseudo-gold, no labels)")
-        heads = select_heads_label_free(args, train, full_corpus, heads_file)
-        _say(f"top heads (layer, head): {heads.top(args.num_heads)}")
-        finish("heads", started)
-
-    started = time.perf_counter()
+def build_trainer(
+    args: AdaptArguments,
+    work: Path,
+    heads_file: Path,
+    train: Sequence[TrainingExample],
+    validation: Sequence[TrainingExample],
+    corpus: Mapping[str, Document],
+    derived: Mapping[str, Document],
+    source_of: Mapping[str, str],
+    extra_callbacks: Sequence[TrainerCallback] = (),
+) -> Trainer:
+    """The retriever, the objective and its frozen LLM, the validation (and refresh) callbacks, the trainer."""
     train_dir = work / "train"
+    full_corpus = {**corpus, **derived}
     model = ModelArguments(retriever=args.retriever)
     retriever = load_retriever(model)
     objective = build_objective(
         retriever,
-        DreamArguments(
-            train=str(work / "train.jsonl"),
-            corpus=str(corpus_file),
-            heads=str(heads_file),
+        ObjectiveArguments(
             objective=args.objective,
-            llm=args.llm,
-            num_heads=args.num_heads,
             temperature=args.temperature,
-            max_target_tokens=args.max_target_tokens,
             train_max_length=args.train_max_length,
-            precision=args.precision,
             retriever_precision=args.precision,
+        ),
+        LLMArguments(
+            llm=args.llm,
+            max_target_tokens=args.max_target_tokens,
+            precision=args.precision,
             document_layout=args.document_layout,
             document_cache=str(work / "document_cache") if args.document_layout == "parallel" else None,
         ),
+        [DreamOptions(heads=str(heads_file), num_heads=args.num_heads)],
     )
     training = TrainingArguments(
         output_dir=str(train_dir),
         max_steps=args.max_steps,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
-        num_candidates=args.num_candidates,
         seed=args.seed,
         save_steps=max(args.max_steps // 5, 1),
         show_progress=args.show_progress,
@@ -544,11 +510,69 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
     llm = getattr(objective, "llm", None)
     if isinstance(llm, FrozenLLM) and args.document_layout == "parallel":
         cache_candidates(llm, train, full_corpus, args.num_candidates, args.show_progress)
-    _say(f"training {args.retriever} with {args.objective} for {args.max_steps} steps of {args.batch_size}")
-    result = Trainer(
-        objective, train, full_corpus, training, run_settings=_run_settings(args), callbacks=callbacks
-    ).train()
-    finish("training", started)
+    return Trainer(
+        objective,
+        train,
+        full_corpus,
+        training,
+        sampling=SamplingArguments(num_candidates=args.num_candidates),
+        run_settings=_run_settings(args),
+        callbacks=callbacks,
+    )
+
+
+# ---- the command ----------------------------------------------------------------------------------------
+def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ()) -> dict:
+    """Run (or resume) every stage; ``extra_callbacks`` join the trainer's (benchmarks use it to measure
+    a labelled metric beside the label-free one)."""
+    set_threads(args.threads)
+    out = Path(args.out)
+    work = out / "work"
+    corpus_dir = Path(args.corpus)
+    corpus_file = corpus_dir / "corpus.jsonl" if corpus_dir.is_dir() else corpus_dir
+    if not corpus_file.exists():
+        raise FileNotFoundError(f"{corpus_file}: no corpus.jsonl (adapt reads a BEIR-layout directory)")
+    stages = Stages(say=_say, seconds_file=work / "stages.json")
+    corpus = read_corpus(corpus_file)
+    if not corpus:
+        raise ValueError(f"{corpus_file}: the corpus is empty")
+    _say(f"{len(corpus)} passages in {corpus_file}")
+    meta_file = stages.run(
+        "examples",
+        work / "examples.json",
+        lambda: prepare_examples(args, corpus, work),
+        f"making training examples ({args.recipe}) from up to {args.max_passages} passages",
+    )
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    _say(f"{meta['train']} training and {meta['validation']} validation examples; dropped {meta['dropped']}")
+
+    derived, source_of = read_derived(work / "derived.jsonl")
+    train = read_training_file(work / "train.jsonl")
+    validation = read_training_file(work / "validation.jsonl")
+    full_corpus = {**corpus, **derived}
+
+    heads_file = Path(args.heads) if args.heads else work / "heads.json"
+
+    def score_heads() -> None:
+        heads = select_heads_label_free(args, train, full_corpus, heads_file)
+        _say(f"top heads (layer, head): {heads.top(args.num_heads)}")
+
+    if args.objective == "dream":
+        stages.run(
+            "heads",
+            heads_file,
+            score_heads,
+            f"scoring the heads of {args.llm} on {args.head_examples} examples (pseudo-gold, no labels)",
+        )
+
+    train_dir = work / "train"
+    result = stages.timed(
+        "training",
+        lambda: build_trainer(
+            args, work, heads_file, train, validation, corpus, derived, source_of, extra_callbacks
+        ).train(),
+        f"training {args.retriever} with {args.objective} for {args.max_steps} steps of {args.batch_size}",
+    )
 
     best = json.loads((train_dir / "best.json").read_text()) if (train_dir / "best.json").exists() else {}
     # Replaces only a model an earlier run wrote there.
@@ -572,7 +596,7 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
             "by_step": {int(r["step"]): r[VALIDATION_METRIC] for r in rows if VALIDATION_METRIC in r},
         },
         "steps": result.steps,
-        "stage_seconds": stages,
+        "stage_seconds": stages.seconds,
         "model": str(out / "model"),
         "curves": str(curve),
     }

@@ -1,117 +1,280 @@
-"""`dreamir` command line: thin entry points over the dataclass arguments of each step."""
+"""`dreamir` command line: thin entry points over the dataclass arguments of each step.
+
+Each command is one entry of ``COMMANDS``: its name, help, the dataclasses its options come from (one
+option per field, its ``help`` the field's) and the function that runs it with those dataclasses built.
+Every command also reads ``--config FILE.json``: its keys are option names (``batch_size`` or
+``batch-size``), the command line wins over the file.
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 import traceback
-import types
-import typing
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import HfArgumentParser
 
 from dreamir.data.errors import DataFormatError
-from dreamir.trainer import TrainingArguments
 
 
-def _add_dataclass(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
-    hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(cls.__name__)
-    for spec in dataclasses.fields(cls):
-        if spec.name in skip:
-            continue
-        kind = hints[spec.name]
-        options: dict[str, Any] = {"help": spec.metadata.get("help", "")}
-        flag = "--" + spec.name.replace("_", "-")
-        if typing.get_origin(kind) in (typing.Union, types.UnionType):
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        required = spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
-        if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=spec.default, **options)
-            continue
-        if typing.get_origin(kind) is Literal:
-            options["choices"] = list(typing.get_args(kind))
-            kind = type(options["choices"][0])
-        if required:
-            options["required"] = True
-        else:
-            options["default"] = spec.default
-            options["help"] += f" (default: {spec.default})"
-        group.add_argument(flag, type=kind, **options)
+# ---- what each command does, given its dataclasses ---------------------------------------------------------
+def run_factbook(args) -> None:
+    from dreamir.datasets.factbook import build_factbook
+
+    paths = build_factbook(args.out, seed=args.seed)
+    print(
+        f"{paths.num_passages} passages, {paths.num_train} train, {paths.num_eval} eval questions -> {args.out}"
+    )
 
 
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def run_mine(args) -> None:
+    from dreamir import workflow
+    from dreamir.data.training import with_candidates, write_training_file
+    from dreamir.io import check_output_file
+
+    check_output_file(args.out)
+    corpus = workflow.load_corpus(args.corpus)
+    examples = workflow.prepare_training_examples(args.train, corpus, args.k, None)
+    longer = sum(len(e.candidate_ids or []) > args.k for e in examples)
+    if longer:
+        examples = [with_candidates(e, (e.candidate_ids or [])[: args.k]) for e in examples]
+        print(
+            f"{longer} examples had more than {args.k} candidates: kept their first {args.k}", file=sys.stderr
+        )
+    write_training_file(args.out, examples)
+    print(f"{len(examples)} examples with candidates -> {args.out}")
 
 
-def _build(cls: type, namespace: argparse.Namespace, **fixed: Any):
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in vars(namespace).items() if k in names}
-    return cls(**{**values, **fixed})
+def run_heads(args) -> None:
+    from dreamir import workflow
+
+    head_set = workflow.select_heads(args)
+    top = head_set.top(args.top_k)
+    print(f"top {len(top)} heads (layer, head): {top} -> {args.out}")
+
+
+def run_train(model, data, sampling, objective, llm, runtime, training, *options) -> None:
+    from dreamir import distributed, workflow
+
+    result = workflow.train_retriever(
+        model, data, objective, training, sampling=sampling, llm=llm, options=options, runtime=runtime
+    )
+    if distributed.current().is_main:
+        print(f"trained {result.steps} steps (resumed from {result.resumed_from}) -> {result.final_dir}")
+
+
+def run_eval(args) -> None:
+    from dreamir import workflow
+
+    print(json.dumps(workflow.evaluate(args), indent=2))
+
+
+def run_adapt(args) -> None:
+    from dreamir.adapt import adapt
+
+    adapt(args)
+
+
+def run_validate(args) -> int:
+    from dreamir.validate import run_validate
+
+    return run_validate(args.paths)
+
+
+def run_quickstart(args) -> None:
+    from dreamir.quickstart import run_quickstart
+
+    run_quickstart(args)
+
+
+# ---- the commands ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    arguments: Callable[[], Sequence[type]]  # called when the command runs: imports only what it needs
+    run: Callable[..., int | None]
+    positional: str | None = None  # a field also given as the leading words (``dreamir adapt DIR``)
+
+
+def _train_arguments() -> list[type]:
+    from dreamir import arguments as a
+    from dreamir.objectives import options_classes
+
+    return [
+        a.ModelArguments,
+        a.DataArguments,
+        a.SamplingArguments,
+        a.ObjectiveArguments,
+        a.LLMArguments,
+        a.RuntimeArguments,
+        a.TrainingArguments,
+        *options_classes(),
+    ]
+
+
+def _arguments(name: str) -> Callable[[], list[type]]:
+    def classes() -> list[type]:
+        from dreamir import arguments
+
+        return [getattr(arguments, name)]
+
+    return classes
+
+
+def _adapt_arguments() -> list[type]:
+    from dreamir.adapt import AdaptArguments
+
+    return [AdaptArguments]
+
+
+def _quickstart_arguments() -> list[type]:
+    from dreamir.quickstart import QuickstartArguments
+
+    return [QuickstartArguments]
+
+
+COMMANDS = [
+    Command(
+        "factbook",
+        "build the Factbook retrieval task (BEIR layout + train files)",
+        _arguments("FactbookArguments"),
+        run_factbook,
+    ),
+    Command(
+        "mine",
+        "add BM25 top-K candidate_ids to a training file (label-free)",
+        _arguments("MineArguments"),
+        run_mine,
+    ),
+    Command(
+        "heads",
+        "select query-focused heads; writes a head file",
+        _arguments("HeadSelectionArguments"),
+        run_heads,
+    ),
+    Command("train", "train a retriever (DREAM or a baseline objective)", _train_arguments, run_train),
+    Command(
+        "eval",
+        "nDCG@10, Recall@100, MRR@10 on a BEIR-layout directory",
+        _arguments("EvaluationArguments"),
+        run_eval,
+    ),
+    Command(
+        "adapt",
+        "adapt a retriever to a corpus with no queries and no labels (reads corpus.jsonl only)",
+        _adapt_arguments,
+        run_adapt,
+        positional="corpus",
+    ),
+    Command(
+        "validate",
+        "check data and head files; report every problem found",
+        _arguments("ValidateArguments"),
+        run_validate,
+        positional="paths",
+    ),
+    Command(
+        "quickstart", "the whole pipeline on packaged models and data", _quickstart_arguments, run_quickstart
+    ),
+]
+
+
+# ---- parsing -----------------------------------------------------------------------------------------------
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions as written, defaults after every option's help."""
+
+
+class ArgumentParser(HfArgumentParser):
+    """HfArgumentParser with defaults shown in the help and ``--no-x`` for every boolean option (Hugging
+    Face adds it only where the default is True)."""
+
+    def __init__(self, dataclass_types: Sequence[type], **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(dataclass_types, **kwargs)
+
+    def _parse_dataclass_field(self, parser, field) -> None:
+        super()._parse_dataclass_field(parser, field)
+        if field.type not in (bool, bool | None) or field.default is True:
+            return
+        if field.default is None:  # "unset": the flag alone still means True, as for the other booleans
+            flag = next(a for a in parser._actions if a.dest == field.name)
+            flag.nargs, flag.const = "?", True
+        negative = f"--no-{field.name.replace('_', '-')}"
+        parser.add_argument(
+            f"--no_{field.name}", negative, action="store_false", dest=field.name, help="turn it off"
+        )
+
+
+def command_parser(command: Command) -> ArgumentParser:
+    parser = ArgumentParser(command.arguments(), prog=f"dreamir {command.name}", description=command.help)
+    parser.add_argument("--config", metavar="FILE.json", help="read options from a JSON object (flags win)")
+    return parser
+
+
+def _with_positionals(command: Command, argv: list[str]) -> list[str]:
+    """``dreamir adapt DIR ...`` -> ``--corpus DIR ...``: the leading words are the positional field."""
+    leading = 0
+    while leading < len(argv) and not argv[leading].startswith("-"):
+        leading += 1
+    if command.positional is None or leading == 0:
+        return argv
+    return [f"--{command.positional}", *argv[:leading], *argv[leading:]]
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Set the parser's defaults from ``--config FILE`` (options the file names are no longer required)."""
+    prefix = argparse.ArgumentParser(add_help=False)
+    prefix.add_argument("--config")
+    known, _ = prefix.parse_known_args(argv)
+    if known.config is None:
+        return
+    path = Path(known.config)
+    values = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(values, dict):
+        raise DataFormatError(path, 1, "config", "expected a JSON object of option names and values")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in actions:
+            raise DataFormatError(
+                path, 1, key, f"unknown option (see dreamir {parser.prog.split()[-1]} --help)"
+            )
+        actions[name].required = False
+        actions[name].default = value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from dreamir import workflow
-    from dreamir.adapt import AdaptArguments
-    from dreamir.quickstart import QuickstartArguments
-
-    parser = argparse.ArgumentParser(prog="dreamir", description=__doc__)
-    parser.add_argument("--verbose", action="store_true")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    factbook = commands.add_parser(
-        "factbook", help="build the Factbook retrieval task (BEIR layout + train files)"
-    )
-    factbook.add_argument("--out", required=True)
-    factbook.add_argument("--seed", type=int, default=0)
-
-    mine = commands.add_parser("mine", help="add BM25 top-K candidate_ids to a training file (label-free)")
-    mine.add_argument("--train", required=True)
-    mine.add_argument("--corpus", required=True, help="BEIR directory or corpus.jsonl")
-    mine.add_argument("--out", required=True)
-    mine.add_argument("--k", type=_at_least_one, default=8)
-
-    heads = commands.add_parser("heads", help="select query-focused heads; writes a head file")
-    _add_dataclass(heads, workflow.HeadSelectionArguments)
-
-    train = commands.add_parser("train", help="train a retriever with DREAM")
-    _add_dataclass(train, workflow.ModelArguments)
-    _add_dataclass(train, workflow.DreamArguments)
-    _add_dataclass(train, TrainingArguments)
-
-    evaluate = commands.add_parser("eval", help="nDCG@10, Recall@100, MRR@10 on a BEIR-layout directory")
-    _add_dataclass(evaluate, workflow.EvaluationArguments)
-
-    adapt = commands.add_parser(
-        "adapt", help="adapt a retriever to a corpus with no queries and no labels (reads corpus.jsonl only)"
-    )
-    adapt.add_argument("corpus", metavar="CORPUS_DIR", help="BEIR-layout directory holding corpus.jsonl")
-    _add_dataclass(adapt, AdaptArguments, skip=("corpus",))
-    check = commands.add_parser("validate", help="check data and head files; report every problem found")
-    check.add_argument("paths", nargs="+", help="BEIR directories, JSONL/TSV data files, head files")
-
-    quick = commands.add_parser("quickstart", help="the whole pipeline on packaged models and data")
-    _add_dataclass(quick, QuickstartArguments)
-
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = argparse.ArgumentParser(prog="dreamir", description=__doc__.split("\n")[0])
+    top.add_argument("--verbose", action="store_true", help="log progress and print tracebacks of errors")
+    commands = top.add_subparsers(dest="command", required=True)
+    by_name = {c.name: c for c in COMMANDS}
+    for command in COMMANDS:
+        commands.add_parser(command.name, help=command.help, add_help=False)
+    known, rest = top.parse_known_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+        level=logging.INFO if known.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
-    logging.getLogger("bm25s").setLevel(
-        logging.INFO if args.verbose else logging.WARNING
-    )  # bm25s defaults to DEBUG
+    logging.getLogger("bm25s").setLevel(logging.INFO if known.verbose else logging.WARNING)  # bm25s: DEBUG
+    command = by_name[known.command]
     try:
-        return _run(args)
+        parser = command_parser(command)
+        rest = _with_positionals(command, rest)
+        _apply_config(parser, rest)
+        *built, _options_file = parser.parse_args_into_dataclasses(rest, look_for_args_file=False)
+        code = command.run(*built)
+        return int(code or 0)
     except (DataFormatError, OSError, ValueError) as error:
-        if args.verbose:
+        if known.verbose:
             traceback.print_exc()
-        print(f"dreamir {args.command}: error: {_describe(error)}", file=sys.stderr)
+        print(f"dreamir {command.name}: error: {_describe(error)}", file=sys.stderr)
         return 2
 
 
@@ -120,60 +283,6 @@ def _describe(error: Exception) -> str:
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         return f"{error.filename}: {error.strerror.lower()}"
     return str(error)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from dreamir import workflow
-    from dreamir.quickstart import QuickstartArguments, run_quickstart
-
-    if args.command == "factbook":
-        from dreamir.datasets.factbook import build_factbook
-
-        paths = build_factbook(args.out, seed=args.seed)
-        print(
-            f"{paths.num_passages} passages, {paths.num_train} train, {paths.num_eval} eval questions -> {args.out}"
-        )
-    elif args.command == "mine":
-        from dreamir.data.training import with_candidates, write_training_file
-        from dreamir.io import check_output_file
-
-        check_output_file(args.out)
-        corpus = workflow.load_corpus(args.corpus)
-        examples = workflow.prepare_training_examples(args.train, corpus, args.k, None)
-        longer = sum(len(e.candidate_ids or []) > args.k for e in examples)
-        if longer:
-            examples = [with_candidates(e, (e.candidate_ids or [])[: args.k]) for e in examples]
-            print(
-                f"{longer} examples had more than {args.k} candidates: kept their first {args.k}",
-                file=sys.stderr,
-            )
-        write_training_file(args.out, examples)
-        print(f"{len(examples)} examples with candidates -> {args.out}")
-    elif args.command == "heads":
-        head_set = workflow.select_heads(_build(workflow.HeadSelectionArguments, args))
-        top = head_set.top(args.top_k)
-        print(f"top {len(top)} heads (layer, head): {top} -> {args.out}")
-    elif args.command == "train":
-        result = workflow.train_dream(
-            _build(workflow.ModelArguments, args),
-            _build(workflow.DreamArguments, args),
-            _build(TrainingArguments, args),
-        )
-        print(f"trained {result.steps} steps (resumed from {result.resumed_from}) -> {result.final_dir}")
-    elif args.command == "eval":
-        metrics = workflow.evaluate(_build(workflow.EvaluationArguments, args))
-        print(json.dumps(metrics, indent=2))
-    elif args.command == "adapt":
-        from dreamir.adapt import AdaptArguments, adapt
-
-        adapt(_build(AdaptArguments, args))
-    elif args.command == "validate":
-        from dreamir.validate import run_validate
-
-        return run_validate(args.paths)
-    elif args.command == "quickstart":
-        run_quickstart(_build(QuickstartArguments, args))
-    return 0
 
 
 if __name__ == "__main__":

@@ -6,19 +6,26 @@ interrupted quickstart picks up where it stopped (training resumes from its last
 
 from __future__ import annotations
 
-import time
+import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from dreamir.adapt import AdaptArguments, adapt
 from dreamir.data.beir import load_beir
 from dreamir.evaluation import format_results_table
 from dreamir.io import write_json_atomic
-from dreamir.models import MINILM, SMOLLM2
 from dreamir.options import at_least
-from dreamir.workflow import evaluate_model, read_json, set_threads
+from dreamir.stages import Stages
+from dreamir.workflow import evaluate_model, set_threads
 
 DEFAULT_SCIFACT = Path("../shared/data/beir/scifact")
+
+
+def _adapt_option(name: str) -> Any:
+    """The quickstart passes this option on to adapt: same default and help, stated once (there)."""
+    spec = next(f for f in fields(AdaptArguments) if f.name == name)
+    return field(default=spec.default, metadata=dict(spec.metadata))
 
 
 @dataclass
@@ -31,11 +38,11 @@ class QuickstartArguments:
         default=str(DEFAULT_SCIFACT),
         metadata={"help": "BEIR directory: adapt to its corpus, evaluate on its test queries"},
     )
-    retriever: str = MINILM
-    llm: str = SMOLLM2
-    seed: int = 0
-    threads: int = 2
-    show_progress: bool = True
+    retriever: str = _adapt_option("retriever")
+    llm: str = _adapt_option("llm")
+    seed: int = _adapt_option("seed")
+    threads: int | None = _adapt_option("threads")
+    show_progress: bool = _adapt_option("show_progress")
 
     def __post_init__(self) -> None:
         at_least(self, 1, "threads")
@@ -52,33 +59,30 @@ def run_quickstart(args: QuickstartArguments) -> dict[str, dict[str, dict[str, f
     if not (beir / "corpus.jsonl").exists():
         raise FileNotFoundError(f"--beir {beir}: no corpus.jsonl there")
     name = beir.name
-    timings: dict[str, float] = {}
+    stages = Stages(say=_say)
 
-    started = time.perf_counter()
-    _say(f"adapting {args.retriever} to the corpus of {name} (its queries and labels are not read)")
     # Everything else is adapt's own default, so the quickstart shows what a user gets.
     shared = {f.name for f in fields(AdaptArguments)} & {f.name for f in fields(QuickstartArguments)}
-    adapt_args = AdaptArguments(
-        corpus=str(beir), out=str(out / "adapt"), **{k: getattr(args, k) for k in shared if k != "out"}
+    passed = {k: getattr(args, k) for k in shared - {"out", "beir"}}
+    adapt_args = dataclasses.replace(AdaptArguments(corpus=str(beir), out=str(out / "adapt")), **passed)
+    report = stages.timed(
+        "adapt",
+        lambda: adapt(adapt_args),
+        f"adapting {args.retriever} to the corpus of {name} (its queries and labels are not read)",
     )
-    report = adapt(adapt_args)
-    timings["adapt"] = time.perf_counter() - started
 
     dataset = load_beir(beir)
     systems = {"bm25": "bm25", "base": args.retriever, "adapted": report["model"]}
     results: dict[str, dict[str, dict[str, float]]] = {name: {}}
     for system, model in systems.items():
-        cached = out / "eval" / f"{name}-{system}.json"
-        if not cached.exists():
-            started = time.perf_counter()
-            _say(
-                f"evaluating {system} on {name} ({len(dataset.queries)} test queries, {len(dataset.corpus)} docs)"
-            )
-            write_json_atomic(cached, evaluate_model(model, dataset, show_progress=args.show_progress))
-            timings[f"eval {system}"] = time.perf_counter() - started
-        results[name][system] = read_json(cached)
+        results[name][system] = stages.json(
+            f"eval {system}",
+            out / "eval" / f"{name}-{system}.json",
+            lambda model=model: evaluate_model(model, dataset, show_progress=args.show_progress),
+            f"evaluating {system} on {name} ({len(dataset.queries)} test queries, {len(dataset.corpus)} docs)",
+        )
     write_json_atomic(out / "results.json", results)
     print(format_results_table(results), flush=True)
-    _say("stage times this run: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    _say("stage times this run: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.seconds.items()))
     _say(f"results: {out / 'results.json'}; adaptation report: {out / 'adapt' / 'report.md'}")
     return results

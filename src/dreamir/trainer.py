@@ -1,5 +1,11 @@
 """The trainer: AdamW with warmup, gradient accumulation, periodic atomic checkpoints, exact resume, and a
-JSONL log per optimiser step. It only knows objectives (loss modules over the retriever)."""
+JSONL log per optimiser step. It only knows objectives (loss modules over the retriever); what each step
+trains on comes from ``dreamir.data.sampling``.
+
+It runs in one process, or in several started by ``accelerate launch`` (``dreamir.distributed``): each
+process trains on its own slice of every step's examples with its own dropout seed, the trainable gradients
+are averaged over the processes before the optimiser step, and only the first process writes the log,
+checkpoints and the final model."""
 
 from __future__ import annotations
 
@@ -7,7 +13,6 @@ import functools
 import hashlib
 import json
 import logging
-import random
 import shutil
 import time
 import warnings
@@ -16,19 +21,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from dreamir import checkpoints as integrity
+from dreamir import distributed
 from dreamir.data.beir import Document
+from dreamir.data.sampling import SamplingArguments, TrainingInstance, check_examples, step_instances
 from dreamir.data.training import TrainingExample
 from dreamir.guards import NonFiniteStepGuard, check_finite_parameters
 from dreamir.io import atomic_path, read_log_rows, write_json_atomic, write_jsonl_atomic
-from dreamir.objectives.base import Objective, TrainingInstance
+from dreamir.objectives.base import Objective
 from dreamir.options import at_least, fraction, non_negative, positive
 
+__all__ = ["SamplingArguments", "Trainer", "TrainerCallback", "TrainingArguments", "TrainingResult"]
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
@@ -37,27 +44,35 @@ STATE_FILE = "trainer_state.pt"
 
 @dataclass
 class TrainingArguments:
-    output_dir: str
-    max_steps: int = 200
-    batch_size: int = 2
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-5
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    num_candidates: int = 8
-    # Per example, against the LLM's position bias (sequential layout); in the parallel layout the order
-    # changes nothing the LLM computes, so shuffling is harmless there and changes only the logged order.
-    shuffle_candidates: bool = True
-    save_steps: int = 50
-    save_total_limit: int = 2
-    seed: int = 0
-    show_progress: bool = True
-    max_nonfinite_steps: int = 3  # NaN/inf steps in a row (each skipped) before training stops
-    allow_longer_run: bool = False  # resume with a larger max_steps than the checkpoint's
+    _argument_group_name = "training loop"  # its heading in --help
+
+    output_dir: str = field(metadata={"help": "run directory: log.jsonl, checkpoints/, final/"})
+    max_steps: int = field(default=200, metadata={"help": "optimiser steps"})
+    batch_size: int = field(
+        default=2, metadata={"help": "examples per forward pass (per process when several run)"}
+    )
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "forward passes per optimiser step"}
+    )
+    learning_rate: float = field(default=2e-5, metadata={"help": "AdamW peak learning rate"})
+    warmup_ratio: float = field(
+        default=0.1, metadata={"help": "share of the steps with a rising learning rate"}
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradients are clipped to this norm"})
+    save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps"})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept (older ones are deleted)"})
+    seed: int = field(default=0, metadata={"help": "seeds the example order, candidate shuffles and dropout"})
+    show_progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    max_nonfinite_steps: int = field(
+        default=3, metadata={"help": "NaN/inf steps in a row (each skipped) before training stops"}
+    )
+    allow_longer_run: bool = field(
+        default=False, metadata={"help": "resume with a larger --max-steps than the checkpoint's"}
+    )
 
     def __post_init__(self) -> None:
-        at_least(self, 1, "max_steps", "batch_size", "gradient_accumulation_steps", "num_candidates")
+        at_least(self, 1, "max_steps", "batch_size", "gradient_accumulation_steps")
         at_least(self, 1, "save_steps", "save_total_limit", "max_nonfinite_steps")
         positive(self, "learning_rate", "max_grad_norm")
         non_negative(self, "weight_decay")
@@ -90,25 +105,22 @@ class Trainer:
         corpus: dict[str, Document],
         args: TrainingArguments,
         *,
+        sampling: SamplingArguments | None = None,
         run_settings: dict[str, Any] | None = None,
         callbacks: Sequence[TrainerCallback] = (),
     ) -> None:
-        """``run_settings``: what else defines the run (model, objective); a resume must match it.
-        ``callbacks``: hooks called at the start and after every optimiser step."""
-        if not examples:
-            raise ValueError("no training examples")
-        missing = [i for i, e in enumerate(examples) if not e.candidate_ids]
-        if missing:
-            raise ValueError(
-                f"{len(missing)} training examples have no candidate_ids (first: #{missing[0]}); mine them first"
-            )
-        _check_candidate_counts(examples, args.num_candidates)
+        """``sampling``: candidates per example and their shuffling. ``run_settings``: what else defines the
+        run (model, objective); a resume must match it. ``callbacks``: hooks called at the start and after
+        every optimiser step (on every process)."""
+        self.sampling = sampling or SamplingArguments()
+        check_examples(examples, self.sampling.num_candidates)
         self.objective = objective
         self.examples = list(examples)
         self.corpus = corpus
         self.args = args
         self.run_settings = run_settings or {}
         self.output_dir = Path(args.output_dir)
+        self.processes = distributed.join_processes()
         self.parameters = [p for p in objective.parameters() if p.requires_grad]
         if not self.parameters:
             raise ValueError("the objective has no trainable parameters")
@@ -122,24 +134,17 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.guard = NonFiniteStepGuard(args.max_nonfinite_steps)
 
-    # ---- data order: a deterministic function of (seed, step), so a resumed run sees the same batches ----
     def _examples_for_step(self, step: int) -> list[TrainingInstance]:
-        per_step = self.args.batch_size * self.args.gradient_accumulation_steps
-        instances = []
-        for position in range(step * per_step, (step + 1) * per_step):
-            epoch, index = divmod(position, len(self.examples))
-            order = np.random.default_rng([self.args.seed, epoch]).permutation(len(self.examples))
-            instances.append(self._instance(self.examples[order[index]], epoch))
-        return instances
-
-    def _instance(self, example: TrainingExample, epoch: int) -> TrainingInstance:
-        ids = list(example.candidate_ids or [])[: self.args.num_candidates]
-        if self.args.shuffle_candidates:
-            random.Random(f"{self.args.seed}/{epoch}/{example.query}").shuffle(ids)
-        gold = ids.index(example.gold_id) if example.gold_id in ids else None
-        gold_document = self.corpus.get(example.gold_id) if example.gold_id else None
-        return TrainingInstance(
-            example.query, example.target, [self.corpus[i] for i in ids], gold, gold_document
+        """This process's share of the step's examples (a function of seed, step, rank and process count)."""
+        return step_instances(
+            self.examples,
+            self.corpus,
+            self.sampling,
+            seed=self.args.seed,
+            step=step,
+            per_process=self.args.batch_size * self.args.gradient_accumulation_steps,
+            rank=self.processes.rank,
+            processes=self.processes.count,
         )
 
     # ---- checkpoints ---------------------------------------------------------------------------------
@@ -148,8 +153,15 @@ class Trainer:
         return {names[id(p)]: p.detach().clone() for p in self.parameters}
 
     def save_checkpoint(self) -> Path:
+        """Written by the first process; the others wait for it (they hold the same weights)."""
         target = self.output_dir / CHECKPOINTS / f"step-{self.step:06d}"
         check_finite_parameters(self._trainable_state().items(), str(target))
+        if self.processes.is_main:
+            self._write_checkpoint(target)
+        distributed.barrier()
+        return target
+
+    def _write_checkpoint(self, target: Path) -> None:
         with atomic_path(target, replace_directory=True) as tmp:  # our own checkpoints directory
             tmp.mkdir()
             torch.save(
@@ -158,7 +170,7 @@ class Trainer:
                     "parameters": self._trainable_state(),
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
-                    "args": asdict(self.args),
+                    "args": self._training_settings(),
                     "settings": self._settings(),
                 },
                 tmp / STATE_FILE,
@@ -167,10 +179,21 @@ class Trainer:
         checkpoints = sorted((self.output_dir / CHECKPOINTS).glob("step-*"))
         for old in checkpoints[: -self.args.save_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
-        return target
+
+    def _training_settings(self) -> dict[str, Any]:
+        """How the loop runs: its arguments, the candidate sampling and, with several, the process count
+        (another count gives each step other examples per process, so a resume must keep it)."""
+        settings = {**asdict(self.args), **asdict(self.sampling)}
+        if self.processes.count > 1:
+            settings["processes"] = self.processes.count
+        return settings
 
     def _settings(self) -> dict[str, Any]:
-        return {"training": asdict(self.args), "run": self.run_settings, "data": self._data_fingerprint}
+        return {
+            "training": self._training_settings(),
+            "run": self.run_settings,
+            "data": self._data_fingerprint,
+        }
 
     @functools.cached_property
     def _data_fingerprint(self) -> str:
@@ -220,20 +243,30 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------------
     def train(self) -> TrainingResult:
         args = self.args
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        integrity.remove_temporaries(self.output_dir, self.output_dir / CHECKPOINTS)
+        main = self.processes.is_main
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            integrity.remove_temporaries(self.output_dir, self.output_dir / CHECKPOINTS)
+        distributed.barrier()
         log_file = self.output_dir / "log.jsonl"
         checkpoint = self.latest_checkpoint()  # refuses other settings before anything is written
         if checkpoint is not None:
             self.load_checkpoint(*checkpoint)
-        write_json_atomic(self.output_dir / "training_args.json", asdict(args))
+        distributed.barrier()  # every process has read the checkpoint before the first one replaces it
+        if main:
+            write_json_atomic(self.output_dir / "training_args.json", self._training_settings())
         resumed_from = self.step
-        history = self._read_log(log_file, upto=self.step)
+        history = self._read_log(log_file, upto=self.step, rewrite=main)
         for callback in self.callbacks:
             callback.on_train_begin(self)
         self.objective.train()
-        bar = tqdm(total=args.max_steps, initial=self.step, desc="training", disable=not args.show_progress)
-        with log_file.open("a", encoding="utf-8") as log:
+        bar = tqdm(
+            total=args.max_steps,
+            initial=self.step,
+            desc="training",
+            disable=not (args.show_progress and main),
+        )
+        with log_file.open("a", encoding="utf-8") if main else _NoLog() as log:
             while self.step < args.max_steps:
                 row = self._optimizer_step()
                 for callback in self.callbacks:
@@ -248,14 +281,17 @@ class Trainer:
         bar.close()
         final_dir = self.output_dir / "final"
         check_finite_parameters(self.objective.retriever.named_parameters(), str(final_dir))
-        self.objective.retriever.save(final_dir)
+        if main:
+            self.objective.retriever.save(final_dir)
+        distributed.barrier()
         return TrainingResult(self.step, final_dir, log_file, resumed_from, history)
 
     def _optimizer_step(self) -> dict[str, float]:
         args = self.args
         started = time.perf_counter()
-        # Seeding every step (dropout) makes a resumed run identical to an uninterrupted one.
-        torch.manual_seed(args.seed * 1_000_003 + self.step)
+        # Seeding every step (dropout) makes a resumed run identical to an uninterrupted one; each process
+        # draws its own dropout masks (the first one those of a single-process run).
+        torch.manual_seed(args.seed * 1_000_003 + self.step + self.processes.rank * 7_919)
         instances = self._examples_for_step(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         losses, logs = [], []
@@ -264,10 +300,12 @@ class Trainer:
             (output.loss / args.gradient_accumulation_steps).backward()
             losses.append(float(output.loss.detach()))
             logs.append(output.logs)
+        distributed.average_gradients(self.parameters)
         # The norm before clipping is what reached the retriever from the loss.
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, args.max_grad_norm))
         learning_rate = self.scheduler.get_last_lr()[0]
-        loss = sum(losses) / len(losses)
+        # Every process decides on the same (averaged) figures, so all skip a step or none does.
+        loss = distributed.mean_over_processes(sum(losses) / len(losses))
         # A NaN/inf step is skipped (the schedule still advances, so the steps keep their places).
         applied = self.guard.allows(self.step + 1, loss, grad_norm)
         if applied:
@@ -281,10 +319,10 @@ class Trainer:
             "step": self.step,
             "loss": loss,
             "grad_norm": grad_norm,
-            "tau": float(self.objective.temperature.value.detach()),
             "lr": learning_rate,
             "step_seconds": time.perf_counter() - started,
         }
+        # What the objective reports (tau among it), averaged over the step's forward passes.
         for key in sorted({k for entry in logs for k in entry}):
             values = [entry[key] for entry in logs if key in entry]
             row[key] = sum(values) / len(values)
@@ -293,35 +331,28 @@ class Trainer:
         return row
 
     @staticmethod
-    def _read_log(log_file: Path, upto: int) -> list[dict[str, float]]:
-        """Keep the log rows of steps already in the checkpoint; drop those a crash will redo."""
+    def _read_log(log_file: Path, upto: int, rewrite: bool = True) -> list[dict[str, float]]:
+        """Keep the log rows of steps already in the checkpoint; drop those a crash will redo (``rewrite``:
+        in the file too, which only the process writing the log does)."""
         if not log_file.exists():
             return []
         kept = [row for row in read_log_rows(log_file) if row.get("step", 0) <= upto]
-        write_jsonl_atomic(log_file, kept)
+        if rewrite:
+            write_jsonl_atomic(log_file, kept)
         return kept
 
 
-def _check_candidate_counts(examples: Sequence[TrainingExample], num_candidates: int) -> None:
-    """A softmax over one candidate is constant: such an example gives the retriever no gradient at all.
-    Refuse a run where every example is like that, warn (with the lines) when some are."""
-    single = [i for i, e in enumerate(examples) if len((e.candidate_ids or [])[:num_candidates]) < 2]
-    if not single:
-        return
-    where = ", ".join(
-        f"line {examples[i].source_line}" if examples[i].source_line else f"#{i}" for i in single[:5]
-    )
-    reason = "a single candidate gives a constant softmax and so a zero gradient"
-    if len(single) == len(examples):
-        raise ValueError(
-            f"every training example has a single candidate ({where}, ...; --num-candidates {num_candidates}):"
-            f" {reason}; training would not change the model. Give 2 or more candidates"
-        )
-    logger.warning(
-        "%d of %d training examples have a single candidate (%s%s): %s, they add nothing to training",
-        len(single),
-        len(examples),
-        where,
-        ", ..." if len(single) > 5 else "",
-        reason,
-    )
+class _NoLog:
+    """Stands in for the log file on the processes that do not write it."""
+
+    def __enter__(self) -> _NoLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass

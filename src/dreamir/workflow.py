@@ -8,33 +8,38 @@ import json
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import torch
 from transformers import AutoConfig
 
+from dreamir.arguments import (
+    DataArguments,
+    EvaluationArguments,
+    HeadSelectionArguments,
+    LLMArguments,
+    ModelArguments,
+    ObjectiveArguments,
+    RuntimeArguments,
+    SamplingArguments,
+    TrainingArguments,
+)
 from dreamir.candidates import BM25Index, mine_candidates
 from dreamir.data.beir import BeirDataset, Document, load_beir, read_corpus
 from dreamir.data.training import TrainingExample, read_training_file, validate_against_corpus
 from dreamir.evaluation import evaluate_bm25, evaluate_encoder
 from dreamir.guards import check_finite_embeddings
 from dreamir.io import check_output_file, write_json_atomic
-from dreamir.llm.frozen import FrozenLLM, Precision
+from dreamir.llm.frozen import FrozenLLM
 from dreamir.llm.heads import CalibrationExample, HeadSet, random_heads, rank_heads, score_heads
-from dreamir.llm.prompt import DocumentLayout, PromptSettings
-from dreamir.models import MINILM, SMOLLM2, resolve_model
-from dreamir.objectives import DreamLoss, InfoNCELoss, Objective, ReplugLoss
-from dreamir.options import at_least, positive
+from dreamir.llm.prompt import PromptSettings
+from dreamir.models import resolve_model
+from dreamir.objectives import Objective, objective_class, options_classes
 from dreamir.retriever import LoraSettings, Retriever
-from dreamir.trainer import Trainer, TrainingArguments, TrainingResult
+from dreamir.trainer import Trainer, TrainingResult
 
 logger = logging.getLogger(__name__)
-LAYOUT_HELP = (
-    "sequential: candidates one after another; parallel: each candidate read after the instruction alone, "
-    "all at the same positions, so their keys and values are computed once per corpus"
-)
 
 
 def set_threads(threads: int | None) -> None:
@@ -49,27 +54,6 @@ def load_corpus(path: str | Path) -> dict[str, Document]:
 
 
 # ---- head selection --------------------------------------------------------------------------------------
-@dataclass
-class HeadSelectionArguments:
-    calibration: str = field(metadata={"help": "training-format JSONL whose examples carry gold_id"})
-    corpus: str = field(metadata={"help": "BEIR directory or corpus.jsonl holding the passages"})
-    out: str = field(metadata={"help": "head file to write (JSON)"})
-    llm: str = field(default=SMOLLM2, metadata={"help": "packaged LLM name or local HF directory"})
-    top_k: int = field(default=16, metadata={"help": "heads DREAM will use by default"})
-    random: bool = field(default=False, metadata={"help": "draw top_k random heads instead (ablation)"})
-    num_candidates: int = field(default=8, metadata={"help": "documents per calibration prompt"})
-    max_examples: int = field(default=64, metadata={"help": "calibration examples to score with"})
-    no_calibration: bool = field(default=False, metadata={"help": "skip the 'N/A' query correction"})
-    max_document_tokens: int = 128
-    document_layout: DocumentLayout = field(default="sequential", metadata={"help": LAYOUT_HELP})
-    batch_size: int = 4
-    seed: int = 0
-    show_progress: bool = True
-
-    def __post_init__(self) -> None:
-        at_least(self, 1, "top_k", "num_candidates", "max_examples", "max_document_tokens", "batch_size")
-
-
 def calibration_examples(
     examples: Sequence[TrainingExample], corpus: dict[str, Document], num_candidates: int, seed: int
 ) -> list[CalibrationExample]:
@@ -116,76 +100,6 @@ def select_heads(args: HeadSelectionArguments) -> HeadSet:
 
 
 # ---- training --------------------------------------------------------------------------------------------
-@dataclass
-class ModelArguments:
-    retriever: str = field(default=MINILM, metadata={"help": "packaged retriever name or local directory"})
-    pooling: Literal["mean", "cls", "last"] | None = field(
-        default=None, metadata={"help": "default: the model's own (mean for all-minilm-l6-v2)"}
-    )
-    max_length: int | None = field(default=None, metadata={"help": "default: the model's own"})
-    retriever_layers: int | None = field(default=None, metadata={"help": "cut the backbone to N layers"})
-    append_eos: bool | None = field(
-        default=None,
-        metadata={"help": "end every text with the end-of-text token; default: for last pooling"},
-    )
-    lora: bool = field(default=False, metadata={"help": "train LoRA adapters instead of all weights"})
-    lora_r: int = 16
-    lora_seed: int = field(default=0, metadata={"help": "seed of the LoRA adapters' random initialisation"})
-    query_prefix: str = ""
-    document_prefix: str = ""
-
-    def __post_init__(self) -> None:
-        at_least(self, 1, "max_length", "retriever_layers", "lora_r")
-
-
-@dataclass
-class DreamArguments:
-    train: str = field(metadata={"help": "training-format JSONL (candidate_ids mined with BM25 if absent)"})
-    corpus: str = field(metadata={"help": "BEIR directory or corpus.jsonl the candidate ids refer to"})
-    heads: str | None = field(default=None, metadata={"help": "head file written by `dreamir heads` (dream)"})
-    objective: Literal["dream", "infonce", "replug"] = field(
-        default="dream", metadata={"help": "dream (label-free), infonce (uses gold_id), replug (label-free)"}
-    )
-    replug_beta: float = 1.0
-    llm: str = SMOLLM2
-    num_heads: int | None = field(default=None, metadata={"help": "default: the head file's top_k"})
-    injection_mode: Literal["preserve", "replace", "prior"] = "preserve"
-    inject_query_rows: bool = False
-    temperature: float = 0.05
-    learn_temperature: bool = False
-    max_document_tokens: int = 128
-    max_target_tokens: int = 16
-    max_examples: int | None = None
-    train_max_length: int | None = field(
-        default=None, metadata={"help": "retriever tokens per text while training (default: the model's own)"}
-    )
-    reference_step: bool = field(
-        default=False, metadata={"help": "full-prompt step instead of the cached one"}
-    )
-    document_layout: DocumentLayout = field(default="sequential", metadata={"help": LAYOUT_HELP})
-    precision: Precision = field(
-        default="float32",
-        metadata={"help": "bfloat16: the frozen LLM under bf16 autocast, injected heads in float32"},
-    )
-    retriever_precision: Literal["float32", "bfloat16"] = field(
-        default="float32",
-        metadata={
-            "help": "bfloat16: the retriever's forward under bf16 autocast (float32 weights and optimiser)"
-        },
-    )
-    document_cache: str | None = field(
-        default=None,
-        metadata={
-            "help": "directory for the parallel layout's document keys/values (default: <output-dir>/document_cache)"
-        },
-    )
-    threads: int | None = 2
-
-    def __post_init__(self) -> None:
-        at_least(self, 1, "num_heads", "max_document_tokens", "max_target_tokens", "max_examples", "threads")
-        positive(self, "temperature", "replug_beta")
-
-
 def load_retriever(args: ModelArguments) -> Retriever:
     """The retriever with the model's own settings, overridden where an argument asks."""
     path = resolve_model(args.retriever)
@@ -217,54 +131,97 @@ def prepare_training_examples(
     return examples
 
 
-def build_objective(retriever: Retriever, dream: DreamArguments) -> Objective:
-    objective = _objective(retriever, dream)
-    objective.train_max_length = dream.train_max_length
-    return objective
-
-
-def _objective(retriever: Retriever, dream: DreamArguments) -> Objective:
-    temperature = {
-        "temperature": dream.temperature,
-        "learn_temperature": dream.learn_temperature,
-        "retriever_precision": dream.retriever_precision,
-    }
-    if dream.objective == "infonce":
-        return InfoNCELoss(retriever, **temperature)
-    prompt = PromptSettings(
-        max_document_tokens=dream.max_document_tokens,
-        max_target_tokens=dream.max_target_tokens,
-        inject_query_rows=dream.inject_query_rows,
-        document_layout=dream.document_layout,
+def build_objective(
+    retriever: Retriever,
+    objective: ObjectiveArguments,
+    llm: LLMArguments | None = None,
+    options: Sequence[Any] = (),
+) -> Objective:
+    """The registered objective ``objective.objective``, built from its own options (the instance of its
+    options class among ``options``, else that class's defaults); the frozen LLM is loaded only for the
+    objectives that read it."""
+    cls = objective_class(objective.objective)
+    own = None
+    if cls.options_class is not None:
+        own = next((o for o in options if isinstance(o, cls.options_class)), None) or cls.options_class()
+    built = cls.from_options(
+        retriever,
+        own,
+        _llm_loader(llm or LLMArguments()),
+        temperature=objective.temperature,
+        learn_temperature=objective.learn_temperature,
+        retriever_precision=objective.retriever_precision,
     )
-    llm_options = {"prompt": prompt, "precision": dream.precision, "document_cache_dir": dream.document_cache}
-    if dream.objective == "replug":
-        llm = FrozenLLM.from_pretrained(dream.llm, **llm_options)
-        return ReplugLoss(retriever, llm, beta=dream.replug_beta, **temperature)
-    if dream.heads is None:
-        raise ValueError("DREAM needs --heads (a head file from `dreamir heads`)")
-    head_set = HeadSet.load(dream.heads)
-    head_set.check_fits(dream.llm, dream.heads)  # before the LLM is loaded
-    num_heads = dream.num_heads or int(head_set.settings.get("top_k", 16))
-    llm = FrozenLLM.from_pretrained(
-        dream.llm, heads=head_set.top(num_heads), mode=dream.injection_mode, **llm_options
-    )
-    return DreamLoss(retriever, llm, reuse_prefix=not dream.reference_step, **temperature)
+    built.train_max_length = objective.train_max_length
+    return built
 
 
-def train_dream(model: ModelArguments, dream: DreamArguments, training: TrainingArguments) -> TrainingResult:
-    set_threads(dream.threads)
-    corpus = load_corpus(dream.corpus)
-    examples = prepare_training_examples(dream.train, corpus, training.num_candidates, dream.max_examples)
-    if dream.document_layout == "parallel" and dream.document_cache is None:
+def _llm_loader(args: LLMArguments):
+    def load(heads_file: str | None, num_heads: int | None, mode: str) -> FrozenLLM:
+        prompt = PromptSettings(
+            max_document_tokens=args.max_document_tokens,
+            max_target_tokens=args.max_target_tokens,
+            inject_query_rows=args.inject_query_rows,
+            document_layout=args.document_layout,
+        )
+        options = {"prompt": prompt, "precision": args.precision, "document_cache_dir": args.document_cache}
+        if heads_file is None:
+            return FrozenLLM.from_pretrained(args.llm, **options)
+        head_set = HeadSet.load(heads_file)
+        head_set.check_fits(args.llm, heads_file)  # before the LLM is loaded
+        count = num_heads or int(head_set.settings.get("top_k", 16))
+        return FrozenLLM.from_pretrained(args.llm, heads=head_set.top(count), mode=mode, **options)
+
+    return load
+
+
+def objective_settings(
+    data: DataArguments,
+    objective: ObjectiveArguments,
+    llm: LLMArguments,
+    options: Sequence[Any],
+    runtime: RuntimeArguments,
+) -> dict[str, Any]:
+    """Everything that defines the objective's side of a run, as one flat record (checkpoints compare it
+    on resume): every objective's options, with the defaults where ``options`` has none."""
+    given = {type(o): o for o in options}
+    record: dict[str, Any] = {}
+    for part in (data, objective, llm, *(given.get(c) or c() for c in options_classes()), runtime):
+        record.update(dataclasses.asdict(part))
+    return record
+
+
+def train_retriever(
+    model: ModelArguments,
+    data: DataArguments,
+    objective: ObjectiveArguments,
+    training: TrainingArguments,
+    *,
+    sampling: SamplingArguments | None = None,
+    llm: LLMArguments | None = None,
+    options: Sequence[Any] = (),
+    runtime: RuntimeArguments | None = None,
+) -> TrainingResult:
+    """Train the retriever with any registered objective; ``options``: objectives' own option instances."""
+    sampling = sampling or SamplingArguments()
+    llm = llm or LLMArguments()
+    runtime = runtime or RuntimeArguments()
+    set_threads(runtime.threads)
+    corpus = load_corpus(data.corpus)
+    examples = prepare_training_examples(data.train, corpus, sampling.num_candidates, data.max_examples)
+    if llm.document_layout == "parallel" and llm.document_cache is None:
         # Candidates' keys and values rarely fit in memory (~1.5-3 MB each for SmolLM2): keep them on disk.
-        dream = dataclasses.replace(dream, document_cache=str(Path(training.output_dir) / "document_cache"))
-    objective = build_objective(load_retriever(model), dream)
-    llm = getattr(objective, "llm", None)
-    if isinstance(llm, FrozenLLM) and dream.document_layout == "parallel":
-        cache_candidates(llm, examples, corpus, training.num_candidates, training.show_progress)
-    run_settings = {"model": dataclasses.asdict(model), "objective": dataclasses.asdict(dream)}
-    return Trainer(objective, examples, corpus, training, run_settings=run_settings).train()
+        llm = dataclasses.replace(llm, document_cache=str(Path(training.output_dir) / "document_cache"))
+    built = build_objective(load_retriever(model), objective, llm, options)
+    frozen = getattr(built, "llm", None)
+    if isinstance(frozen, FrozenLLM) and llm.document_layout == "parallel":
+        cache_candidates(frozen, examples, corpus, sampling.num_candidates, training.show_progress)
+    run_settings = {
+        "model": dataclasses.asdict(model),
+        "objective": objective_settings(data, objective, llm, options, runtime),
+    }
+    trainer = Trainer(built, examples, corpus, training, sampling=sampling, run_settings=run_settings)
+    return trainer.train()
 
 
 def cache_candidates(
@@ -288,20 +245,6 @@ def cache_candidates(
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------
-@dataclass
-class EvaluationArguments:
-    beir: str = field(metadata={"help": "BEIR-layout directory (corpus.jsonl, queries.jsonl, qrels/)"})
-    model: str = field(default=MINILM, metadata={"help": "'bm25', a packaged name or a saved retriever"})
-    split: str = "test"
-    batch_size: int = 64
-    out: str | None = field(default=None, metadata={"help": "write the metrics here as JSON"})
-    threads: int | None = 2
-    show_progress: bool = True
-
-    def __post_init__(self) -> None:
-        at_least(self, 1, "batch_size", "threads")
-
-
 def evaluate_model(
     model: str, dataset: BeirDataset, batch_size: int = 64, show_progress: bool = True
 ) -> dict:

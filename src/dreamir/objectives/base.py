@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from dreamir.data.beir import Document
+from dreamir.data.sampling import TrainingInstance
 from dreamir.retriever import Retriever
 
 RetrieverPrecision = Literal["float32", "bfloat16"]
 
 
-@dataclass
-class TrainingInstance:
-    """One query with its K candidates, in the order the objective should use them."""
+__all__ = ["LoadLLM", "Objective", "ObjectiveOutput", "RetrieverPrecision", "Temperature", "TrainingInstance"]
 
-    query: str
-    target: str
-    documents: list[Document]
-    gold_index: int | None = None  # position of the gold among the candidates, if it is one (logging)
-    gold: Document | None = None  # the gold passage, candidate or not: only labelled baselines use it
+# Loads the frozen LLM for an objective: (head file or None, number of its top heads or None, injection mode).
+LoadLLM = Callable[[str | None, int | None, str], Any]
 
 
 @dataclass
@@ -55,6 +51,11 @@ class Objective(nn.Module):
     # Tokens the retriever reads per text while training (None: the model's own maximum). Shorter
     # texts make a step cheaper; inference keeps the model's own length.
     train_max_length: int | None = None
+    # The registry's view of an objective (dreamir.objectives.OBJECTIVES): its --objective name, the
+    # dataclass of its own options (None: it has none) and whether it reads the frozen LLM.
+    name: ClassVar[str]
+    options_class: ClassVar[type | None] = None
+    uses_llm: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -99,8 +100,17 @@ class Objective(nn.Module):
         """p = softmax_k(s_k / tau) over the real candidates."""
         return torch.softmax((scores / self.temperature.value).masked_fill(~mask, float("-inf")), dim=-1)
 
+    @classmethod
+    def from_options(cls, retriever: Retriever, options: Any, load_llm: LoadLLM, **common: Any) -> Objective:
+        """Build from the objective's own options (an ``options_class`` instance, or None); ``common``:
+        temperature, learn_temperature and retriever_precision."""
+        return cls(retriever, **common)
+
     def forward(self, instances: list[TrainingInstance]) -> ObjectiveOutput:
         raise NotImplementedError
+
+    def temperature_logs(self) -> dict[str, float]:
+        return {"tau": float(self.temperature.value.detach())}
 
     @staticmethod
     def entropy(probs: Tensor) -> float:

@@ -3,12 +3,39 @@ and the LLM's next-token loss on the target is the retriever's loss. No relevanc
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
 from dreamir.llm.frozen import FrozenLLM
-from dreamir.objectives.base import Objective, ObjectiveOutput, RetrieverPrecision, TrainingInstance
+from dreamir.objectives.base import LoadLLM, Objective, ObjectiveOutput, RetrieverPrecision, TrainingInstance
+from dreamir.options import at_least
 from dreamir.retriever import Retriever
 
 
+@dataclass
+class DreamOptions:
+    _argument_group_name = "dream options"  # its heading in --help
+
+    heads: str | None = field(default=None, metadata={"help": "head file written by `dreamir heads` (dream)"})
+    num_heads: int | None = field(
+        default=None, metadata={"help": "heads injected; default: the head file's top_k"}
+    )
+    injection_mode: Literal["preserve", "replace", "prior"] = field(
+        default="preserve", metadata={"help": "how p sets the documents' attention in a head (see METHOD)"}
+    )
+    reference_step: bool = field(
+        default=False, metadata={"help": "full-prompt step instead of the cached one (slower, same loss)"}
+    )
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "num_heads")
+
+
 class DreamLoss(Objective):
+    name = "dream"
+    options_class = DreamOptions
+    uses_llm = True
+
     def __init__(
         self,
         retriever: Retriever,
@@ -24,6 +51,15 @@ class DreamLoss(Objective):
         self.llm = llm
         self.reuse_prefix = reuse_prefix
 
+    @classmethod
+    def from_options(
+        cls, retriever: Retriever, options: DreamOptions, load_llm: LoadLLM, **common: Any
+    ) -> DreamLoss:
+        if options.heads is None:
+            raise ValueError("DREAM needs --heads (a head file from `dreamir heads`)")
+        llm = load_llm(options.heads, options.num_heads, options.injection_mode)
+        return cls(retriever, llm, reuse_prefix=not options.reference_step, **common)
+
     def forward(self, instances: list[TrainingInstance]) -> ObjectiveOutput:
         scores, mask = self.candidate_scores(instances)
         probs = self.candidate_distribution(scores, mask)
@@ -31,5 +67,5 @@ class DreamLoss(Objective):
             self.llm.encode(i.query, [(d.title, d.text) for d in i.documents], i.target) for i in instances
         ]
         loss = self.llm.target_loss(self.llm.collate(prompts), probs, reuse_prefix=self.reuse_prefix)
-        logs = {"entropy": self.entropy(probs), **self.gold_logs(probs, instances)}
+        logs = {"entropy": self.entropy(probs), **self.gold_logs(probs, instances), **self.temperature_logs()}
         return ObjectiveOutput(loss, logs)

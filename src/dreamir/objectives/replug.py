@@ -4,14 +4,34 @@ KL(q || p). Label-free, same frozen LLM, one no-grad LLM pass per candidate (bat
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 
 from dreamir.llm.frozen import FrozenLLM
-from dreamir.objectives.base import Objective, ObjectiveOutput, RetrieverPrecision, TrainingInstance
+from dreamir.objectives.base import LoadLLM, Objective, ObjectiveOutput, RetrieverPrecision, TrainingInstance
+from dreamir.options import positive
 from dreamir.retriever import Retriever
 
 
+@dataclass
+class ReplugOptions:
+    _argument_group_name = "replug options"  # its heading in --help
+
+    replug_beta: float = field(
+        default=1.0, metadata={"help": "temperature of the LLM's target distribution q (replug)"}
+    )
+
+    def __post_init__(self) -> None:
+        positive(self, "replug_beta")
+
+
 class ReplugLoss(Objective):
+    name = "replug"
+    options_class = ReplugOptions
+    uses_llm = True
+
     def __init__(
         self,
         retriever: Retriever,
@@ -28,6 +48,12 @@ class ReplugLoss(Objective):
         self.llm_batch_size = llm_batch_size
         # The LLM's judgement of a (query, document, target) never changes: compute it once.
         self._log_likelihood: dict[tuple[str, str, str], float] = {}
+
+    @classmethod
+    def from_options(
+        cls, retriever: Retriever, options: ReplugOptions, load_llm: LoadLLM, **common: Any
+    ) -> ReplugLoss:
+        return cls(retriever, load_llm(None, None, "preserve"), beta=options.replug_beta, **common)
 
     @torch.no_grad()
     def target_log_likelihood(self, instances: list[TrainingInstance]) -> torch.Tensor:
@@ -64,7 +90,7 @@ class ReplugLoss(Objective):
         kl = (q * (q.clamp_min(1e-12).log() - log_p.masked_fill(~mask, 0.0))).sum(-1).mean()
         # The target's own entropy and gold mass show how sharp a teacher q is next to the retriever's p.
         p = log_p.exp()
-        logs = {"entropy": self.entropy(p), "target_entropy": self.entropy(q)}
+        logs = {"entropy": self.entropy(p), "target_entropy": self.entropy(q), **self.temperature_logs()}
         logs.update(self.gold_logs(p, instances))
         logs.update({f"target_{k}": v for k, v in self.gold_logs(q, instances).items()})
         return ObjectiveOutput(kl, logs)

@@ -1,0 +1,204 @@
+"""The settings of every step, one dataclass per concern: the retriever (model), the training data and its
+sampling, the objective with the frozen LLM it reads and each objective's own options, the training loop,
+and the smaller commands'. The CLI builds its options from these (every field's ``help`` is its help text);
+Python callers build them directly. Range checks run when one is built (``dreamir.options``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dreamir.data.sampling import SamplingArguments
+from dreamir.llm.frozen import Precision
+from dreamir.llm.prompt import DocumentLayout
+from dreamir.models import MINILM, SMOLLM2
+from dreamir.objectives import OBJECTIVES
+from dreamir.options import at_least, positive
+from dreamir.trainer import TrainingArguments
+
+__all__ = [
+    "DataArguments",
+    "EvaluationArguments",
+    "FactbookArguments",
+    "HeadSelectionArguments",
+    "LLMArguments",
+    "MineArguments",
+    "ModelArguments",
+    "ObjectiveArguments",
+    "RuntimeArguments",
+    "SamplingArguments",
+    "TrainingArguments",
+    "ValidateArguments",
+]
+
+LAYOUT_HELP = (
+    "sequential: candidates one after another; parallel: each candidate read after the instruction alone, "
+    "all at the same positions, so their keys and values are computed once per corpus"
+)
+
+
+# ---- training ------------------------------------------------------------------------------------------
+@dataclass
+class ModelArguments:
+    _argument_group_name = "retriever"  # its heading in --help
+
+    retriever: str = field(default=MINILM, metadata={"help": "packaged retriever name or local directory"})
+    pooling: Literal["mean", "cls", "last"] | None = field(
+        default=None, metadata={"help": "default: the model's own (mean for all-minilm-l6-v2)"}
+    )
+    max_length: int | None = field(
+        default=None, metadata={"help": "tokens per text; default: the model's own"}
+    )
+    retriever_layers: int | None = field(default=None, metadata={"help": "cut the backbone to N layers"})
+    append_eos: bool | None = field(
+        default=None,
+        metadata={"help": "end every text with the end-of-text token; default: for last pooling"},
+    )
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters instead of all weights"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (alpha is twice the rank)"})
+    lora_seed: int = field(default=0, metadata={"help": "seed of the LoRA adapters' random initialisation"})
+    query_prefix: str = field(default="", metadata={"help": "text put before every query"})
+    document_prefix: str = field(default="", metadata={"help": "text put before every document"})
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "max_length", "retriever_layers", "lora_r")
+
+
+@dataclass
+class DataArguments:
+    _argument_group_name = "training data"  # its heading in --help
+
+    train: str = field(metadata={"help": "training-format JSONL (candidate_ids mined with BM25 if absent)"})
+    corpus: str = field(metadata={"help": "BEIR directory or corpus.jsonl the candidate ids refer to"})
+    max_examples: int | None = field(default=None, metadata={"help": "read only the first N examples"})
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "max_examples")
+
+
+@dataclass
+class ObjectiveArguments:
+    _argument_group_name = "objective"  # its heading in --help
+
+    objective: str = field(
+        default="dream",
+        metadata={
+            "help": "dream (label-free), infonce (uses gold_id), replug (label-free)",
+            "choices": list(OBJECTIVES),
+        },
+    )
+    temperature: float = field(
+        default=0.05, metadata={"help": "softmax temperature tau over candidate scores"}
+    )
+    learn_temperature: bool = field(default=False, metadata={"help": "train tau with the retriever"})
+    retriever_precision: Literal["float32", "bfloat16"] = field(
+        default="float32",
+        metadata={
+            "help": "bfloat16: the retriever's forward under bf16 autocast (float32 weights and optimiser)"
+        },
+    )
+    train_max_length: int | None = field(
+        default=None, metadata={"help": "retriever tokens per text while training (default: the model's own)"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"--objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        positive(self, "temperature")
+        at_least(self, 1, "train_max_length")
+
+
+@dataclass
+class LLMArguments:
+    _argument_group_name = "frozen LLM (dream, replug)"  # its heading in --help
+
+    llm: str = field(
+        default=SMOLLM2, metadata={"help": "the frozen LLM: packaged name or local HF directory"}
+    )
+    max_document_tokens: int = field(default=128, metadata={"help": "tokens the LLM reads per candidate"})
+    max_target_tokens: int = field(default=16, metadata={"help": "target tokens the LLM must predict"})
+    inject_query_rows: bool = field(
+        default=False, metadata={"help": "also inject into the query's rows, not only the target's"}
+    )
+    document_layout: DocumentLayout = field(default="sequential", metadata={"help": LAYOUT_HELP})
+    precision: Precision = field(
+        default="float32",
+        metadata={"help": "bfloat16: the frozen LLM under bf16 autocast, injected heads in float32"},
+    )
+    document_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "directory for the parallel layout's document keys/values (default: <output-dir>/document_cache)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "max_document_tokens", "max_target_tokens")
+
+
+@dataclass
+class RuntimeArguments:
+    _argument_group_name = "runtime"  # its heading in --help
+
+    threads: int | None = field(default=2, metadata={"help": "CPU threads torch may use"})
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "threads")
+
+
+# ---- the other steps -------------------------------------------------------------------------------------
+@dataclass
+class HeadSelectionArguments:
+    calibration: str = field(metadata={"help": "training-format JSONL whose examples carry gold_id"})
+    corpus: str = field(metadata={"help": "BEIR directory or corpus.jsonl holding the passages"})
+    out: str = field(metadata={"help": "head file to write (JSON)"})
+    llm: str = field(default=SMOLLM2, metadata={"help": "packaged LLM name or local HF directory"})
+    top_k: int = field(default=16, metadata={"help": "heads DREAM will use by default"})
+    random: bool = field(default=False, metadata={"help": "draw top_k random heads instead (ablation)"})
+    num_candidates: int = field(default=8, metadata={"help": "documents per calibration prompt"})
+    max_examples: int = field(default=64, metadata={"help": "calibration examples to score with"})
+    no_calibration: bool = field(default=False, metadata={"help": "skip the 'N/A' query correction"})
+    max_document_tokens: int = field(default=128, metadata={"help": "tokens the LLM reads per candidate"})
+    document_layout: DocumentLayout = field(default="sequential", metadata={"help": LAYOUT_HELP})
+    batch_size: int = field(default=4, metadata={"help": "calibration prompts per forward pass"})
+    seed: int = field(default=0, metadata={"help": "seeds the gold's position (and random heads)"})
+    show_progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "top_k", "num_candidates", "max_examples", "max_document_tokens", "batch_size")
+
+
+@dataclass
+class EvaluationArguments:
+    beir: str = field(metadata={"help": "BEIR-layout directory (corpus.jsonl, queries.jsonl, qrels/)"})
+    model: str = field(default=MINILM, metadata={"help": "'bm25', a packaged name or a saved retriever"})
+    split: str = field(default="test", metadata={"help": "qrels split to evaluate on (qrels/<split>.tsv)"})
+    batch_size: int = field(default=64, metadata={"help": "texts per encoding batch"})
+    out: str | None = field(default=None, metadata={"help": "write the metrics here as JSON"})
+    threads: int | None = field(default=2, metadata={"help": "CPU threads torch may use"})
+    show_progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "batch_size", "threads")
+
+
+@dataclass
+class FactbookArguments:
+    out: str = field(metadata={"help": "directory for the BEIR layout and the train/calibration files"})
+    seed: int = field(default=0, metadata={"help": "seeds the split of countries and fields"})
+
+
+@dataclass
+class MineArguments:
+    train: str = field(metadata={"help": "training-format JSONL to add candidates to"})
+    corpus: str = field(metadata={"help": "BEIR directory or corpus.jsonl"})
+    out: str = field(metadata={"help": "training file to write"})
+    k: int = field(default=8, metadata={"help": "candidates per example (BM25 top-K)"})
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "k")
+
+
+@dataclass
+class ValidateArguments:
+    paths: list[str] = field(metadata={"help": "BEIR directories, JSONL/TSV data files, head files"})

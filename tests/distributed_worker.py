@@ -1,0 +1,82 @@
+"""One process of a multi-process training run, as `accelerate launch` would start it (the test sets the
+process group's environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
+
+    python -m tests.distributed_worker OBJECTIVE BERT_DIR LLAMA_DIR OUTPUT_DIR BATCH_SIZE MAX_STEPS [CRASH_AT]
+
+Exit codes: 0 trained, 3 killed at CRASH_AT as planned, 4 a checkpoint refused the run's settings.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dreamir.checkpoints import CheckpointError
+from dreamir.data.sampling import SamplingArguments
+from dreamir.llm.frozen import FrozenLLM
+from dreamir.objectives import DreamLoss, InfoNCELoss
+from dreamir.retriever import Retriever, RetrieverConfig
+from dreamir.trainer import Trainer, TrainingArguments
+from tests.test_dream_objective import CORPUS, EXAMPLES
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashingTrainer(Trainer):
+    crash_at: int | None = None
+
+    def _optimizer_step(self):
+        if self.step + 1 == self.crash_at:
+            raise Crash(f"killed during step {self.crash_at}")
+        return super()._optimizer_step()
+
+
+def build(objective: str, bert_dir: str, llama_dir: str):
+    torch.manual_seed(0)
+    retriever = Retriever.from_pretrained(bert_dir, RetrieverConfig(pooling="mean", max_length=32))
+    # Dropout draws other masks in each process: without it one process with the whole batch and two
+    # with half of it each must compute the same gradient.
+    for module in retriever.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    if objective == "infonce":
+        return InfoNCELoss(retriever)
+    return DreamLoss(retriever, FrozenLLM.from_pretrained(llama_dir, heads=[(0, 1), (1, 2)]))
+
+
+def main(argv: list[str]) -> int:
+    objective, bert_dir, llama_dir, output_dir, batch_size, max_steps, *rest = argv
+    torch.set_num_threads(1)
+    args = TrainingArguments(
+        output_dir=output_dir,
+        max_steps=int(max_steps),
+        batch_size=int(batch_size),
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+        save_steps=2,
+        show_progress=False,
+    )
+    trainer = CrashingTrainer(
+        build(objective, bert_dir, llama_dir), EXAMPLES, CORPUS, args, sampling=SamplingArguments(3)
+    )
+    trainer.crash_at = int(rest[0]) if rest else None
+    try:
+        trainer.train()
+    except Crash:
+        return 3
+    except CheckpointError as error:
+        print(error, file=sys.stderr)
+        return 4
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
