@@ -1,4 +1,5 @@
-"""Dependencies point one way: CLI -> workflow -> trainer -> objectives -> {retriever, frozen LLM}."""
+"""Dependencies point one way: CLI -> workflow -> trainer -> objectives -> {retriever, frozen LLM}; search
+knows no model, and the commands around it (indexing, export, mteb bridge) know no training."""
 
 import ast
 from pathlib import Path
@@ -28,6 +29,27 @@ FORBIDDEN = {
     "evaluation": ["dreamir.llm", "dreamir.retriever", "dreamir.objectives", "dreamir.trainer", "torch"],
     "objectives": ["dreamir.trainer", "dreamir.workflow", "dreamir.cli", "dreamir.heads"],
     "trainer": ["dreamir.workflow", "dreamir.cli", "dreamir.quickstart", "dreamir.llm"],
+    "search": [
+        "dreamir.llm",
+        "dreamir.retriever",
+        "dreamir.objectives",
+        "dreamir.trainer",
+        "dreamir.workflow",
+        "dreamir.evaluation",
+        "dreamir.cli",
+        "torch",
+    ],
+    "progress": ["dreamir"],
+    "indexing": ["dreamir.llm", "dreamir.objectives", "dreamir.trainer", "dreamir.workflow", "dreamir.cli"],
+    "mteb_bridge": [
+        "dreamir.llm",
+        "dreamir.retriever",
+        "dreamir.objectives",
+        "dreamir.trainer",
+        "dreamir.cli",
+    ],
+    "export": ["dreamir.llm", "dreamir.objectives", "dreamir.workflow", "dreamir.cli"],
+    "head_attention": ["dreamir.objectives", "dreamir.trainer", "dreamir.workflow", "dreamir.cli"],
 }
 
 

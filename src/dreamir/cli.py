@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 import traceback
@@ -14,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from dreamir.data.errors import DataFormatError
+from dreamir.progress import configure_progress
 from dreamir.trainer import TrainingArguments
 
 
@@ -57,8 +57,10 @@ def _build(cls: type, namespace: argparse.Namespace, **fixed: Any):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from dreamir import workflow
+    from dreamir import indexing, workflow
     from dreamir.adapt import AdaptArguments
+    from dreamir.export import ExportArguments
+    from dreamir.head_attention import HeadAttentionArguments
     from dreamir.quickstart import QuickstartArguments
 
     parser = argparse.ArgumentParser(prog="dreamir", description=__doc__)
@@ -68,14 +70,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     factbook = commands.add_parser(
         "factbook", help="build the Factbook retrieval task (BEIR layout + train files)"
     )
-    factbook.add_argument("--out", required=True)
-    factbook.add_argument("--seed", type=int, default=0)
+    factbook.add_argument(
+        "--out", required=True, help="directory to write the BEIR files and training files to"
+    )
+    factbook.add_argument("--seed", type=int, default=0, help="seed of the train/eval split (default: 0)")
 
-    mine = commands.add_parser("mine", help="add BM25 top-K candidate_ids to a training file (label-free)")
-    mine.add_argument("--train", required=True)
+    mine = commands.add_parser(
+        "mine", help="add top-K candidate_ids (BM25, or a retriever's) to a training file (label-free)"
+    )
+    mine.add_argument("--train", required=True, help="training-format JSONL to add candidates to")
     mine.add_argument("--corpus", required=True, help="BEIR directory or corpus.jsonl")
-    mine.add_argument("--out", required=True)
-    mine.add_argument("--k", type=_at_least_one, default=8)
+    mine.add_argument("--out", required=True, help="training-format JSONL to write")
+    mine.add_argument("--k", type=_at_least_one, default=8, help="candidates per example (default: 8)")
+    mine.add_argument(
+        "--retriever",
+        default=None,
+        help="mine with this retriever's top-K (dense hard negatives; replaces every example's candidates) "
+        "instead of BM25 for the examples that have none",
+    )
+    mine.add_argument("--show-progress", action=argparse.BooleanOptionalAction, default=True)
 
     heads = commands.add_parser("heads", help="select query-focused heads; writes a head file")
     _add_dataclass(heads, workflow.HeadSelectionArguments)
@@ -85,8 +98,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_dataclass(train, workflow.DreamArguments)
     _add_dataclass(train, TrainingArguments)
 
-    evaluate = commands.add_parser("eval", help="nDCG@10, Recall@100, MRR@10 on a BEIR-layout directory")
-    _add_dataclass(evaluate, workflow.EvaluationArguments)
+    evaluate = commands.add_parser(
+        "eval", help="nDCG@10, Recall@100, MRR@10 on a BEIR-layout directory; writes metrics and a TREC run"
+    )
+    _add_dataclass(evaluate, indexing.EvalArguments)
+
+    index = commands.add_parser(
+        "index", help="encode a corpus once and save a search index (FAISS by default)"
+    )
+    index.add_argument("model", metavar="MODEL", help="'bm25', a packaged retriever or a saved retriever")
+    index.add_argument("corpus", metavar="CORPUS_DIR", help="BEIR directory (corpus.jsonl) or corpus.jsonl")
+    _add_dataclass(index, indexing.IndexArguments, skip=("model", "corpus"))
+
+    search = commands.add_parser("search", help="search an index: top-k ids, scores and titles per query")
+    search.add_argument("index", metavar="INDEX_DIR", help="index directory written by `dreamir index`")
+    search.add_argument("queries", metavar="QUERY", nargs="+", help="query texts")
+    search.add_argument("-k", "--k", type=_at_least_one, default=10, help="hits per query (default: 10)")
+    _add_dataclass(search, indexing.SearchArguments, skip=("index", "queries", "k"))
+
+    export = commands.add_parser(
+        "export", help="write a sentence-transformers directory (LoRA merged) with a model card"
+    )
+    export.add_argument("model", metavar="MODEL", help="saved retriever, LoRA adapter or packaged name")
+    _add_dataclass(export, ExportArguments, skip=("model",))
+
+    attention = commands.add_parser(
+        "head-attention", help="plot the attention share each injected head gives the candidates"
+    )
+    _add_dataclass(attention, HeadAttentionArguments)
 
     adapt = commands.add_parser(
         "adapt", help="adapt a retriever to a corpus with no queries and no labels (reads corpus.jsonl only)"
@@ -100,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_dataclass(quick, QuickstartArguments)
 
     args = parser.parse_args(argv)
+    configure_progress(getattr(args, "show_progress", True))
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
@@ -123,7 +163,7 @@ def _describe(error: Exception) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dreamir import workflow
+    from dreamir import indexing, workflow
     from dreamir.quickstart import QuickstartArguments, run_quickstart
 
     if args.command == "factbook":
@@ -139,7 +179,14 @@ def _run(args: argparse.Namespace) -> int:
 
         check_output_file(args.out)
         corpus = workflow.load_corpus(args.corpus)
-        examples = workflow.prepare_training_examples(args.train, corpus, args.k, None)
+        if args.retriever:
+            from dreamir.indexing import mine_with_retriever
+
+            examples = mine_with_retriever(
+                args.train, corpus, args.retriever, args.k, show_progress=args.show_progress
+            )
+        else:
+            examples = workflow.prepare_training_examples(args.train, corpus, args.k, None)
         longer = sum(len(e.candidate_ids or []) > args.k for e in examples)
         if longer:
             examples = [with_candidates(e, (e.candidate_ids or [])[: args.k]) for e in examples]
@@ -161,8 +208,22 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(f"trained {result.steps} steps (resumed from {result.resumed_from}) -> {result.final_dir}")
     elif args.command == "eval":
-        metrics = workflow.evaluate(_build(workflow.EvaluationArguments, args))
-        print(json.dumps(metrics, indent=2))
+        summary = indexing.run_evaluation(_build(indexing.EvalArguments, args))
+        print(indexing.format_evaluation(summary))
+    elif args.command == "index":
+        _, info = indexing.build_index(_build(indexing.IndexArguments, args))
+        print(f"{info['kind']} index of {info['documents']} documents ({info['model']}) -> {args.out}")
+    elif args.command == "search":
+        results = indexing.search(_build(indexing.SearchArguments, args))
+        print(indexing.format_search_results(results, args.json))
+    elif args.command == "export":
+        from dreamir.export import ExportArguments, export_model
+
+        print(f"exported -> {export_model(_build(ExportArguments, args))}")
+    elif args.command == "head-attention":
+        from dreamir.head_attention import HeadAttentionArguments, plot_head_attention_from_files
+
+        print(f"head attention -> {plot_head_attention_from_files(_build(HeadAttentionArguments, args))}")
     elif args.command == "adapt":
         from dreamir.adapt import AdaptArguments, adapt
 

@@ -63,6 +63,7 @@ def run_quickstart(args: QuickstartArguments) -> dict[str, dict[str, dict[str, f
     )
     report = adapt(adapt_args)
     timings["adapt"] = time.perf_counter() - started
+    _say(f"stage adapt: {timings['adapt']:.0f} s")
 
     dataset = load_beir(beir)
     systems = {"bm25": "bm25", "base": args.retriever, "adapted": report["model"]}
@@ -76,6 +77,7 @@ def run_quickstart(args: QuickstartArguments) -> dict[str, dict[str, dict[str, f
             )
             write_json_atomic(cached, evaluate_model(model, dataset, show_progress=args.show_progress))
             timings[f"eval {system}"] = time.perf_counter() - started
+            _say(f"stage eval {system}: {timings[f'eval {system}']:.0f} s")
         results[name][system] = read_json(cached)
     write_json_atomic(out / "results.json", results)
     print(format_results_table(results), flush=True)
