@@ -293,10 +293,9 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
                 embed_dim=retriever.embedding_dim,
                 max_tokens=retriever.config.max_length,
             )
-            metrics, run, scores = evaluate_with_mteb(
-                encoder, dataset, name, out_dir, args.split, args.show_progress
-            )
-            extra["mteb_main_score"] = scores.get("main_score")
+            evaluation = evaluate_with_mteb(encoder, dataset, name, out_dir, args.split, args.show_progress)
+            metrics, run = evaluation.metrics, evaluation.run
+            extra.update(mteb_task=evaluation.task, mteb_result=str(evaluation.result_file))
         else:
             embeddings = check_finite_embeddings(
                 np.asarray(encode_documents([doc.full_text for doc in dataset.corpus.values()])),

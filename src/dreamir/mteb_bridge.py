@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,15 @@ def _mteb_task_name(name: str) -> str:
     )
 
 
+@dataclass
+class MtebEvaluation:
+    metrics: dict[str, float]  # dreamir's metric names, mteb's values
+    run: Run  # mteb's top 1000 per query
+    scores: dict[str, Any]  # everything mteb scored
+    task: str  # mteb's task name (SciFact, or Local<Name>)
+    result_file: Path | None  # mteb's result JSON
+
+
 def evaluate_with_mteb(
     encoder: RetrieverEncoder,
     dataset: BeirDataset,
@@ -185,9 +195,8 @@ def evaluate_with_mteb(
     out_dir: str | Path,
     split: str = "test",
     show_progress: bool = True,
-) -> tuple[dict[str, float], Run, dict[str, Any]]:
-    """Run mteb's retrieval evaluation; returns dreamir's metrics as mteb computed them, mteb's run (its
-    top 1000 per query) and mteb's full scores. mteb's result JSON and predictions go under ``out_dir``."""
+) -> MtebEvaluation:
+    """Run mteb's retrieval evaluation; mteb's result JSON and predictions go under ``out_dir``/mteb."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
     import mteb
 
@@ -206,8 +215,10 @@ def evaluate_with_mteb(
     task_result = result.task_results[0]
     scores = task_result.scores[split][0]
     metrics = {ours: float(scores[theirs]) for ours, theirs in MTEB_METRICS.items()}
-    run = _read_predictions(out_dir / "mteb" / "predictions", task.metadata.name)
-    return metrics, run, scores
+    task_name = task.metadata.name
+    run = _read_predictions(out_dir / "mteb" / "predictions", task_name)
+    result_file = next((out_dir / "mteb" / "results").rglob(f"{task_name}.json"), None)
+    return MtebEvaluation(metrics, run, dict(scores), task_name, result_file)
 
 
 def _read_predictions(folder: Path, task_name: str) -> Run:
