@@ -68,3 +68,16 @@ def test_line_writer_skips_blank_writes():
     writer.write("\rstep: 1/2   ")
     writer.write("\n")
     assert out.getvalue() == "step: 1/2\n"
+
+
+def test_no_show_progress_on_the_command_line_hides_the_loading_weights_bar(tmp_path, tiny_bert_dir, capfd):
+    from dreamir.cli import main
+    from tests.tiny_beir import make_tiny_beir
+
+    beir = make_tiny_beir(tmp_path / "beir")
+    assert main(["index", tiny_bert_dir, str(beir), "--out", str(tmp_path / "i1"), "--no-show-progress"]) == 0
+    quiet = capfd.readouterr().err
+    assert "Loading weights" not in quiet and "Encoding" not in quiet
+    assert main(["index", tiny_bert_dir, str(beir), "--out", str(tmp_path / "i2")]) == 0
+    logged = capfd.readouterr().err  # not a terminal: whole lines
+    assert "Loading weights" in logged and "\r" not in logged

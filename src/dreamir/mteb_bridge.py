@@ -28,6 +28,18 @@ MTEB_METRICS = {"ndcg@10": "ndcg_at_10", "recall@100": "recall_at_100", "mrr@10"
 TextEncoder = Callable[[list[str]], np.ndarray]
 
 
+class MissingDependencyError(ValueError):
+    """An optional package a requested feature needs (a ValueError, so the CLI reports it in one line)."""
+
+
+def require_mteb() -> None:
+    """mteb is an optional dependency: say how to get it rather than fail on an import deep inside."""
+    import importlib.util
+
+    if importlib.util.find_spec("mteb") is None:
+        raise MissingDependencyError("--engine mteb needs the mteb package: pip install 'dreamir[mteb]'")
+
+
 class RetrieverEncoder:
     """mteb's ``EncoderProtocol`` over two callables (queries, documents).
 
@@ -45,6 +57,7 @@ class RetrieverEncoder:
         embed_dim: int | None = None,
         max_tokens: int | None = None,
     ) -> None:
+        require_mteb()
         from mteb.models.model_meta import ModelMeta, ScoringFunction
 
         self.encode_queries = encode_queries
@@ -198,6 +211,7 @@ def evaluate_with_mteb(
 ) -> MtebEvaluation:
     """Run mteb's retrieval evaluation; mteb's result JSON and predictions go under ``out_dir``/mteb."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
+    require_mteb()
     import mteb
 
     out_dir = Path(out_dir)

@@ -31,11 +31,13 @@ class QuickstartArguments:
         default=str(DEFAULT_SCIFACT),
         metadata={"help": "BEIR directory: adapt to its corpus, evaluate on its test queries"},
     )
-    retriever: str = MINILM
-    llm: str = SMOLLM2
-    seed: int = 0
-    threads: int = 2
-    show_progress: bool = True
+    retriever: str = field(
+        default=MINILM, metadata={"help": "the retriever to adapt (packaged name or directory)"}
+    )
+    llm: str = field(default=SMOLLM2, metadata={"help": "the frozen LLM that teaches it"})
+    seed: int = field(default=0, metadata={"help": "seed of example sampling and training"})
+    threads: int = field(default=2, metadata={"help": "CPU threads"})
+    show_progress: bool = field(default=True, metadata={"help": "progress bars (plain lines in a log)"})
 
     def __post_init__(self) -> None:
         at_least(self, 1, "threads")
