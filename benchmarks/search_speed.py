@@ -93,7 +93,10 @@ def main() -> None:
 
     flat_build, flat = timed(lambda: FaissIndex(doc_ids, doc_embeddings, faiss_kind="flat"), 1)
     work = ROOT / "runs" / "search_speed"
-    flat.save(work / f"{name}-flat", {"model": args.model, "model_path": str(resolve_model(args.model))})
+    titles = [doc.title for doc in dataset.corpus.values()]
+    flat.save(
+        work / f"{name}-flat", {"model": args.model, "model_path": str(resolve_model(args.model))}, titles
+    )
     # What `dreamir search` does: load the index and encode the query texts with the model it names.
     loaded = open_index(work / f"{name}-flat")
     flat_batch, _ = timed(lambda: flat.search_vectors(query_embeddings, args.k), args.repeats)

@@ -134,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_dataclass(adapt, AdaptArguments, skip=("corpus",))
     check = commands.add_parser("validate", help="check data and head files; report every problem found")
     check.add_argument("paths", nargs="+", help="BEIR directories, JSONL/TSV data files, head files")
+    for quiet in (factbook, check):  # accepted everywhere, so scripts can pass it to any command
+        quiet.add_argument("--show-progress", action=argparse.BooleanOptionalAction, default=True)
 
     quick = commands.add_parser("quickstart", help="the whole pipeline on packaged models and data")
     _add_dataclass(quick, QuickstartArguments)

@@ -38,6 +38,7 @@ class ExportArguments:
         default=None, metadata={"help": "LoRA adapter: pooling (default: last, as the released DREAM models)"}
     )
     max_length: int | None = field(default=None, metadata={"help": "LoRA adapter: max tokens (default: 512)"})
+    show_progress: bool = field(default=True, metadata={"help": "progress while loading and saving"})
     eval_dir: str = field(
         default="runs/eval", metadata={"help": "where `dreamir eval` wrote results to quote in the card"}
     )

@@ -35,10 +35,10 @@ from dreamir.search import (
     mine_candidates,
     read_index_info,
 )
+from dreamir.search.base import TITLES_FILE
 from dreamir.search.runs import write_trec_run
 from dreamir.search.similarity import SIMILARITIES
 
-TITLES_FILE = "titles.json"
 IndexKind = Literal["flat", "hnsw", "exact"]
 INDEX_HELP = "flat: FAISS exact inner product; hnsw: FAISS graph (fast, approximate); exact: numpy"
 
@@ -134,8 +134,7 @@ def build_index(args: IndexArguments) -> tuple[SearchIndex, dict[str, Any]]:
         index = dense_index(list(corpus), embeddings, args.faiss, None, args.similarity, **hnsw)
         metadata.update(model_path=str(path.resolve()), retriever=retriever.config.to_dict())
     metadata["build_seconds"] = round(time.perf_counter() - started, 3)
-    index.save(args.out, metadata)
-    write_json_atomic(Path(args.out) / TITLES_FILE, [doc.title for doc in corpus.values()], indent=None)
+    index.save(args.out, metadata, titles=[doc.title for doc in corpus.values()])
     return index, read_index_info(args.out)
 
 
@@ -158,6 +157,7 @@ class SearchArguments:
     k: int = field(default=10, metadata={"help": "hits per query"})
     json: bool = field(default=False, metadata={"help": 'one JSON object per query: {"query", "hits"}'})
     threads: int | None = field(default=2, metadata={"help": "CPU threads for encoding the queries"})
+    show_progress: bool = field(default=True, metadata={"help": "progress while loading the model"})
 
     def __post_init__(self) -> None:
         at_least(self, 1, "k", "threads")

@@ -15,6 +15,7 @@ from dreamir.io import atomic_path
 
 INDEX_FILE = "index.json"
 DOC_IDS_FILE = "doc_ids.json"
+TITLES_FILE = "titles.json"
 
 # One list per query, best first: (document id, score).
 Hits = list[list[tuple[str, float]]]
@@ -64,14 +65,24 @@ class SearchIndex(ABC):
     def _save_files(self, directory: Path) -> None:
         """Write the index's own files into ``directory`` (which exists and is empty)."""
 
-    def save(self, directory: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
-        """Write the index atomically; ``metadata`` (e.g. the model that encoded it) joins index.json."""
+    def save(
+        self,
+        directory: str | Path,
+        metadata: Mapping[str, Any] | None = None,
+        titles: Sequence[str] | None = None,
+    ) -> Path:
+        """Write the index atomically; ``metadata`` (e.g. the model that encoded it) joins index.json and
+        ``titles`` (one per document, for display) go to titles.json."""
+        if titles is not None and len(titles) != len(self.doc_ids):
+            raise ValueError(f"{len(titles)} titles but {len(self.doc_ids)} documents")
         directory = Path(directory)
         earlier = (directory / INDEX_FILE).is_file()
         with atomic_path(directory, replace_directory=earlier) as tmp:
             tmp.mkdir()
             self._save_files(tmp)
             (tmp / DOC_IDS_FILE).write_text(json.dumps(self.doc_ids, ensure_ascii=False), encoding="utf-8")
+            if titles is not None:
+                (tmp / TITLES_FILE).write_text(json.dumps(list(titles), ensure_ascii=False), encoding="utf-8")
             info = {"kind": self.kind, "documents": len(self.doc_ids), **self.settings(), **(metadata or {})}
             (tmp / INDEX_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", "utf-8")
         return directory
