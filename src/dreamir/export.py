@@ -109,7 +109,8 @@ def read_provenance(model_dir: Path, eval_dir: Path) -> dict[str, Any]:
     model_dir = model_dir.resolve()
     found: dict[str, Any] = {}
     report = _read_json(model_dir.parent / "report.json")
-    if isinstance(report, dict) and Path(str(report.get("model", ""))).resolve() == model_dir:
+    # adapt writes OUT/model beside OUT/report.json, naming the model relative to where it ran.
+    if isinstance(report, dict) and Path(str(report.get("model", ""))).name == model_dir.name:
         found["adapt"] = report
         train_dir = model_dir.parent / "work" / "train"
     else:
@@ -165,7 +166,8 @@ def model_card(model: str, retriever: Retriever, provenance: dict[str, Any]) -> 
         front.append(f"base_model: {hub_base}")
     front.append("---")
     adapt, run, training = provenance.get("adapt"), provenance.get("run", {}), provenance.get("training")
-    lines = [*front, "", f"# {Path(model).name or model}", ""]
+    name = "/".join(resolve_model(model).resolve().parts[-2:]) if Path(model).exists() else model
+    lines = [*front, "", f"# {name}", ""]
     lines.append(
         f"A dense retriever exported by dreamir on {datetime.now(UTC).date().isoformat()}: "
         f"{config.pooling} pooling{', L2-normalised' if config.normalize else ''}, "
