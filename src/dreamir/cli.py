@@ -43,6 +43,9 @@ def _add_dataclass(parser: argparse.ArgumentParser, cls: type, skip: Sequence[st
         group.add_argument(flag, type=kind, **options)
 
 
+PROGRESS_HELP = "progress bars on a terminal, plain lines in a log; --no-show-progress: none"
+
+
 def _at_least_one(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -88,7 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="mine with this retriever's top-K (dense hard negatives; replaces every example's candidates) "
         "instead of BM25 for the examples that have none",
     )
-    mine.add_argument("--show-progress", action=argparse.BooleanOptionalAction, default=True)
+    mine.add_argument(
+        "--show-progress", action=argparse.BooleanOptionalAction, default=True, help=PROGRESS_HELP
+    )
 
     heads = commands.add_parser("heads", help="select query-focused heads; writes a head file")
     _add_dataclass(heads, workflow.HeadSelectionArguments)
@@ -135,7 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("validate", help="check data and head files; report every problem found")
     check.add_argument("paths", nargs="+", help="BEIR directories, JSONL/TSV data files, head files")
     for quiet in (factbook, check):  # accepted everywhere, so scripts can pass it to any command
-        quiet.add_argument("--show-progress", action=argparse.BooleanOptionalAction, default=True)
+        quiet.add_argument(
+            "--show-progress", action=argparse.BooleanOptionalAction, default=True, help=PROGRESS_HELP
+        )
 
     quick = commands.add_parser("quickstart", help="the whole pipeline on packaged models and data")
     _add_dataclass(quick, QuickstartArguments)
