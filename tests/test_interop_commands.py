@@ -70,6 +70,10 @@ def test_bm25_index_and_bad_index_directory(tmp_path, beir_dir, capsys):
     assert len(json.loads(capsys.readouterr().out)["hits"]) == 10
     assert main(["search", str(tmp_path), "capital"]) == 2
     assert "no index.json" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("keep")
+    assert main(["index", "bm25", str(beir_dir), "--out", str(tmp_path)]) == 2
+    assert "is not an index written by `dreamir index`" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "keep"
 
 
 def test_eval_names_dataset_and_model_and_writes_metrics_and_a_run(tmp_path, beir_dir, tiny_bert_dir, capsys):

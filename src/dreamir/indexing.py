@@ -21,7 +21,7 @@ from dreamir.data.beir import BeirDataset, Document, load_beir, read_corpus
 from dreamir.data.training import TrainingExample, read_training_file, validate_against_corpus
 from dreamir.evaluation import compute_metrics
 from dreamir.guards import check_finite_embeddings
-from dreamir.io import check_output_file, write_json_atomic
+from dreamir.io import OutputPathError, check_output_file, write_json_atomic
 from dreamir.models import MINILM, resolve_model
 from dreamir.options import at_least
 from dreamir.retriever import Retriever
@@ -114,12 +114,14 @@ def dense_index(
 
 def build_index(args: IndexArguments) -> tuple[SearchIndex, dict[str, Any]]:
     """Encode the corpus once and save the index with the model's name and the settings."""
-    if Path(args.out).exists() and not (Path(args.out) / "index.json").is_file():
-        check_output_file(args.out)  # a file there is refused with a clear message
-        if Path(args.out).is_dir() and any(Path(args.out).iterdir()):
-            raise ValueError(
-                f"{args.out}: an existing directory that is not an index; refusing to replace it"
-            )
+    out = Path(args.out)
+    replaceable = (
+        not out.exists() or (out / "index.json").is_file() or (out.is_dir() and not any(out.iterdir()))
+    )
+    if not replaceable:  # before the slow encoding, not after it
+        raise OutputPathError(
+            out, "exists and is not an index written by `dreamir index`; refusing to replace it"
+        )
     _set_threads(args.threads)
     corpus = _corpus(args.corpus)
     started = time.perf_counter()
