@@ -186,6 +186,18 @@ def test_adapt_end_to_end_reads_only_the_corpus_and_resumes(tmp_path, tiny_bert_
     assert 0 <= report["validation"]["best"] <= 1 and report["steps"] == 4
     assert json.loads((out / "work" / "heads.json").read_text())["settings"]["method"] == "qrhead-pseudo-gold"
     assert "validation" in (out / "report.md").read_text()
+    # The injected heads' share of the source passage, before and after, next to the checkpoints.
+    picture = out / "work" / "train" / "head_attention.png"
+    assert report["head_attention"] == str(picture) and (out / "work" / "train" / "checkpoints").is_dir()
+    shares = json.loads(picture.with_suffix(".json").read_text())
+    assert len(shares["heads"]) == 2 and set(shares["injected"]) == {"before", "after"}
+    # The export's model card is built from the report beside the model.
+    from dreamir.export import ExportArguments, export_model
+
+    card = (
+        export_model(ExportArguments(model=str(out / "model"), out=str(tmp_path / "export"))) / "README.md"
+    ).read_text()
+    assert "objective: dream" in card and "label-free adaptation" in card and "steps: 4 of 2" in card
     train = read_training_file(out / "work" / "train.jsonl")
     assert all(e.gold_id in e.candidate_ids for e in train)
     # Finished stages are reused: a second run trains nothing and reports the same.

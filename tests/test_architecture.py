@@ -1,5 +1,6 @@
 """Dependencies point one way: CLI -> {adapt, quickstart} -> workflow -> arguments -> trainer -> objectives ->
-{retriever, frozen LLM} -> data, with small leaf modules (io, options, distributed, stages, ...) under all."""
+{retriever, frozen LLM} -> data, with small leaf modules (io, options, distributed, stages, ...) under all;
+search knows no model, and the commands around it (indexing, export, mteb bridge) know no training."""
 
 import ast
 from pathlib import Path
@@ -50,6 +51,13 @@ FORBIDDEN = {
     "workflow": ["dreamir.cli", "dreamir.adapt", "dreamir.quickstart"],
     "adapt": ["dreamir.cli", "dreamir.quickstart"],
     **{name: [*_MODEL_LAYERS, *_ORCHESTRATION, "dreamir.data", "dreamir.datasets"] for name in _UTILITIES},
+    "search": [*_MODEL_LAYERS, *_ORCHESTRATION, "dreamir.evaluation", "torch"],
+    "progress": ["dreamir"],
+    "indexing": ["dreamir.llm", "dreamir.objectives", "dreamir.trainer", *_ORCHESTRATION],
+    "mteb_bridge": [*_MODEL_LAYERS, *_ORCHESTRATION],
+    # export reads the checkpoint layout the trainer writes, to describe a trained model.
+    "export": ["dreamir.llm", "dreamir.objectives", *_ORCHESTRATION],
+    "head_attention": ["dreamir.objectives", "dreamir.trainer", *_ORCHESTRATION],
 }
 
 

@@ -566,11 +566,12 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
         )
 
     train_dir = work / "train"
+    trainer = build_trainer(
+        args, work, heads_file, train, validation, corpus, derived, source_of, extra_callbacks
+    )
     result = stages.timed(
         "training",
-        lambda: build_trainer(
-            args, work, heads_file, train, validation, corpus, derived, source_of, extra_callbacks
-        ).train(),
+        trainer.train,
         f"training {args.retriever} with {args.objective} for {args.max_steps} steps of {args.batch_size}",
     )
 
@@ -582,6 +583,15 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
     curve = plot_training_curves(
         {args.objective: result.log_file}, out / "curves.png", metrics=("loss", "p_gold", VALIDATION_METRIC)
     )
+    head_picture = None
+    llm = getattr(trainer.objective, "llm", None)
+    if isinstance(llm, FrozenLLM) and llm.heads:
+        head_picture = stages.run(
+            "head attention",
+            train_dir / "head_attention.png",
+            lambda: _plot_head_attention(args, llm, train, full_corpus, out / "model", train_dir),
+            "measuring the injected heads' share of the source passage before and after training",
+        )
     baseline = json.loads((train_dir / "validation_step0.json").read_text())
     report = {
         "corpus": str(corpus_file),
@@ -599,6 +609,7 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
         "stage_seconds": stages.seconds,
         "model": str(out / "model"),
         "curves": str(curve),
+        "head_attention": str(head_picture) if head_picture else None,
     }
     write_json_atomic(out / "report.json", report)
     write_text_atomic(out / "report.md", render_report(report))
@@ -607,6 +618,33 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
         f"{report['validation']['best']:.3f} at step {report['validation']['best_step']} (kept) -> {out / 'model'}"
     )
     return report
+
+
+def _plot_head_attention(
+    args: AdaptArguments,
+    llm: FrozenLLM,
+    train: Sequence[TrainingExample],
+    corpus: Mapping[str, Document],
+    model_dir: Path,
+    train_dir: Path,
+) -> Path:
+    """The injected heads' share of the source passage with the starting and the kept retriever, next to
+    the checkpoints (train_dir/head_attention.png)."""
+    from dreamir.head_attention import measure_head_attention, plot_head_attention
+
+    examples = [e for e in train if e.gold_id in (e.candidate_ids or [])[: args.num_candidates]][:16]
+    before = load_retriever(ModelArguments(retriever=args.retriever)).eval()
+    kept = Retriever.from_pretrained(model_dir).eval()
+    measured = measure_head_attention(
+        llm,
+        llm.heads,
+        examples,
+        corpus,
+        {"before": before, "after": kept},
+        args.temperature,
+        args.num_candidates,
+    )
+    return plot_head_attention(measured, train_dir / "head_attention.png")
 
 
 def render_report(report: dict) -> str:

@@ -18,7 +18,6 @@ from dreamir.trainer import TrainingArguments
 
 __all__ = [
     "DataArguments",
-    "EvaluationArguments",
     "FactbookArguments",
     "HeadSelectionArguments",
     "LLMArguments",
@@ -169,23 +168,12 @@ class HeadSelectionArguments:
 
 
 @dataclass
-class EvaluationArguments:
-    beir: str = field(metadata={"help": "BEIR-layout directory (corpus.jsonl, queries.jsonl, qrels/)"})
-    model: str = field(default=MINILM, metadata={"help": "'bm25', a packaged name or a saved retriever"})
-    split: str = field(default="test", metadata={"help": "qrels split to evaluate on (qrels/<split>.tsv)"})
-    batch_size: int = field(default=64, metadata={"help": "texts per encoding batch"})
-    out: str | None = field(default=None, metadata={"help": "write the metrics here as JSON"})
-    threads: int | None = field(default=2, metadata={"help": "CPU threads torch may use"})
-    show_progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-
-    def __post_init__(self) -> None:
-        at_least(self, 1, "batch_size", "threads")
-
-
-@dataclass
 class FactbookArguments:
     out: str = field(metadata={"help": "directory for the BEIR layout and the train/calibration files"})
     seed: int = field(default=0, metadata={"help": "seeds the split of countries and fields"})
+    show_progress: bool = field(
+        default=True, metadata={"help": "progress bars on a terminal, plain lines in a log; off: none"}
+    )
 
 
 @dataclass
@@ -193,7 +181,17 @@ class MineArguments:
     train: str = field(metadata={"help": "training-format JSONL to add candidates to"})
     corpus: str = field(metadata={"help": "BEIR directory or corpus.jsonl"})
     out: str = field(metadata={"help": "training file to write"})
-    k: int = field(default=8, metadata={"help": "candidates per example (BM25 top-K)"})
+    k: int = field(default=8, metadata={"help": "candidates per example (top-K)"})
+    retriever: str | None = field(
+        default=None,
+        metadata={
+            "help": "mine with this retriever's top-K (dense hard negatives; replaces every example's "
+            "candidates) instead of BM25 for the examples that have none"
+        },
+    )
+    show_progress: bool = field(
+        default=True, metadata={"help": "progress bars on a terminal, plain lines in a log; off: none"}
+    )
 
     def __post_init__(self) -> None:
         at_least(self, 1, "k")
@@ -202,3 +200,6 @@ class MineArguments:
 @dataclass
 class ValidateArguments:
     paths: list[str] = field(metadata={"help": "BEIR directories, JSONL/TSV data files, head files"})
+    show_progress: bool = field(
+        default=True, metadata={"help": "progress bars on a terminal, plain lines in a log; off: none"}
+    )

@@ -21,6 +21,7 @@ from typing import Any
 from transformers import HfArgumentParser
 
 from dreamir.data.errors import DataFormatError
+from dreamir.progress import configure_progress
 
 
 # ---- what each command does, given its dataclasses ---------------------------------------------------------
@@ -40,7 +41,14 @@ def run_mine(args) -> None:
 
     check_output_file(args.out)
     corpus = workflow.load_corpus(args.corpus)
-    examples = workflow.prepare_training_examples(args.train, corpus, args.k, None)
+    if args.retriever:
+        from dreamir.indexing import mine_with_retriever
+
+        examples = mine_with_retriever(
+            args.train, corpus, args.retriever, args.k, show_progress=args.show_progress
+        )
+    else:
+        examples = workflow.prepare_training_examples(args.train, corpus, args.k, None)
     longer = sum(len(e.candidate_ids or []) > args.k for e in examples)
     if longer:
         examples = [with_candidates(e, (e.candidate_ids or [])[: args.k]) for e in examples]
@@ -70,9 +78,34 @@ def run_train(model, data, sampling, objective, llm, runtime, training, *options
 
 
 def run_eval(args) -> None:
-    from dreamir import workflow
+    from dreamir import indexing
 
-    print(json.dumps(workflow.evaluate(args), indent=2))
+    print(indexing.format_evaluation(indexing.run_evaluation(args)))
+
+
+def run_index(args) -> None:
+    from dreamir import indexing
+
+    _, info = indexing.build_index(args)
+    print(f"{info['kind']} index of {info['documents']} documents ({info['model']}) -> {args.out}")
+
+
+def run_search(args) -> None:
+    from dreamir import indexing
+
+    print(indexing.format_search_results(indexing.search(args), args.json))
+
+
+def run_export(args) -> None:
+    from dreamir.export import export_model
+
+    print(f"exported -> {export_model(args)}")
+
+
+def run_head_attention(args) -> None:
+    from dreamir.head_attention import plot_head_attention_from_files
+
+    print(f"head attention -> {plot_head_attention_from_files(args)}")
 
 
 def run_adapt(args) -> None:
@@ -100,7 +133,8 @@ class Command:
     help: str
     arguments: Callable[[], Sequence[type]]  # called when the command runs: imports only what it needs
     run: Callable[..., int | None]
-    positional: str | None = None  # a field also given as the leading words (``dreamir adapt DIR``)
+    # Fields also given as the leading words (``dreamir adapt DIR``): one word each, the last takes the rest.
+    positional: tuple[str, ...] = ()
 
 
 def _train_arguments() -> list[type]:
@@ -126,6 +160,27 @@ def _arguments(name: str) -> Callable[[], list[type]]:
         return [getattr(arguments, name)]
 
     return classes
+
+
+def _indexing_arguments(name: str) -> Callable[[], list[type]]:
+    def classes() -> list[type]:
+        from dreamir import indexing
+
+        return [getattr(indexing, name)]
+
+    return classes
+
+
+def _export_arguments() -> list[type]:
+    from dreamir.export import ExportArguments
+
+    return [ExportArguments]
+
+
+def _head_attention_arguments() -> list[type]:
+    from dreamir.head_attention import HeadAttentionArguments
+
+    return [HeadAttentionArguments]
 
 
 def _adapt_arguments() -> list[type]:
@@ -162,23 +217,50 @@ COMMANDS = [
     Command("train", "train a retriever (DREAM or a baseline objective)", _train_arguments, run_train),
     Command(
         "eval",
-        "nDCG@10, Recall@100, MRR@10 on a BEIR-layout directory",
-        _arguments("EvaluationArguments"),
+        "nDCG@10, Recall@100, MRR@10 on a BEIR-layout directory; writes the metrics and a TREC run file",
+        _indexing_arguments("EvalArguments"),
         run_eval,
+    ),
+    Command(
+        "index",
+        "encode a corpus once and save a search index (FAISS flat by default, HNSW, or BM25)",
+        _indexing_arguments("IndexArguments"),
+        run_index,
+        positional=("model", "corpus"),
+    ),
+    Command(
+        "search",
+        "search an index: top-k ids, scores and titles per query",
+        _indexing_arguments("SearchArguments"),
+        run_search,
+        positional=("index", "queries"),
+    ),
+    Command(
+        "export",
+        "write a sentence-transformers directory (LoRA merged) with a model card",
+        _export_arguments,
+        run_export,
+        positional=("model",),
+    ),
+    Command(
+        "head-attention",
+        "plot the attention share each injected head gives the candidates, before and after training",
+        _head_attention_arguments,
+        run_head_attention,
     ),
     Command(
         "adapt",
         "adapt a retriever to a corpus with no queries and no labels (reads corpus.jsonl only)",
         _adapt_arguments,
         run_adapt,
-        positional="corpus",
+        positional=("corpus",),
     ),
     Command(
         "validate",
         "check data and head files; report every problem found",
         _arguments("ValidateArguments"),
         run_validate,
-        positional="paths",
+        positional=("paths",),
     ),
     Command(
         "quickstart", "the whole pipeline on packaged models and data", _quickstart_arguments, run_quickstart
@@ -219,13 +301,21 @@ def command_parser(command: Command) -> ArgumentParser:
 
 
 def _with_positionals(command: Command, argv: list[str]) -> list[str]:
-    """``dreamir adapt DIR ...`` -> ``--corpus DIR ...``: the leading words are the positional field."""
+    """``dreamir search DIR "q1" "q2" -k 3`` -> ``--index DIR --queries q1 q2 -k 3``: the leading words fill
+    the positional fields in order, one word each, the last field taking the rest."""
     leading = 0
     while leading < len(argv) and not argv[leading].startswith("-"):
         leading += 1
-    if command.positional is None or leading == 0:
+    if not command.positional or leading == 0:
         return argv
-    return [f"--{command.positional}", *argv[:leading], *argv[leading:]]
+    words, result = argv[:leading], []
+    for position, name in enumerate(command.positional):
+        last = position == len(command.positional) - 1
+        taken = words if last else words[:1]
+        words = [] if last else words[1:]
+        if taken:
+            result += [f"--{name}", *taken]
+    return [*result, *argv[leading:]]
 
 
 def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> None:
@@ -269,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rest = _with_positionals(command, rest)
         _apply_config(parser, rest)
         *built, _options_file = parser.parse_args_into_dataclasses(rest, look_for_args_file=False)
+        configure_progress(all(getattr(b, "show_progress", True) for b in built))
         code = command.run(*built)
         return int(code or 0)
     except (DataFormatError, OSError, ValueError) as error:

@@ -1,4 +1,4 @@
-"""Retrieval evaluation: exact dense search, BEIR-style metrics and a results table.
+"""Retrieval evaluation: BEIR-style metrics of a run and a results table (search lives in dreamir.search).
 
 Knows nothing of models: encoders come in as callables from texts to numpy arrays, and the similarity
 to rank with as its name (the retriever's ``config.similarity``; see dreamir.similarity).
@@ -11,68 +11,20 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pytrec_eval
 
-from dreamir.candidates import bm25_run
 from dreamir.data.beir import BeirDataset
+from dreamir.search.base import Run
+from dreamir.search.bm25 import bm25_run
+from dreamir.search.dense import exact_search
 from dreamir.similarity import Similarity, prepare
 
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 # pytrec_eval measure names for the metrics it computes (MRR@10 is computed here: its recip_rank has
 # no cutoff).
 _PYTREC_MEASURES = {"ndcg@10": "ndcg_cut_10", "recall@100": "recall_100"}
-# Upper bound on the float32 score block of one query batch in exact_search.
-_SCORE_BLOCK_BYTES = 256 * 1024**2
 
-Run = dict[str, dict[str, float]]
 Qrels = Mapping[str, Mapping[str, int]]
-
-
-def exact_search(
-    query_embeddings: np.ndarray,
-    doc_embeddings: np.ndarray,
-    query_ids: Sequence[str],
-    doc_ids: Sequence[str],
-    k: int = 100,
-    batch_size: int | None = None,
-    similarity: Similarity = "cosine",
-) -> Run:
-    """Top-``k`` documents per query by ``similarity`` (cosine: dot product of L2-normalised float32).
-
-    Queries are scored in batches so the score block stays under ~256 MiB; ``batch_size`` overrides.
-    """
-    query_ids, doc_ids = list(query_ids), list(doc_ids)
-    queries = prepare(query_embeddings, similarity)
-    docs = prepare(doc_embeddings, similarity)
-    if queries.shape[0] != len(query_ids):
-        raise ValueError(f"{queries.shape[0]} query embeddings but {len(query_ids)} query ids")
-    if docs.shape[0] != len(doc_ids):
-        raise ValueError(f"{docs.shape[0]} document embeddings but {len(doc_ids)} document ids")
-    if queries.shape[1] != docs.shape[1]:
-        raise ValueError(f"query dimension {queries.shape[1]} != document dimension {docs.shape[1]}")
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    num_docs = docs.shape[0]
-    run: Run = {query_id: {} for query_id in query_ids}
-    if num_docs == 0:
-        return run
-    k = min(k, num_docs)
-    if batch_size is None:
-        batch_size = max(1, min(1024, _SCORE_BLOCK_BYTES // (4 * num_docs)))
-    for start in range(0, queries.shape[0], batch_size):
-        scores = queries[start : start + batch_size] @ docs.T
-        if k < num_docs:
-            # argpartition is O(n): only the k winners get sorted below.
-            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        else:
-            top = np.broadcast_to(np.arange(num_docs), scores.shape)
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
-        top_scores = np.take_along_axis(top_scores, order, axis=1)
-        for row, query_id in enumerate(query_ids[start : start + batch_size]):
-            run[query_id] = {
-                doc_ids[int(doc)]: float(score) for doc, score in zip(top[row], top_scores[row], strict=True)
-            }
-    return run
+# exact_search and Run moved to dreamir.search; importing them from here keeps working.
+__all__ = ["METRICS", "Run", "compute_metrics", "evaluate_bm25", "evaluate_encoder", "exact_search"]
 
 
 def _trec_ranking(scored: Mapping[str, float]) -> list[str]:
@@ -140,7 +92,7 @@ def evaluate_encoder(
 
 
 def evaluate_bm25(dataset: BeirDataset, k: int = 100) -> dict[str, float]:
-    """BM25 (bm25s, see dreamir.candidates) scored like the dense systems."""
+    """BM25 (bm25s, see dreamir.search.bm25) scored like the dense systems."""
     return compute_metrics(dataset.qrels, bm25_run(dataset, k=k))
 
 

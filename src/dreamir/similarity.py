@@ -38,7 +38,9 @@ def l2_normalise(embeddings: np.ndarray) -> np.ndarray:
 def prepare(embeddings: np.ndarray, similarity: Similarity) -> np.ndarray:
     """Float32 rows such that the similarity of two rows is their dot product (cosine: L2-normalised)."""
     check_similarity(similarity)
-    return l2_normalise(embeddings) if similarity == "cosine" else embedding_matrix(embeddings)
+    matrix = l2_normalise(embeddings) if similarity == "cosine" else embedding_matrix(embeddings)
+    # FAISS reads rows in place: they must be contiguous.
+    return np.ascontiguousarray(matrix)
 
 
 def similarity_matrix(queries: np.ndarray, documents: np.ndarray, similarity: Similarity) -> np.ndarray:

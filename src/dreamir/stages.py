@@ -41,7 +41,10 @@ class Stages:
             self.say(message)
         started = time.perf_counter()
         result = work()
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        if self.say:
+            self.say(f"stage {name}: {seconds:.0f} s")
         if self.seconds_file is not None:
             write_json_atomic(self.seconds_file, self.seconds)
         return result

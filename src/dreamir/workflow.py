@@ -16,7 +16,6 @@ from transformers import AutoConfig
 
 from dreamir.arguments import (
     DataArguments,
-    EvaluationArguments,
     HeadSelectionArguments,
     LLMArguments,
     ModelArguments,
@@ -26,11 +25,11 @@ from dreamir.arguments import (
     TrainingArguments,
 )
 from dreamir.candidates import BM25Index, mine_candidates
-from dreamir.data.beir import BeirDataset, Document, load_beir, read_corpus
+from dreamir.data.beir import BeirDataset, Document, read_corpus
 from dreamir.data.training import TrainingExample, read_training_file, validate_against_corpus
 from dreamir.evaluation import evaluate_bm25, evaluate_encoder
 from dreamir.guards import check_finite_embeddings
-from dreamir.io import check_output_file, write_json_atomic
+from dreamir.io import check_output_file
 from dreamir.llm.frozen import FrozenLLM
 from dreamir.llm.heads import CalibrationExample, HeadSet, random_heads, rank_heads, score_heads
 from dreamir.llm.prompt import PromptSettings
@@ -263,18 +262,6 @@ def evaluate_model(
         ),
         similarity=retriever.config.similarity,
     )
-
-
-def evaluate(args: EvaluationArguments) -> dict[str, float]:
-    if args.out:
-        check_output_file(args.out)  # before the slow evaluation, not after it
-    set_threads(args.threads)
-    metrics = evaluate_model(
-        args.model, load_beir(args.beir, args.split), args.batch_size, args.show_progress
-    )
-    if args.out:
-        write_json_atomic(args.out, metrics)
-    return metrics
 
 
 def read_json(path: str | Path) -> dict:

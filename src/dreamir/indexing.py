@@ -1,0 +1,338 @@
+"""``dreamir index``, ``dreamir search`` and ``dreamir eval``'s engines: a model (or BM25) bound to the
+indexes of :mod:`dreamir.search`.
+
+An index directory remembers the model that encoded it (``index.json``), so ``search`` encodes queries with
+the same model; the documents' titles are kept beside the index for display.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from dreamir.data.beir import BeirDataset, Document, load_beir, read_corpus
+from dreamir.data.training import TrainingExample, read_training_file, validate_against_corpus
+from dreamir.evaluation import compute_metrics
+from dreamir.guards import check_finite_embeddings
+from dreamir.io import OutputPathError, check_output_file, write_json_atomic
+from dreamir.models import MINILM, resolve_model
+from dreamir.options import at_least
+from dreamir.retriever import Retriever
+from dreamir.search import (
+    BM25Index,
+    ExactIndex,
+    FaissIndex,
+    Run,
+    SearchIndex,
+    load_index,
+    mine_candidates,
+    read_index_info,
+)
+from dreamir.search.base import TITLES_FILE
+from dreamir.search.runs import write_trec_run
+from dreamir.similarity import SIMILARITIES
+
+IndexKind = Literal["flat", "hnsw", "exact"]
+INDEX_HELP = "flat: FAISS exact inner product; hnsw: FAISS graph (fast, approximate); exact: numpy"
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _corpus(path: str | Path) -> dict[str, Document]:
+    """A BEIR directory or a corpus.jsonl file."""
+    path = Path(path)
+    corpus = read_corpus(path / "corpus.jsonl" if path.is_dir() else path)
+    if not corpus:
+        raise ValueError(f"{path}: the corpus is empty")
+    return corpus
+
+
+# ---- building --------------------------------------------------------------------------------------------
+@dataclass
+class IndexArguments:
+    model: str = field(metadata={"help": "'bm25', a packaged retriever name or a saved retriever directory"})
+    corpus: str = field(metadata={"help": "BEIR directory (corpus.jsonl) or a corpus.jsonl file"})
+    out: str = field(metadata={"help": "index directory to write"})
+    faiss: IndexKind = field(default="flat", metadata={"help": INDEX_HELP})
+    similarity: str = field(
+        default="cosine", metadata={"help": f"score of a query and a document, one of {SIMILARITIES}"}
+    )
+    hnsw_m: int = field(default=32, metadata={"help": "hnsw: graph links per document"})
+    ef_construction: int = field(default=200, metadata={"help": "hnsw: candidate list while building"})
+    ef_search: int = field(default=128, metadata={"help": "hnsw: candidate list while searching (>= k)"})
+    batch_size: int = field(default=64, metadata={"help": "texts per encoding batch"})
+    threads: int | None = field(default=2, metadata={"help": "CPU threads for encoding"})
+    show_progress: bool = field(default=True, metadata={"help": "progress while encoding"})
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "hnsw_m", "ef_construction", "ef_search", "batch_size", "threads")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"--similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+
+
+def load_encoder(model: str) -> Retriever:
+    return Retriever.from_pretrained(resolve_model(model)).eval()
+
+
+def encode_corpus(
+    retriever: Retriever, corpus: dict[str, Document], batch_size: int = 64, show_progress: bool = True
+) -> np.ndarray:
+    """Document embeddings in corpus order (title + text, as BEIR; length-sorted batches)."""
+    texts = [doc.full_text for doc in corpus.values()]
+    embeddings = retriever.encode_documents(texts, batch_size=batch_size, show_progress=show_progress)
+    return check_finite_embeddings(np.asarray(embeddings), "document embeddings")
+
+
+def query_encoder(retriever: Retriever, batch_size: int = 64):
+    return lambda texts: retriever.encode_queries(texts, batch_size=batch_size, show_progress=False)
+
+
+def dense_index(
+    doc_ids: Sequence[str],
+    embeddings: np.ndarray,
+    kind: IndexKind,
+    encode_queries: Any = None,
+    similarity: str = "cosine",
+    **hnsw: int,
+) -> SearchIndex:
+    if kind == "exact":
+        return ExactIndex(doc_ids, embeddings, encode_queries, similarity)
+    return FaissIndex(doc_ids, embeddings, encode_queries, similarity, faiss_kind=kind, **hnsw)
+
+
+def build_index(args: IndexArguments) -> tuple[SearchIndex, dict[str, Any]]:
+    """Encode the corpus once and save the index with the model's name and the settings."""
+    out = Path(args.out)
+    replaceable = (
+        not out.exists() or (out / "index.json").is_file() or (out.is_dir() and not any(out.iterdir()))
+    )
+    if not replaceable:  # before the slow encoding, not after it
+        raise OutputPathError(
+            out, "exists and is not an index written by `dreamir index`; refusing to replace it"
+        )
+    _set_threads(args.threads)
+    corpus = _corpus(args.corpus)
+    started = time.perf_counter()
+    metadata: dict[str, Any] = {"model": args.model, "corpus": str(Path(args.corpus).resolve())}
+    if args.model == "bm25":
+        index: SearchIndex = BM25Index.from_corpus(corpus, show_progress=args.show_progress)
+    else:
+        path = resolve_model(args.model)
+        retriever = load_encoder(args.model)
+        embeddings = encode_corpus(retriever, corpus, args.batch_size, args.show_progress)
+        hnsw = {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
+        index = dense_index(list(corpus), embeddings, args.faiss, None, args.similarity, **hnsw)
+        metadata.update(model_path=str(path.resolve()), retriever=retriever.config.to_dict())
+    metadata["build_seconds"] = round(time.perf_counter() - started, 3)
+    index.save(args.out, metadata, titles=[doc.title for doc in corpus.values()])
+    return index, read_index_info(args.out)
+
+
+def open_index(directory: str | Path, batch_size: int = 64) -> SearchIndex:
+    """An index with the query encoder it was built with (its model is loaded for dense indexes)."""
+    info = read_index_info(directory)
+    if info["kind"] == "bm25":
+        return load_index(directory)
+    model = info.get("model_path") or info.get("model")
+    if not model:
+        raise ValueError(f"{directory}/index.json: field 'model': missing, cannot encode queries")
+    return load_index(directory, query_encoder(load_encoder(model), batch_size))
+
+
+# ---- searching -------------------------------------------------------------------------------------------
+@dataclass
+class SearchArguments:
+    index: str = field(metadata={"help": "index directory written by `dreamir index`"})
+    queries: list[str] = field(default_factory=list, metadata={"help": "query texts"})
+    k: int = field(default=10, metadata={"help": "hits per query", "aliases": ["-k"]})
+    json: bool = field(default=False, metadata={"help": 'one JSON object per query: {"query", "hits"}'})
+    threads: int | None = field(default=2, metadata={"help": "CPU threads for encoding the queries"})
+    show_progress: bool = field(default=True, metadata={"help": "progress while loading the model"})
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "k", "threads")
+        if not self.queries:
+            raise ValueError("give at least one query text")
+
+
+def search(args: SearchArguments) -> list[dict[str, Any]]:
+    """Each query with its hits: ``{"query", "hits": [{"id", "score", "title"}]}``."""
+    _set_threads(args.threads)
+    index = open_index(args.index)
+    titles_file = Path(args.index) / TITLES_FILE
+    titles = json.loads(titles_file.read_text(encoding="utf-8")) if titles_file.is_file() else []
+    title_of = dict(zip(index.doc_ids, titles, strict=False))
+    hits = index.search(args.queries, args.k)
+    return [
+        {
+            "query": query,
+            "hits": [
+                {"id": doc_id, "score": score, "title": title_of.get(doc_id, "")} for doc_id, score in ranked
+            ],
+        }
+        for query, ranked in zip(args.queries, hits, strict=True)
+    ]
+
+
+def format_search_results(results: list[dict[str, Any]], as_json: bool) -> str:
+    if as_json:
+        return "\n".join(json.dumps(result, ensure_ascii=False) for result in results)
+    lines = []
+    for result in results:
+        lines.append(f"query: {result['query']}")
+        for rank, hit in enumerate(result["hits"], start=1):
+            lines.append(f"  {rank:>3}  {hit['score']:.4f}  {hit['id']}  {hit['title']}".rstrip())
+    return "\n".join(lines)
+
+
+# ---- mining ----------------------------------------------------------------------------------------------
+def mine_with_retriever(
+    train: str | Path,
+    corpus: dict[str, Document],
+    model: str,
+    k: int,
+    batch_size: int = 64,
+    show_progress: bool = True,
+) -> list[TrainingExample]:
+    """Every example's candidates become ``model``'s top-``k`` over the corpus (dense hard negatives;
+    label-free, the gold is not forced in)."""
+    examples = read_training_file(train)
+    validate_against_corpus(examples, corpus, train)
+    retriever = load_encoder(model)
+    embeddings = encode_corpus(retriever, corpus, batch_size, show_progress)
+    index = ExactIndex(list(corpus), embeddings, query_encoder(retriever, batch_size))
+    return mine_candidates(examples, index, k)
+
+
+# ---- evaluation ------------------------------------------------------------------------------------------
+def evaluate_index(dataset: BeirDataset, index: SearchIndex, k: int = 100) -> tuple[dict[str, float], Run]:
+    """Any index's metrics on ``dataset`` and the run they were computed from."""
+    run = index.run(dataset.queries, k=k)
+    return compute_metrics(dataset.qrels, run), run
+
+
+def default_eval_dir(model: str, dataset_name: str, split: str) -> Path:
+    """runs/eval/<model>-<dataset>-<split>: the model named by its last two path parts."""
+    parts = [p for p in Path(model).parts if p not in ("/", ".", "..")][-2:]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts) or "model")
+    return Path("runs") / "eval" / f"{slug}-{dataset_name}-{split}"
+
+
+@dataclass
+class EvalArguments:
+    beir: str = field(metadata={"help": "BEIR-layout directory (corpus.jsonl, queries.jsonl, qrels/)"})
+    model: str = field(default=MINILM, metadata={"help": "'bm25', a packaged name or a saved retriever"})
+    split: str = field(default="test", metadata={"help": "qrels split (qrels/<split>.tsv)"})
+    engine: Literal["dreamir", "mteb"] = field(
+        default="dreamir",
+        metadata={"help": "dreamir: exact search + pytrec_eval; mteb: mteb's own retrieval evaluator"},
+    )
+    index: str | None = field(
+        default=None, metadata={"help": "search this index (from `dreamir index` on the same corpus) instead"}
+    )
+    batch_size: int = field(default=64, metadata={"help": "texts per encoding batch"})
+    out: str | None = field(default=None, metadata={"help": "also write the metrics here as JSON"})
+    out_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "metrics.json, run.trec (and mteb's results); default: runs/eval/<model>-<data>-<split>"
+        },
+    )
+    threads: int | None = field(default=2, metadata={"help": "CPU threads"})
+    show_progress: bool = field(default=True, metadata={"help": "progress while encoding"})
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "batch_size", "threads")
+        if self.engine == "mteb" and (self.model == "bm25" or self.index):
+            raise ValueError("--engine mteb evaluates a dense retriever: not with bm25 or --index")
+
+
+def run_evaluation(args: EvalArguments) -> dict[str, Any]:
+    """Evaluate, write metrics.json and run.trec under the output directory, return the summary."""
+    if args.out:
+        check_output_file(args.out)  # before the slow evaluation, not after it
+    _set_threads(args.threads)
+    dataset = load_beir(args.beir, args.split)
+    name = Path(args.beir).resolve().name
+    out_dir = (
+        Path(args.out_dir) if args.out_dir else default_eval_dir(args.index or args.model, name, args.split)
+    )
+    check_output_file(out_dir / "metrics.json")
+    started = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if args.index:
+        metrics, run = evaluate_index(dataset, open_index(args.index, args.batch_size))
+    elif args.model == "bm25":
+        metrics, run = evaluate_index(dataset, BM25Index.from_corpus(dataset.corpus))
+    else:
+        retriever = load_encoder(args.model)
+        encode_queries = query_encoder(retriever, args.batch_size)
+
+        def encode_documents(texts: list[str]) -> np.ndarray:
+            return retriever.encode_documents(
+                texts, batch_size=args.batch_size, show_progress=args.show_progress
+            )
+
+        if args.engine == "mteb":
+            from dreamir.mteb_bridge import RetrieverEncoder, evaluate_with_mteb
+
+            encoder = RetrieverEncoder(
+                args.model,
+                encode_queries,
+                encode_documents,
+                embed_dim=retriever.embedding_dim,
+                max_tokens=retriever.config.max_length,
+            )
+            evaluation = evaluate_with_mteb(encoder, dataset, name, out_dir, args.split, args.show_progress)
+            metrics, run = evaluation.metrics, evaluation.run
+            extra.update(mteb_task=evaluation.task, mteb_result=str(evaluation.result_file))
+        else:
+            embeddings = check_finite_embeddings(
+                np.asarray(encode_documents([doc.full_text for doc in dataset.corpus.values()])),
+                f"{args.model}: document embeddings",
+            )
+            metrics, run = evaluate_index(
+                dataset, ExactIndex(list(dataset.corpus), embeddings, encode_queries)
+            )
+    summary = {
+        "dataset": name,
+        "beir": str(Path(args.beir).resolve()),
+        "split": args.split,
+        "model": args.model,
+        "model_path": None if args.model == "bm25" else str(resolve_model(args.model).resolve()),
+        "index": args.index,
+        "engine": args.engine,
+        "queries": len(dataset.queries),
+        "documents": len(dataset.corpus),
+        "metrics": metrics,
+        "seconds": round(time.perf_counter() - started, 1),
+        **extra,
+    }
+    write_json_atomic(out_dir / "metrics.json", summary)
+    write_trec_run(run, out_dir / "run.trec", tag=re.sub(r"\s+", "_", Path(args.model).name or "dreamir"))
+    if args.out:
+        write_json_atomic(args.out, metrics)
+    summary["out_dir"] = str(out_dir)
+    return summary
+
+
+def format_evaluation(summary: dict[str, Any]) -> str:
+    metrics = ", ".join(f"{name} {value:.4f}" for name, value in summary["metrics"].items())
+    searched = f" (index {summary['index']})" if summary.get("index") else ""
+    return (
+        f"{summary['dataset']} {summary['split']} ({summary['queries']} queries, {summary['documents']} documents), "
+        f"model {summary['model']}{searched}, {summary['engine']} engine: {metrics}\n"
+        f"metrics: {summary['out_dir']}/metrics.json; run: {summary['out_dir']}/run.trec"
+    )

@@ -1,0 +1,40 @@
+"""Search a corpus: one interface (``SearchIndex.search(queries, k)``, ``run``, ``save``/``load``) with three
+implementations: BM25 (bm25s), exact dense search (numpy) and FAISS (flat inner product, or HNSW)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dreamir.search.base import Hits, IndexFormatError, Run, SearchIndex, read_index_info
+from dreamir.search.bm25 import BM25Index, bm25_run, mine_candidates
+from dreamir.search.dense import DenseIndex, ExactIndex, FaissIndex, QueryEncoder, exact_search
+
+_KINDS: dict[str, type[SearchIndex]] = {cls.kind: cls for cls in (BM25Index, ExactIndex, FaissIndex)}
+
+
+def load_index(directory: str | Path, encode_queries: QueryEncoder | None = None) -> SearchIndex:
+    """Any index written by ``SearchIndex.save``; dense ones search texts with ``encode_queries``."""
+    kind = read_index_info(directory)["kind"]
+    if kind not in _KINDS:
+        raise IndexFormatError(directory, f"unknown index kind {kind!r} (known: {', '.join(_KINDS)})")
+    if kind == BM25Index.kind:
+        return BM25Index.load(directory)
+    dense: type[DenseIndex] = _KINDS[kind]  # type: ignore[assignment]
+    return dense.load(directory, encode_queries)
+
+
+__all__ = [
+    "BM25Index",
+    "DenseIndex",
+    "ExactIndex",
+    "FaissIndex",
+    "Hits",
+    "IndexFormatError",
+    "QueryEncoder",
+    "Run",
+    "SearchIndex",
+    "bm25_run",
+    "exact_search",
+    "load_index",
+    "mine_candidates",
+]
