@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
-from dreamir.llm.heads import HeadSet
 
 from dreamir.cli import main
 from dreamir.data.training import TrainingExample
 from dreamir.head_attention import injected_share, measure_head_attention, plot_head_attention
 from dreamir.llm.frozen import FrozenLLM
+from dreamir.llm.heads import HeadSet
 from dreamir.retriever import Retriever
 from tests.test_dream_objective import CORPUS
 

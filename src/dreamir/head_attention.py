@@ -21,9 +21,9 @@ import torch
 
 from dreamir.data.beir import Document, read_corpus
 from dreamir.data.training import TrainingExample, read_training_file, validate_against_corpus
-from dreamir.llm.heads import HeadSet
 from dreamir.io import atomic_path, write_json_atomic
 from dreamir.llm.frozen import FrozenLLM
+from dreamir.llm.heads import HeadSet
 from dreamir.llm.injection import redistribute
 from dreamir.llm.prompt import PromptSettings
 from dreamir.models import MINILM, SMOLLM2, resolve_model
