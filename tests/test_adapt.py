@@ -70,7 +70,7 @@ def test_ict_examples_remove_the_query_sentence_and_keep_the_target_in_the_deriv
     corpus = make_corpus(10)
     corpus["short"] = Document("short", "", "Only one sentence here with words.")
     built = build_ict_examples(corpus, CorpusExampleSettings(max_passages=100, examples_per_passage=2))
-    assert built.dropped["passage under 3 sentences"] == 1
+    assert built.dropped["passage under 3 sentences, no usable title"] == 1
     assert len(built.examples) == 20 and built.passages_sampled == 11
     for example in built.examples:
         derived = built.derived[example.gold_id]
@@ -80,6 +80,22 @@ def test_ict_examples_remove_the_query_sentence_and_keep_the_target_in_the_deriv
         assert example.target.split()[:3] == source.text.split(example.query)[1].split()[:3]
     # Two examples of one passage use different sentences.
     assert len({e.query for e in built.examples}) == 20
+
+
+def test_ict_gives_a_short_passage_its_title_as_the_query_and_the_untitled_passage_as_pseudo_gold():
+    corpus = {
+        "aw/pop": Document("aw/pop", "Aruba - Population", "total: 125,063 (2024 est.). male: 59,101"),
+        "aw/area": Document("aw/area", "Area", "total: 180 sq km. land: 180 sq km"),  # title too short
+        "aw/dup": Document("aw/dup", "Aruba - Population", "the same title again, words enough"),
+    }
+    built = build_ict_examples(corpus, CorpusExampleSettings(max_passages=10, target_words=4))
+    assert [e.query for e in built.examples] == ["Aruba - Population"]
+    example = built.examples[0]
+    derived = built.derived[example.gold_id]
+    assert built.source_of[example.gold_id] in {"aw/pop", "aw/dup"}
+    assert derived.title == "" and derived.text == corpus[built.source_of[example.gold_id]].text
+    assert example.target == " ".join(derived.text.split()[:4])
+    assert built.dropped["passage under 3 sentences, no usable title"] == 2
 
 
 def test_ict_examples_with_the_target_removed_keep_neither_query_nor_target_in_the_derived_passage():

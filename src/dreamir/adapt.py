@@ -224,6 +224,8 @@ def prepare_examples(args: AdaptArguments, corpus: Mapping[str, Document], work:
         "train": len(train),
         "validation": len(validation),
         "dropped": dict(built.dropped),
+        # ict: short passages (under 3 sentences) whose title became the query.
+        "title_queries": sum(e.query_id.startswith("title-") for e in built.examples),
         # How often BM25 alone finds the passage an example was made from (before it is forced in).
         "pseudo_gold_in_bm25_top_k": sum(
             built.source_of.get(e.gold_id, e.gold_id) in [d for d, _ in h][: args.num_candidates]

@@ -5,7 +5,9 @@ Two recipes turn passages into (query, target, source passage) triples:
 - ``ict`` (inverse cloze, no generation): a sentence of a passage is the query, the sentences after it
   are the target, and the source passage *with the query sentence removed* is the pseudo-gold
   candidate (a derived document, id ``<source id>#ict<n>``). The LLM predicts the target more easily
-  when it reads that passage, which still holds the target text.
+  when it reads that passage, which still holds the target text. A passage too short to split (under
+  3 sentences, as in records, catalogues or FAQ entries) gives its title as the query instead, its text
+  the target, and the passage without its title the pseudo-gold (``<source id>#title``).
 - ``genq`` (generated queries): a query written for the passage by a generator (the frozen LLM, see
   ``dreamir.llm.generate``); the target is the passage's opening and the pseudo-gold the passage itself.
 
@@ -48,6 +50,8 @@ class CorpusExampleSettings:
     # (the LLM must predict the target from what the passage says around it, as from any other candidate).
     ict_target: Literal["kept", "removed"] = "kept"
     min_query_words: int = 5
+    # ict on passages under 3 sentences: titles of at least this many words become the query.
+    min_title_words: int = 2
     max_query_words: int = 64
     seed: int = 0
 
@@ -56,7 +60,13 @@ class CorpusExampleSettings:
             raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.ict_target not in ("kept", "removed"):
             raise ValueError(f"ict_target must be 'kept' or 'removed', got {self.ict_target!r}")
-        for name in ("max_passages", "examples_per_passage", "target_words", "min_query_words"):
+        for name in (
+            "max_passages",
+            "examples_per_passage",
+            "target_words",
+            "min_query_words",
+            "min_title_words",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_query_words < self.min_query_words:
@@ -123,7 +133,8 @@ def build_ict_examples(corpus: Mapping[str, Document], settings: CorpusExampleSe
         # The query sentence needs a target after it and something left of the passage besides.
         positions = list(range(len(sentences) - 1))
         if len(sentences) < 3:
-            result.dropped["passage under 3 sentences"] += 1
+            if not _add_title_example(passage, settings, seen, result):
+                result.dropped["passage under 3 sentences, no usable title"] += 1
             continue
         rng.shuffle(positions)
         made = 0
@@ -152,6 +163,27 @@ def build_ict_examples(corpus: Mapping[str, Document], settings: CorpusExampleSe
             )
             made += 1
     return result
+
+
+def _add_title_example(
+    passage: Document, settings: CorpusExampleSettings, seen: set[str], result: CorpusExamples
+) -> bool:
+    """A short passage's title as its query; the passage without its title is the pseudo-gold."""
+    title_words, text_words = _words(passage.title), passage.text.split()
+    key = " ".join(title_words)
+    if len(title_words) < settings.min_title_words or len(text_words) < 3 or key in seen:
+        return False
+    seen.add(key)
+    derived_id = f"{passage.doc_id}{DERIVED_SEPARATOR}title"
+    result.derived[derived_id] = Document(derived_id, "", passage.text)
+    result.source_of[derived_id] = passage.doc_id
+    target = _first_words(passage.text, settings.target_words)
+    result.examples.append(
+        TrainingExample(
+            query=passage.title, target=target, gold_id=derived_id, query_id=f"title-{derived_id}"
+        )
+    )
+    return True
 
 
 def _sentences_covering(sentences: Sequence[str], start: int, target: str) -> int:
