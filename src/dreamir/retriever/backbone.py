@@ -147,7 +147,9 @@ def add_compress_tokens(
         table = backbone.get_input_embeddings()
         with torch.no_grad():
             known = table.weight[:old]
-            noise = torch.randn(table.num_embeddings - old, known.shape[1], generator=torch.Generator().manual_seed(seed))
+            noise = torch.randn(
+                table.num_embeddings - old, known.shape[1], generator=torch.Generator().manual_seed(seed)
+            )
             table.weight[old:] = known.mean(0) + noise.to(known.dtype) * known.std(0)
     _append_tokens(tokenizer, names, ids)
     return ids

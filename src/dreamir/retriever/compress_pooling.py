@@ -7,7 +7,7 @@ This file imports nothing from dreamir: it is copied into every saved compress-p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from sentence_transformers.base.modules.module import Module
@@ -15,7 +15,7 @@ from torch import Tensor
 
 
 class CompressTokenPooling(Module):
-    config_keys = ["embedding_dimension", "compress_tokens"]
+    config_keys: ClassVar[list[str]] = ["embedding_dimension", "compress_tokens"]
 
     def __init__(self, embedding_dimension: int, compress_tokens: int) -> None:
         super().__init__()

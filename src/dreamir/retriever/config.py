@@ -84,11 +84,3 @@ class RetrieverConfig:
         if unknown:
             logger.warning("Ignoring unknown RetrieverConfig keys: %s", sorted(unknown))
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def split_template(template: str, option: str) -> tuple[str, str]:
-    """A template such as ``'{text}\\nThis sentence means in one word: "'`` as (prefix, suffix)."""
-    if template.count("{text}") != 1:
-        raise ValueError(f"{option} must contain {{text}} exactly once, got {template!r}")
-    prefix, suffix = template.split("{text}")
-    return prefix, suffix

@@ -102,7 +102,9 @@ class Retriever(torch.nn.Module):
         # Compress pooling: the k appended tokens' input embeddings are learnt (with LoRA too).
         self.compress_token_ids: list[int] = []
         if self.config.pooling == "compress":
-            self.compress_token_ids = add_compress_tokens(backbone, self.tokenizer, self.config.compress_tokens)
+            self.compress_token_ids = add_compress_tokens(
+                backbone, self.tokenizer, self.config.compress_tokens
+            )
         self.backbone = (
             with_lora(backbone, self.config.lora, self.compress_token_ids)
             if self.config.lora is not None
@@ -160,7 +162,9 @@ class Retriever(torch.nn.Module):
         """The texts inside the query or document template (prefix + text + suffix)."""
         config = self.config
         prefix, suffix = (
-            (config.query_prefix, config.query_suffix) if is_query else (config.document_prefix, config.document_suffix)
+            (config.query_prefix, config.query_suffix)
+            if is_query
+            else (config.document_prefix, config.document_suffix)
         )
         return [prefix + t + suffix for t in texts] if prefix or suffix else list(texts)
 
@@ -200,7 +204,9 @@ class Retriever(torch.nn.Module):
         """The k compress-token states [n, k, h] of each text, with autograd: the soft prompt a frozen
         decoder reads (compress pooling only; the embedding is their mean)."""
         if self.config.pooling != "compress":
-            raise ValueError(f"compress() needs pooling 'compress', this retriever pools {self.config.pooling!r}")
+            raise ValueError(
+                f"compress() needs pooling 'compress', this retriever pools {self.config.pooling!r}"
+            )
         hidden, mask = self.hidden_states(self.tokenize(texts, is_query, max_length))
         return compress_states(hidden, mask, self.config.compress_tokens)
 
