@@ -2,7 +2,7 @@
 tokens of every text (the k compress tokens the saved tokenizer appends itself).
 
 This file imports nothing from dreamir: it is copied into every saved compress-pooling model, so that
-``SentenceTransformer(dir, trust_remote_code=True)`` encodes as the retriever does without dreamir.
+``SentenceTransformer(dir)`` with ``trust_remote_code`` on encodes as the retriever does without dreamir.
 """
 
 from __future__ import annotations

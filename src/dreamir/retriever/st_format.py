@@ -185,7 +185,7 @@ def write_directory(
 
 def _refer_to_own_file(modules_file: Path) -> None:
     """Point the compress pooling entry at the directory's own copy of its file (sentence-transformers
-    imports it from there with trust_remote_code=True), not at dreamir's module."""
+    imports it from there when trust_remote_code is on), not at dreamir's module."""
     modules = json.loads(modules_file.read_text(encoding="utf-8"))
     for module in modules:
         if module["type"].endswith(".CompressTokenPooling"):
