@@ -260,3 +260,19 @@ def test_both_stages_train_through_the_cli_one_after_the_other(data, tiny_llama_
     rows = [json.loads(line) for line in (cda / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all("margin" in r for r in rows)
     assert Retriever.load(cda / "final").encode(["paris"], show_progress=False).shape == (1, 32)
+
+
+def test_adapt_trains_information_compression_on_a_corpus_alone(tmp_path, tiny_llama_dir):
+    from dreamir.adapt import adapt
+    from tests.test_adapt import _adapt_args, make_corpus, write_corpus
+
+    write_corpus(tmp_path / "corpus", make_corpus(30))
+    args = _adapt_args(
+        tmp_path, tiny_llama_dir, tiny_llama_dir, objective="autoregembed-ic", lora=True, retriever_layers=1
+    )
+    report = adapt(args)
+    assert report["steps"] == 4 and set(report["validation"]["by_step"]) == {2, 4}
+    model = Retriever.load(tmp_path / "out" / "model")
+    assert model.config.pooling == "compress" and model.config.num_layers == 1
+    log = [json.loads(line) for line in (tmp_path / "out" / "work" / "train" / "log.jsonl").open()]
+    assert all(row["target_tokens"] > 0 for row in log)
