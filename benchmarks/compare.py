@@ -286,11 +286,14 @@ def field_defaults(*arguments_classes: type) -> dict:
     return json.loads(json.dumps(defaults))
 
 
-def save_untrained(setup: str, work: str) -> Path:
-    """The raw set-up's starting retriever, saved once so that it is evaluated like the trained ones."""
-    final = Path(work) / "runs" / f"{setup}-base" / "final"
+def save_untrained(
+    setup: str, work: str, name: str | None = None, model: ModelArguments | None = None
+) -> Path:
+    """A set-up's starting retriever (or ``model``), saved once so that it is evaluated like the trained ones."""
+    name = name or f"{setup}-base"
+    final = Path(work) / "runs" / name / "final"
     STAGES.run(
-        f"save {setup}-base", final / "modules.json", lambda: load_retriever(SETUPS[setup]).save(final)
+        f"save {name}", final / "modules.json", lambda: load_retriever(model or SETUPS[setup]).save(final)
     )
     return final
 
@@ -393,6 +396,11 @@ def main() -> None:
         if setup == "raw":
             base = str(save_untrained(setup, settings.work))
         record(f"{setup}/base", evaluate_system(settings, f"{setup}-base", base, on))
+        if AUTOREGEMBED in settings.objectives.split(",") and setup in COMPRESS_SETUPS:
+            # AutoRegEmbed's starting point: the same backbone with compress pooling, its tokens untrained.
+            name = f"{setup}-compress-base"
+            start = save_untrained(setup, settings.work, name, COMPRESS_SETUPS[setup])
+            record(f"{setup}/compress-base", evaluate_system(settings, name, str(start), on))
         # Without LoRA nothing is drawn at random before training, so there is one run per objective.
         lora_seeds = [int(s) for s in settings.lora_seeds.split(",")] if SETUPS[setup].lora else [0]
         for lora_seed in lora_seeds:
