@@ -92,7 +92,7 @@ class AutoRegEmbedCDALoss(AutoRegEmbedICLoss):
         # One decoder pass over every (prompt, target): q -> d+, q -> each d-, d+ -> d+.
         rows, targets, pairs = [], [], []
         for b, (query, gold, negatives) in enumerate(triples):
-            padded = (negatives * width)[:width]  # fewer candidates than asked: repeat the last ones
+            padded = (negatives * width)[:width]  # fewer negatives than asked: cycle through them
             for document in [gold, *padded]:
                 rows.append(queries[b])
                 targets.append(document.full_text)
