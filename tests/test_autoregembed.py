@@ -276,3 +276,30 @@ def test_adapt_trains_information_compression_on_a_corpus_alone(tmp_path, tiny_l
     assert model.config.pooling == "compress" and model.config.num_layers == 1
     log = [json.loads(line) for line in (tmp_path / "out" / "work" / "train" / "log.jsonl").open()]
     assert all(row["target_tokens"] > 0 for row in log)
+
+
+def test_a_resumed_alignment_run_keeps_the_starting_model_as_its_reference(tiny_llama_dir, tmp_path):
+    from dreamir.trainer import Trainer, TrainingArguments
+
+    _retriever(tiny_llama_dir).save(tmp_path / "ic")
+    llm = FrozenCausalLM.from_pretrained(tiny_llama_dir)
+
+    def run(max_steps: int) -> AutoRegEmbedCDALoss:
+        start = Retriever.load(tmp_path / "ic")
+        objective = AutoRegEmbedCDALoss(start, llm)
+        args = TrainingArguments(
+            output_dir=str(tmp_path / "cda"), max_steps=max_steps, save_steps=1, learning_rate=5e-2,
+            show_progress=False, allow_longer_run=True,
+        )  # fmt: skip
+        Trainer(objective, EXAMPLES, CORPUS, args).train()
+        return objective
+
+    run(1)
+    resumed = run(2)
+    start = Retriever.load(tmp_path / "ic").state_dict()
+    reference = resumed.reference.state_dict()
+    assert all(reference[k].equal(v) for k, v in start.items())
+    # The retriever did train (LoRA's B starts at zero), over one run resumed from its step-1 checkpoint.
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in resumed.retriever.state_dict().items())
+    log = [json.loads(line) for line in (tmp_path / "cda" / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2]
