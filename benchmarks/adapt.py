@@ -1,6 +1,9 @@
 """Label-free adaptation to a corpus: DREAM against QGen-style InfoNCE (the pseudo-gold passage as the
-positive, mined negatives, in-batch), REPLUG-LSR, BM25 and the untrained base, on identical examples and
-budgets. Two corpora: SciFact (evaluated on its test queries) and the Factbook passages (evaluated on the
+positive, mined negatives, in-batch), REPLUG-LSR, AutoRegEmbed's information compression (with
+--objectives ...,autoregembed-ic), BM25 and the untrained base, on identical examples and budgets.
+AutoRegEmbed needs a retriever of the frozen LLM's width: its row trains SmolLM2-135M cut to 6 layers with
+LoRA (learning rate 5e-4, as compare.py's raw set-up) and compress pooling, on the candidate passages of
+the same examples; the others keep adapt's default retriever. Two corpora: SciFact (evaluated on its test queries) and the Factbook passages (evaluated on the
 held-out Factbook questions; no Factbook question is used in training).
 
     python benchmarks/adapt.py --quick    # smoke run: few steps, Factbook only
@@ -31,13 +34,18 @@ from dreamir.data.beir import BeirDataset, load_beir
 from dreamir.datasets.factbook import build_factbook
 from dreamir.evaluation import evaluate_encoder, format_results_table
 from dreamir.io import read_log_rows, write_json_atomic
-from dreamir.models import MINILM
+from dreamir.models import MINILM, SMOLLM2
 from dreamir.plots import plot_training_curves
 from dreamir.stages import Stages
 from dreamir.trainer import Trainer
 from dreamir.workflow import evaluate_model, read_json
 
 STAGES = Stages()
+# Objectives whose frozen decoder reads the retriever's states: a retriever of the LLM's width (compare.py's
+# raw set-up), with its learning rate unless --learning-rate says otherwise.
+COMPRESS_RETRIEVER: dict[str, dict[str, Any]] = {
+    "autoregembed-ic": {"retriever": SMOLLM2, "retriever_layers": 6, "lora": True, "learning_rate": 5e-4}
+}
 EXAMPLE_FILES = ("examples.json", "train.jsonl", "validation.jsonl", "derived.jsonl")
 
 
@@ -51,7 +59,9 @@ class Settings:
     out: str = option("results/adapt.json", "results file; the curves go beside it")
     beir: str = option("../shared/data/beir/scifact", "SciFact (BEIR layout)")
     datasets: str = option("scifact,factbook", "corpora to adapt to, comma-separated")
-    objectives: str = option("dream,infonce,replug", "objectives, comma-separated")
+    objectives: str = option(
+        "dream,infonce,replug", "objectives, comma-separated (autoregembed-ic: information compression)"
+    )
     recipe: str = option("ict", "how examples are made from a corpus: ict, genq")
     max_steps: int | None = option(None, "default: adapt's")
     max_passages: int | None = option(None, "default: adapt's")
@@ -103,6 +113,8 @@ def adapt_arguments(settings: Settings, corpus: Path, out: Path, objective: str)
         for k in ("max_steps", "max_passages", "learning_rate", "refresh_every")
         if getattr(settings, k) is not None
     }
+    if objective in COMPRESS_RETRIEVER:
+        overrides = {**COMPRESS_RETRIEVER[objective], **overrides}
     return AdaptArguments(
         corpus=str(corpus),
         out=str(out),

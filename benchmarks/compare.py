@@ -1,15 +1,24 @@
-"""DREAM against InfoNCE (labels), REPLUG-LSR (label-free, same LLM), BM25 and the untrained retriever,
-on identical data, candidate pools, steps, batch, learning-rate schedule and seeds.
+"""DREAM against InfoNCE (labels), REPLUG-LSR (label-free, same LLM), AutoRegEmbed (the other frozen-decoder
+method), BM25 and the untrained retriever, on identical data, candidate pools, steps, batch, learning-rate
+schedule and seeds.
 
 Two retriever set-ups:
   warm: all-minilm-l6-v2 (already contrastively trained), all weights trained;
   raw:  SmolLM2-135M cut to its first layers, LoRA, last-token pooling (never trained for retrieval).
 Evaluates on the held-out Factbook questions (fields and countries unseen in training) and on SciFact.
 
+The objective "autoregembed" (raw set-up only: the frozen decoder reads the retriever's states, so they
+must have its width) is two runs: information compression (label-free) on the training questions'
+candidates, then conditional distribution alignment (gold passage against mined negatives) from that
+model; each stage takes --steps steps. Both stages get a row (raw/autoregembed-ic, raw/autoregembed), on
+the raw backbone with compress pooling (5 learnt tokens, the paper's templates) instead of last-token.
+
     python benchmarks/compare.py --quick     # smoke run, minutes
     python benchmarks/compare.py             # the full run (about 80 minutes on 2 CPU cores)
     python benchmarks/compare.py --setups raw --lora-seeds 0,1,2 --out results/compare_lora_seeds.json
                                              # the raw set-up from three LoRA initialisations
+    python benchmarks/compare.py --setups raw --objectives dream,infonce,replug,autoregembed
+                                             # AutoRegEmbed beside the others
 
 Writes results/compare.json and results/compare_curves.png; every stage is cached under --work, so an
 interrupted run resumes.
@@ -63,6 +72,9 @@ SETUPS = {
         retriever=SMOLLM2, pooling="last", retriever_layers=6, lora=True, lora_r=16, max_length=256
     ),
 }
+# AutoRegEmbed's retriever: the raw backbone with compress pooling (its stages need the LLM's width).
+COMPRESS_SETUPS = {"raw": replace(SETUPS["raw"], pooling="compress")}
+AUTOREGEMBED = "autoregembed"
 # Learning rates per set-up (full fine-tuning of a trained model vs fresh LoRA adapters); identical across
 # objectives so that only the objective differs.
 LEARNING_RATES = {"warm": 2e-5, "raw": 5e-4}
@@ -87,7 +99,9 @@ class Settings:
     seed: int = option(0, "seeds data, heads and training")
     threads: int = option(2, "CPU threads torch may use")
     setups: str = option("warm,raw", "retriever set-ups, comma-separated: warm, raw")
-    objectives: str = option("dream,infonce,replug", "objectives, comma-separated")
+    objectives: str = option(
+        "dream,infonce,replug", "objectives, comma-separated; autoregembed: its two stages (raw set-up)"
+    )
     eval_scifact: bool = option(True, "also evaluate on SciFact")
     # The raw set-up's 6-layer decoder is ~2.3x slower to encode than all-MiniLM-L6-v2 (3 vs 1.3 min per
     # Factbook pass on 2 CPU cores), so SciFact would add an estimated 10-15 min per raw system; add "raw"
@@ -116,6 +130,8 @@ def prepare(settings: Settings) -> tuple[Path, Path, Path]:
     train = candidates_file(settings, data, settings.num_candidates)
     parallel = settings.document_layout == "parallel"
     heads = work / ("heads_qr_parallel.json" if parallel else "heads_qr.json")
+    if "dream" not in settings.objectives.split(","):
+        return data, train, heads  # only DREAM reads the heads: not scored for nothing
     STAGES.run(
         "heads",
         heads,
@@ -185,10 +201,17 @@ SYSTEM_PARTS = [DataArguments, ObjectiveArguments, LLMArguments, *options_classe
 
 
 def train_system(
-    settings: Settings, name: str, setup: str, system: SystemArguments, lora_seed: int = 0, **training
+    settings: Settings,
+    name: str,
+    setup: str,
+    system: SystemArguments,
+    lora_seed: int = 0,
+    model: ModelArguments | None = None,
+    **training,
 ) -> tuple[Path, float]:
-    """Train one system (cached); returns the final retriever directory and its training time."""
-    model = replace(SETUPS[setup], lora_seed=lora_seed)
+    """Train one system (cached) from the set-up's retriever, or from ``model`` with the set-up's learning
+    rate; returns the final retriever directory and its training time."""
+    model = replace(model or SETUPS[setup], lora_seed=lora_seed)
     out = Path(settings.work) / "runs" / name
     final = out / "final"
     sampling = SamplingArguments(num_candidates=training.pop("num_candidates", settings.num_candidates))
@@ -263,11 +286,14 @@ def field_defaults(*arguments_classes: type) -> dict:
     return json.loads(json.dumps(defaults))
 
 
-def save_untrained(setup: str, work: str) -> Path:
-    """The raw set-up's starting retriever, saved once so that it is evaluated like the trained ones."""
-    final = Path(work) / "runs" / f"{setup}-base" / "final"
+def save_untrained(
+    setup: str, work: str, name: str | None = None, model: ModelArguments | None = None
+) -> Path:
+    """A set-up's starting retriever (or ``model``), saved once so that it is evaluated like the trained ones."""
+    name = name or f"{setup}-base"
+    final = Path(work) / "runs" / name / "final"
     STAGES.run(
-        f"save {setup}-base", final / "modules.json", lambda: load_retriever(SETUPS[setup]).save(final)
+        f"save {name}", final / "modules.json", lambda: load_retriever(model or SETUPS[setup]).save(final)
     )
     return final
 
@@ -370,18 +396,49 @@ def main() -> None:
         if setup == "raw":
             base = str(save_untrained(setup, settings.work))
         record(f"{setup}/base", evaluate_system(settings, f"{setup}-base", base, on))
+        if AUTOREGEMBED in settings.objectives.split(",") and setup in COMPRESS_SETUPS:
+            # AutoRegEmbed's starting point: the same backbone with compress pooling, its tokens untrained.
+            name = f"{setup}-compress-base"
+            start = save_untrained(setup, settings.work, name, COMPRESS_SETUPS[setup])
+            record(f"{setup}/compress-base", evaluate_system(settings, name, str(start), on))
         # Without LoRA nothing is drawn at random before training, so there is one run per objective.
         lora_seeds = [int(s) for s in settings.lora_seeds.split(",")] if SETUPS[setup].lora else [0]
         for lora_seed in lora_seeds:
             for objective in settings.objectives.split(","):
-                name = f"{setup}-{objective}" + (f"-lora{lora_seed}" if lora_seed else "")
-                system = f"{setup}/{objective}" + (f"/lora{lora_seed}" if lora_seed else "")
-                system_args = system_arguments(settings, train, data, heads, objective=objective)
-                final, seconds = train_system(settings, name, setup, system_args, lora_seed=lora_seed)
-                train_seconds[system] = seconds
-                logs[system] = final.parent / "log.jsonl"
-                record(system, evaluate_system(settings, name, str(final), on))
+                suffix = (f"-lora{lora_seed}", f"/lora{lora_seed}") if lora_seed else ("", "")
+                if objective == AUTOREGEMBED:
+                    trained = train_autoregembed(settings, setup, (train, data, heads), lora_seed, suffix)
+                else:
+                    name, system = f"{setup}-{objective}{suffix[0]}", f"{setup}/{objective}{suffix[1]}"
+                    system_args = system_arguments(settings, train, data, heads, objective=objective)
+                    final, seconds = train_system(settings, name, setup, system_args, lora_seed=lora_seed)
+                    trained = [(name, system, final, seconds)]
+                for name, system, final, seconds in trained:
+                    train_seconds[system] = seconds
+                    logs[system] = final.parent / "log.jsonl"
+                    record(system, evaluate_system(settings, name, str(final), on))
     report(settings, results, train_seconds, logs, "compare")
+
+
+def train_autoregembed(
+    settings: Settings, setup: str, files: tuple[Path, Path, Path], lora_seed: int, suffix: tuple[str, str]
+) -> list[tuple[str, str, Path, float]]:
+    """Information compression from the set-up's backbone, then conditional distribution alignment from
+    its result (fresh LoRA adapters on the merged IC model); the second row's time counts both stages."""
+    if setup not in COMPRESS_SETUPS:
+        raise SystemExit(
+            f"autoregembed needs a retriever of the frozen LLM's width: --setups {list(COMPRESS_SETUPS)}"
+        )
+    train, data, heads = files
+    stages, start, seconds_so_far = [], COMPRESS_SETUPS[setup], 0.0
+    for stage, row in (("autoregembed-ic", "autoregembed-ic"), ("autoregembed-cda", AUTOREGEMBED)):
+        name, system = f"{setup}-{stage}{suffix[0]}", f"{setup}/{row}{suffix[1]}"
+        system_args = system_arguments(settings, train, data, heads, objective=stage)
+        final, seconds = train_system(settings, name, setup, system_args, lora_seed=lora_seed, model=start)
+        seconds_so_far += seconds
+        stages.append((name, system, final, seconds_so_far))
+        start = ModelArguments(retriever=str(final), lora=start.lora, lora_r=start.lora_r)
+    return stages
 
 
 if __name__ == "__main__":

@@ -94,3 +94,9 @@ def test_every_module_has_its_place():
         if path.relative_to(PACKAGE).parts[0].removesuffix(".py") not in placed
     )
     assert not unplaced, f"add these modules to FORBIDDEN or ORCHESTRATORS: {unplaced}"
+
+
+def test_the_pooling_module_saved_with_compress_models_needs_no_dreamir():
+    """It is copied into every saved compress-pooling model for sentence-transformers to import alone."""
+    names = _imports(PACKAGE / "retriever" / "compress_pooling.py")
+    assert not any(name == "dreamir" or name.startswith("dreamir.") for name in names)

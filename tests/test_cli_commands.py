@@ -156,9 +156,10 @@ def test_the_objective_option_offers_every_registered_objective_and_each_builds(
     heads = tmp_path / "heads.json"
     heads.write_text(json.dumps({"model": tiny_llama_dir, "heads": [{"layer": 0, "head": 1, "score": 1.0}]}))
     retriever = load_retriever(ModelArguments(retriever=tiny_bert_dir))
+    compress = load_retriever(ModelArguments(retriever=tiny_llama_dir, pooling="compress"))
     for name, cls in OBJECTIVES.items():
         built = build_objective(
-            retriever,
+            compress if cls.required_pooling == "compress" else retriever,
             ObjectiveArguments(objective=name),
             LLMArguments(llm=tiny_llama_dir),
             [DreamOptions(heads=str(heads), num_heads=1)],

@@ -50,7 +50,7 @@ from dreamir.llm.frozen import FrozenLLM
 from dreamir.llm.heads import CalibrationExample, HeadSet, rank_heads, score_heads
 from dreamir.llm.prompt import PromptSettings
 from dreamir.models import MINILM, SMOLLM2
-from dreamir.objectives import OBJECTIVES, DreamOptions
+from dreamir.objectives import OBJECTIVES, DreamOptions, objective_class
 from dreamir.options import at_least, positive
 from dreamir.plots import plot_training_curves
 from dreamir.retriever import CONFIG_FILE, Retriever
@@ -75,11 +75,16 @@ class AdaptArguments:
     )
     out: str = field(metadata={"help": "output directory: model/, report.json, report.md, work/"})
     retriever: str = field(default=MINILM, metadata={"help": "packaged retriever name or local directory"})
+    retriever_layers: int | None = field(default=None, metadata={"help": "cut the retriever to N layers"})
+    lora: bool = field(
+        default=False, metadata={"help": "train LoRA adapters (rank 16) instead of all weights"}
+    )
     llm: str = field(default=SMOLLM2, metadata={"help": "the frozen LLM (judge, and generator for genq)"})
     objective: str = field(
         default="dream",
         metadata={
-            "help": "dream; infonce (pseudo-gold as positive) and replug are baselines",
+            "help": "dream; infonce (pseudo-gold as positive), replug and autoregembed-ic (label-free, needs a "
+            "retriever of the LLM's width, e.g. smollm2-135m-instruct) are baselines",
             "choices": list(OBJECTIVES),
         },
     )
@@ -144,6 +149,7 @@ class AdaptArguments:
         at_least(self, 1, "max_passages", "examples_per_passage", "target_words", "validation_examples")
         at_least(self, 1, "validation_docs", "validate_every", "num_candidates", "num_heads", "head_examples")
         at_least(self, 1, "max_steps", "batch_size", "max_target_tokens", "train_max_length", "threads")
+        at_least(self, 1, "retriever_layers")
         at_least(self, 0, "refresh_every", "refresh_after")
         positive(self, "learning_rate", "temperature")
 
@@ -450,7 +456,13 @@ def build_trainer(
     """The retriever, the objective and its frozen LLM, the validation (and refresh) callbacks, the trainer."""
     train_dir = work / "train"
     full_corpus = {**corpus, **derived}
-    model = ModelArguments(retriever=args.retriever)
+    # An objective that trains one pooling (autoregembed-ic: compress tokens) gets it.
+    model = ModelArguments(
+        retriever=args.retriever,
+        retriever_layers=args.retriever_layers,
+        lora=args.lora,
+        pooling=objective_class(args.objective).required_pooling,
+    )
     retriever = load_retriever(model)
     objective = build_objective(
         retriever,

@@ -13,7 +13,7 @@ from dreamir.llm.frozen import Precision
 from dreamir.llm.prompt import DocumentLayout
 from dreamir.models import MINILM, SMOLLM2
 from dreamir.objectives import OBJECTIVES
-from dreamir.options import at_least, positive
+from dreamir.options import at_least, positive, split_template
 from dreamir.trainer import TrainingArguments
 
 __all__ = [
@@ -30,6 +30,13 @@ __all__ = [
     "ValidateArguments",
 ]
 
+# AutoRegEmbed's inference templates (its released evaluation code): each ends with an opening quote, so
+# that the compress tokens stand where the one word that sums the text up would come.
+COMPRESS_QUERY_TEMPLATE = "{text}\nThis sentence means in one word: \u201c"
+COMPRESS_DOCUMENT_TEMPLATE = (
+    'Passage: "{text}". Use one word to represent the passage in a retrieval task. The word is: \u201c'
+)
+
 LAYOUT_HELP = (
     "sequential: candidates one after another; parallel: each candidate read after the instruction alone, "
     "all at the same positions, so their keys and values are computed once per corpus"
@@ -42,8 +49,15 @@ class ModelArguments:
     _argument_group_name = "retriever"  # its heading in --help
 
     retriever: str = field(default=MINILM, metadata={"help": "packaged retriever name or local directory"})
-    pooling: Literal["mean", "cls", "last"] | None = field(
-        default=None, metadata={"help": "default: the model's own (mean for all-minilm-l6-v2)"}
+    pooling: Literal["mean", "cls", "last", "compress"] | None = field(
+        default=None,
+        metadata={
+            "help": "default: the model's own (mean for all-minilm-l6-v2); compress: the mean of k learnt "
+            "tokens appended to every text (autoregembed)"
+        },
+    )
+    compress_tokens: int | None = field(
+        default=None, metadata={"help": "compress pooling: tokens appended to every text (default: 5)"}
     )
     max_length: int | None = field(
         default=None, metadata={"help": "tokens per text; default: the model's own"}
@@ -58,9 +72,28 @@ class ModelArguments:
     lora_seed: int = field(default=0, metadata={"help": "seed of the LoRA adapters' random initialisation"})
     query_prefix: str = field(default="", metadata={"help": "text put before every query"})
     document_prefix: str = field(default="", metadata={"help": "text put before every document"})
+    query_template: str = field(
+        default="",
+        metadata={
+            "help": "every query as this template with {text} (instead of a prefix); default for a new "
+            "compress-pooling model: " + repr(COMPRESS_QUERY_TEMPLATE)
+        },
+    )
+    document_template: str = field(
+        default="",
+        metadata={
+            "help": "every document as this template with {text}; default for a new compress-pooling "
+            "model: " + repr(COMPRESS_DOCUMENT_TEMPLATE)
+        },
+    )
 
     def __post_init__(self) -> None:
-        at_least(self, 1, "max_length", "retriever_layers", "lora_r")
+        at_least(self, 1, "max_length", "retriever_layers", "lora_r", "compress_tokens")
+        for kind in ("query", "document"):
+            if getattr(self, f"{kind}_template") and getattr(self, f"{kind}_prefix"):
+                raise ValueError(f"give --{kind}-template or --{kind}-prefix, not both")
+            if getattr(self, f"{kind}_template"):
+                split_template(getattr(self, f"{kind}_template"), f"--{kind}-template")
 
 
 @dataclass
@@ -82,7 +115,8 @@ class ObjectiveArguments:
     objective: str = field(
         default="dream",
         metadata={
-            "help": "dream (label-free), infonce (uses gold_id), replug (label-free)",
+            "help": "dream (label-free), infonce (uses gold_id), replug (label-free), autoregembed-ic "
+            "(label-free, compress pooling), autoregembed-cda (uses gold_id, compress pooling)",
             "choices": list(OBJECTIVES),
         },
     )
@@ -109,7 +143,7 @@ class ObjectiveArguments:
 
 @dataclass
 class LLMArguments:
-    _argument_group_name = "frozen LLM (dream, replug)"  # its heading in --help
+    _argument_group_name = "frozen LLM (dream, replug, autoregembed)"  # its heading in --help
 
     llm: str = field(
         default=SMOLLM2, metadata={"help": "the frozen LLM: packaged name or local HF directory"}

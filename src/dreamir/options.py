@@ -47,3 +47,11 @@ def fraction(settings: object, *names: str) -> None:
     for name, value in _values(settings, names):
         if not 0 <= value <= 1:
             raise OptionError(name, "must lie between 0 and 1", value)
+
+
+def split_template(template: str, option: str) -> tuple[str, str]:
+    """A template such as ``'{text}\\nThis sentence means in one word: "'`` as (prefix, suffix)."""
+    if template.count("{text}") != 1:
+        raise ValueError(f"{option} must contain {{text}} exactly once, got {template!r}")
+    prefix, suffix = template.split("{text}")
+    return prefix, suffix

@@ -15,6 +15,8 @@ import torch
 from transformers import AutoConfig
 
 from dreamir.arguments import (
+    COMPRESS_DOCUMENT_TEMPLATE,
+    COMPRESS_QUERY_TEMPLATE,
     DataArguments,
     HeadSelectionArguments,
     LLMArguments,
@@ -35,7 +37,8 @@ from dreamir.llm.heads import CalibrationExample, HeadSet, random_heads, rank_he
 from dreamir.llm.prompt import PromptSettings
 from dreamir.models import resolve_model
 from dreamir.objectives import Objective, objective_class, options_classes
-from dreamir.retriever import LoraSettings, Retriever
+from dreamir.options import split_template
+from dreamir.retriever import LoraSettings, Retriever, RetrieverConfig
 from dreamir.trainer import Trainer, TrainingResult
 
 logger = logging.getLogger(__name__)
@@ -114,7 +117,26 @@ def load_retriever(args: ModelArguments) -> Retriever:
         "document_prefix": args.document_prefix or None,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    return Retriever.from_pretrained(path, dataclasses.replace(Retriever.read_config(path), **overrides))
+    config = dataclasses.replace(Retriever.read_config(path), **overrides)
+    if args.compress_tokens is not None:
+        config = dataclasses.replace(config, compress_tokens=args.compress_tokens)
+    return Retriever.from_pretrained(path, dataclasses.replace(config, **_templates(args, config)))
+
+
+def _templates(args: ModelArguments, config: RetrieverConfig) -> dict[str, str]:
+    """Prefixes and suffixes from --query-template / --document-template; a model that becomes a
+    compress-pooling one with neither template nor prefix nor suffix of its own gets AutoRegEmbed's."""
+    settings: dict[str, str] = {}
+    defaults = {"query": COMPRESS_QUERY_TEMPLATE, "document": COMPRESS_DOCUMENT_TEMPLATE}
+    for kind, default in defaults.items():
+        template = getattr(args, f"{kind}_template")
+        own = getattr(config, f"{kind}_prefix") or getattr(config, f"{kind}_suffix")
+        if not template and config.pooling == "compress" and not own:
+            template = default
+        if template:
+            prefix, suffix = split_template(template, f"--{kind}-template")
+            settings.update({f"{kind}_prefix": prefix, f"{kind}_suffix": suffix})
+    return settings
 
 
 def prepare_training_examples(

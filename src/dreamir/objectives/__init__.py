@@ -4,12 +4,16 @@ The registry maps an ``--objective`` name to its class; a class declares the dat
 (``options_class``) and builds itself from them (``from_options``). A new objective is a file with its class
 and one entry below."""
 
+from dreamir.objectives.autoregembed_cda import AutoRegEmbedCDALoss
+from dreamir.objectives.autoregembed_ic import AutoRegEmbedICLoss, AutoRegEmbedOptions
 from dreamir.objectives.base import Objective, ObjectiveOutput, TrainingInstance
 from dreamir.objectives.dream import DreamLoss, DreamOptions
 from dreamir.objectives.infonce import InfoNCELoss
 from dreamir.objectives.replug import ReplugLoss, ReplugOptions
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (DreamLoss, InfoNCELoss, ReplugLoss)}
+OBJECTIVES: dict[str, type[Objective]] = {
+    cls.name: cls for cls in (DreamLoss, InfoNCELoss, ReplugLoss, AutoRegEmbedICLoss, AutoRegEmbedCDALoss)
+}
 
 
 def objective_class(name: str) -> type[Objective]:
@@ -19,12 +23,18 @@ def objective_class(name: str) -> type[Objective]:
 
 
 def options_classes() -> list[type]:
-    """Every registered objective's options dataclass (the CLI offers all of them)."""
-    return [cls.options_class for cls in OBJECTIVES.values() if cls.options_class is not None]
+    """Every registered objective's options dataclass, each once (the CLI offers all of them; objectives
+    of one method may share theirs)."""
+    return list(
+        dict.fromkeys(cls.options_class for cls in OBJECTIVES.values() if cls.options_class is not None)
+    )
 
 
 __all__ = [
     "OBJECTIVES",
+    "AutoRegEmbedCDALoss",
+    "AutoRegEmbedICLoss",
+    "AutoRegEmbedOptions",
     "DreamLoss",
     "DreamOptions",
     "InfoNCELoss",

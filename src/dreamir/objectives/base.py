@@ -56,6 +56,8 @@ class Objective(nn.Module):
     name: ClassVar[str]
     options_class: ClassVar[type | None] = None
     uses_llm: ClassVar[bool] = False
+    # The retriever pooling the objective trains (None: any).
+    required_pooling: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -65,6 +67,11 @@ class Objective(nn.Module):
         retriever_precision: RetrieverPrecision = "float32",
     ) -> None:
         super().__init__()
+        if self.required_pooling not in (None, retriever.config.pooling):
+            raise ValueError(
+                f"{self.name} trains a retriever with {self.required_pooling!r} pooling; this one pools "
+                f"{retriever.config.pooling!r} (pass --pooling {self.required_pooling})"
+            )
         self.retriever = retriever
         self.temperature = Temperature(temperature, learn_temperature)
         self.retriever_precision = retriever_precision

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import processors
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
@@ -124,12 +125,67 @@ def _end_texts_with_eos(tokenizer: PreTrainedTokenizerBase) -> None:
         )
 
 
-def with_lora(backbone: PreTrainedModel, lora: LoraSettings) -> PreTrainedModel:
-    """``backbone`` wrapped with fresh LoRA adapters (only they train), initialised from ``lora.init_seed``."""
+def compress_token_names(count: int) -> list[str]:
+    return [f"<EMBED{i}>" for i in range(count)]
+
+
+def add_compress_tokens(
+    backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, count: int, seed: int = 0
+) -> list[int]:
+    """Give the tokenizer (in place) ``count`` special tokens ``<EMBED0>..`` that it appends to every text,
+    and the backbone an input embedding for each; return their ids. A model saved with them is left as it is.
+
+    New embeddings start at the mean of the existing ones plus seeded noise of their spread, so that the k
+    tokens differ from the first step and a run does not depend on the global random state."""
+    names = compress_token_names(count)
+    tokenizer.add_tokens(names, special_tokens=True)
+    ids = [int(i) for i in tokenizer.convert_tokens_to_ids(names)]
+    table = backbone.get_input_embeddings()
+    if table.num_embeddings <= max(ids):
+        old = table.num_embeddings
+        backbone.resize_token_embeddings(max(ids) + 1, mean_resizing=False)
+        table = backbone.get_input_embeddings()
+        with torch.no_grad():
+            known = table.weight[:old]
+            noise = torch.randn(
+                table.num_embeddings - old, known.shape[1], generator=torch.Generator().manual_seed(seed)
+            )
+            table.weight[old:] = known.mean(0) + noise.to(known.dtype) * known.std(0)
+    _append_tokens(tokenizer, names, ids)
+    return ids
+
+
+def _append_tokens(tokenizer: PreTrainedTokenizerBase, names: list[str], ids: list[int]) -> None:
+    """Make the tokenizer itself end every text with ``names`` (kept by truncation), so that the saved
+    tokenizer does the same inside sentence-transformers."""
+    if tokenizer("a")["input_ids"][-len(ids) :] == ids:
+        return
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"compress pooling needs a fast tokenizer; {type(tokenizer).__name__} is not one")
+    appended = " ".join(names)
+    template = processors.TemplateProcessing(
+        single=f"$A {appended}", pair=f"$A $B:1 {appended}", special_tokens=list(zip(names, ids, strict=True))
+    )
+    existing = backend.post_processor
+    backend.post_processor = template if existing is None else processors.Sequence([existing, template])
+    if tokenizer("a")["input_ids"][-len(ids) :] != ids:
+        raise ValueError(f"{type(tokenizer).__name__} cannot be made to append the compress tokens {names}")
+
+
+def with_lora(
+    backbone: PreTrainedModel, lora: LoraSettings, trainable_tokens: list[int] | None = None
+) -> PreTrainedModel:
+    """``backbone`` wrapped with fresh LoRA adapters (only they train, with the input embeddings of
+    ``trainable_tokens`` if given), initialised from ``lora.init_seed``."""
     from peft import LoraConfig, get_peft_model
 
     peft_config = LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        trainable_token_indices=trainable_tokens or None,
     )
     with warnings.catch_warnings():
         # peft probes a deprecated transformers property; nothing for us to act on.

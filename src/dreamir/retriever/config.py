@@ -12,7 +12,8 @@ from dreamir.similarity import Similarity, check_similarity
 
 logger = logging.getLogger(__name__)
 
-Pooling = Literal["mean", "cls", "last"]
+# "compress": the mean of the final states of k learnable tokens appended to every text (AutoRegEmbed).
+Pooling = Literal["mean", "cls", "last", "compress"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 
 # Written beside the sentence-transformers files: the settings sentence-transformers has no place for.
@@ -42,6 +43,12 @@ class RetrieverConfig:
     max_length: int = 256
     query_prefix: str = ""
     document_prefix: str = ""
+    # Text put after every query / document (a template "{prefix}{text}{suffix}"), before any EOS or
+    # compress tokens the tokenizer appends.
+    query_suffix: str = ""
+    document_suffix: str = ""
+    # "compress" pooling: how many tokens <EMBED0>..<EMBED{k-1}> the tokenizer appends to every text.
+    compress_tokens: int = 5
     lora: LoraSettings | None = None
     # Keep only the first N transformer layers (a cheap raw backbone); None keeps them all.
     num_layers: int | None = None
@@ -62,6 +69,8 @@ class RetrieverConfig:
             self.lora = LoraSettings(**self.lora)
         if self.max_length < 1:
             raise ValueError(f"max_length must be positive, got {self.max_length}")
+        if self.compress_tokens < 1:
+            raise ValueError(f"compress_tokens must be positive, got {self.compress_tokens}")
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"num_layers must be positive, got {self.num_layers}")
 

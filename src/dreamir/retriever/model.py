@@ -23,7 +23,13 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from dreamir.io import OutputPathError, atomic_path
-from dreamir.retriever.backbone import cap_length, load_backbone, prepare_tokenizer, with_lora
+from dreamir.retriever.backbone import (
+    add_compress_tokens,
+    cap_length,
+    load_backbone,
+    prepare_tokenizer,
+    with_lora,
+)
 from dreamir.retriever.config import CONFIG_FILE, Pooling, RetrieverConfig
 from dreamir.retriever.st_format import local_dir, read_directory, write_directory
 from dreamir.similarity import similarity_matrix
@@ -35,13 +41,29 @@ _ENCODE_CHUNK = 16384
 _AUTO_PROGRESS_BATCHES = 5
 
 
-def pool(hidden: Tensor, attention_mask: Tensor, mode: Pooling) -> Tensor:
+def last_positions(attention_mask: Tensor, count: int = 1) -> Tensor:
+    """Positions [n, count] of the last ``count`` non-padding tokens, in order, whichever side the padding is."""
+    seq_len = attention_mask.shape[1]
+    values, from_end = attention_mask.flip(1).max(dim=1)
+    last = torch.where(values == 0, 0, seq_len - 1 - from_end)
+    return (last.unsqueeze(1) - torch.arange(count - 1, -1, -1, device=last.device)).clamp_min(0)
+
+
+def compress_states(hidden: Tensor, attention_mask: Tensor, count: int) -> Tensor:
+    """The final states [n, count, h] of the compress tokens (the last ``count`` tokens of every text)."""
+    index = last_positions(attention_mask.to(hidden.device), count)
+    return hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+
+def pool(hidden: Tensor, attention_mask: Tensor, mode: Pooling, compress_tokens: int = 1) -> Tensor:
     """Pool token states [n, t, h] to [n, h] (float32), ignoring padding on either side.
 
     Index choices mirror sentence-transformers' Pooling so saved models encode identically there.
     """
     hidden = hidden.float()
     mask = attention_mask.to(hidden.device)
+    if mode == "compress":
+        return compress_states(hidden, mask, compress_tokens).mean(dim=1)
     if mode == "mean":
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
@@ -49,10 +71,7 @@ def pool(hidden: Tensor, attention_mask: Tensor, mode: Pooling) -> Tensor:
         # First non-padding token (position 0 under right padding).
         idx = mask.to(torch.int32).argmax(dim=1)
     elif mode == "last":
-        # Last non-padding token, whichever side the padding is on.
-        seq_len = mask.shape[1]
-        values, from_end = mask.flip(1).max(dim=1)
-        idx = torch.where(values == 0, 0, seq_len - 1 - from_end)
+        idx = last_positions(mask)[:, 0]
     else:
         raise ValueError(f"unknown pooling {mode!r}")
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
@@ -80,7 +99,17 @@ class Retriever(torch.nn.Module):
         self._accepts_use_cache = "use_cache" in base_forward
         hidden_size = getattr(backbone.config.get_text_config(), "hidden_size", None)
         self.embedding_dim = int(hidden_size or backbone.get_input_embeddings().embedding_dim)
-        self.backbone = with_lora(backbone, self.config.lora) if self.config.lora is not None else backbone
+        # Compress pooling: the k appended tokens' input embeddings are learnt (with LoRA too).
+        self.compress_token_ids: list[int] = []
+        if self.config.pooling == "compress":
+            self.compress_token_ids = add_compress_tokens(
+                backbone, self.tokenizer, self.config.compress_tokens
+            )
+        self.backbone = (
+            with_lora(backbone, self.config.lora, self.compress_token_ids)
+            if self.config.lora is not None
+            else backbone
+        )
 
     # ------------------------------------------------------------------ loading
 
@@ -130,8 +159,14 @@ class Retriever(torch.nn.Module):
         return next(self.parameters()).device
 
     def _prefixed(self, texts: Sequence[str], is_query: bool) -> list[str]:
-        prefix = self.config.query_prefix if is_query else self.config.document_prefix
-        return [prefix + t for t in texts] if prefix else list(texts)
+        """The texts inside the query or document template (prefix + text + suffix)."""
+        config = self.config
+        prefix, suffix = (
+            (config.query_prefix, config.query_suffix)
+            if is_query
+            else (config.document_prefix, config.document_suffix)
+        )
+        return [prefix + t + suffix for t in texts] if prefix or suffix else list(texts)
 
     def _length_limit(self, max_length: int | None) -> int:
         return min(max_length or self.config.max_length, self.config.max_length)
@@ -151,15 +186,29 @@ class Retriever(torch.nn.Module):
         device = self.device
         return {k: v.to(device) for k, v in enc.items() if k in self._forward_keys}
 
-    def embed(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Embed a pre-tokenised batch (``input_ids``, ``attention_mask``, ...) -> [n, dim] float32."""
+    def hidden_states(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The backbone's last hidden states [n, t, h] of a pre-tokenised batch, and its attention mask."""
         device = self.device
         inputs = {k: v.to(device) for k, v in batch.items() if k in self._forward_keys}
         if self._accepts_use_cache:
             inputs["use_cache"] = False  # no KV cache for a single encoding pass
-        hidden = self.backbone(**inputs, return_dict=True).last_hidden_state
-        emb = pool(hidden, inputs["attention_mask"], self.config.pooling)
+        return self.backbone(**inputs, return_dict=True).last_hidden_state, inputs["attention_mask"]
+
+    def embed(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Embed a pre-tokenised batch (``input_ids``, ``attention_mask``, ...) -> [n, dim] float32."""
+        hidden, mask = self.hidden_states(batch)
+        emb = pool(hidden, mask, self.config.pooling, self.config.compress_tokens)
         return F.normalize(emb, p=2, dim=-1) if self.config.normalize else emb
+
+    def compress(self, texts: Sequence[str], is_query: bool, max_length: int | None = None) -> Tensor:
+        """The k compress-token states [n, k, h] of each text, with autograd: the soft prompt a frozen
+        decoder reads (compress pooling only; the embedding is their mean)."""
+        if self.config.pooling != "compress":
+            raise ValueError(
+                f"compress() needs pooling 'compress', this retriever pools {self.config.pooling!r}"
+            )
+        hidden, mask = self.hidden_states(self.tokenize(texts, is_query, max_length))
+        return compress_states(hidden, mask, self.config.compress_tokens)
 
     def forward(self, texts: Sequence[str], is_query: bool, max_length: int | None = None) -> Tensor:
         """Embeddings with autograd, [n, dim] (L2-normalised when ``config.normalize``)."""

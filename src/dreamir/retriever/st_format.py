@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 _POOLING_TO_ST: dict[str, str] = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
 _ST_TO_POOLING: dict[str, Pooling] = {"mean": "mean", "cls": "cls", "lasttoken": "last"}
 _MODEL_CONFIG_FILE = "config_sentence_transformers.json"
+# Compress pooling has no sentence-transformers equivalent: its module's file travels with the model.
+_COMPRESS_MODULE = "compress_pooling.CompressTokenPooling"
 _TEXT_ONLY = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
 
 
@@ -48,6 +51,7 @@ def read_directory(root: Path) -> tuple[Path, RetrieverConfig | None]:
     modules = json.loads(modules_file.read_text(encoding="utf-8"))
     model_dir = root
     pooling: Pooling | None = None
+    compress_tokens = RetrieverConfig.compress_tokens
     normalize = False
     for module in modules:
         kind = module["type"].rsplit(".", 1)[-1]
@@ -58,6 +62,10 @@ def read_directory(root: Path) -> tuple[Path, RetrieverConfig | None]:
             pooling = _read_pooling(module_dir)
         elif kind == "Normalize":
             normalize = True
+        elif module["type"] == _COMPRESS_MODULE:
+            pooling = "compress"
+            compress_config = json.loads((module_dir / "config.json").read_text(encoding="utf-8"))
+            compress_tokens = int(compress_config["compress_tokens"])
         else:
             raise ValueError(f"unsupported sentence-transformers module {module['type']!r} in {root}")
 
@@ -92,6 +100,7 @@ def read_directory(root: Path) -> tuple[Path, RetrieverConfig | None]:
         max_length=int(max_length),
         query_prefix=prompts.get("query") or "",
         document_prefix=document_prefix,
+        compress_tokens=compress_tokens,
         # A last-token model encodes as sentence-transformers would: its tokenizer decides about EOS. Other
         # poolings keep the default, so that a copy switched to "last" gets the EOS that pooling needs.
         append_eos=False if pooling == "last" else None,
@@ -149,7 +158,14 @@ def write_directory(
         module_output_name="token_embeddings",
     )
     transformer.model = backbone
-    modules = [transformer, StPooling(embedding_dim, _POOLING_TO_ST[config.pooling])]
+    if config.pooling == "compress":
+        from dreamir.retriever import compress_pooling
+
+        shutil.copyfile(compress_pooling.__file__, out / "compress_pooling.py")
+        pooling = compress_pooling.CompressTokenPooling(embedding_dim, config.compress_tokens)
+    else:
+        pooling = StPooling(embedding_dim, _POOLING_TO_ST[config.pooling])
+    modules = [transformer, pooling]
     if config.normalize:
         modules.append(Normalize())
     model = SentenceTransformer(
@@ -163,3 +179,15 @@ def write_directory(
         similarity_fn_name=config.similarity,
     )
     model.save(str(out), create_model_card=False)
+    if config.pooling == "compress":
+        _refer_to_own_file(out / "modules.json")
+
+
+def _refer_to_own_file(modules_file: Path) -> None:
+    """Point the compress pooling entry at the directory's own copy of its file (sentence-transformers
+    imports it from there when trust_remote_code is on), not at dreamir's module."""
+    modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    for module in modules:
+        if module["type"].endswith(".CompressTokenPooling"):
+            module["type"] = _COMPRESS_MODULE
+    modules_file.write_text(json.dumps(modules, indent=2) + "\n", encoding="utf-8")
