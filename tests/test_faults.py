@@ -237,6 +237,28 @@ def test_resume_with_other_settings_is_refused_with_the_differences(tiny_bert_di
     assert result.resumed_from == 4 and result.steps == 6
 
 
+def test_a_run_setting_newer_than_the_checkpoint_counts_as_its_default(tiny_bert_dir, tmp_path):
+    def train(run_settings: dict, defaults: dict, max_steps: int):
+        trainer = Trainer(
+            _objective(tiny_bert_dir),
+            EXAMPLES,
+            CORPUS,
+            _args(tmp_path / "run", max_steps=max_steps, allow_longer_run=True),
+            sampling=SAMPLING,
+            run_settings=run_settings,
+            run_setting_defaults=defaults,
+        )
+        return trainer.train()
+
+    train({"recipe": "ict"}, {}, max_steps=2)
+    # An option added since, left at its default: the run resumes.
+    result = train({"recipe": "ict", "target": "kept"}, {"target": "kept"}, max_steps=4)
+    assert result.resumed_from == 2 and result.steps == 4
+    # The same option set to something else: refused, naming it.
+    with pytest.raises(CheckpointError, match=r"run\.target: checkpoint 'kept', now 'removed'"):
+        train({"recipe": "ict", "target": "removed"}, {"target": "kept"}, max_steps=6)
+
+
 # ---- loaders fed random and mutated files --------------------------------------------------------------
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),

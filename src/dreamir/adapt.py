@@ -531,6 +531,7 @@ def build_trainer(
         training,
         sampling=SamplingArguments(num_candidates=args.num_candidates),
         run_settings=_run_settings(args),
+        run_setting_defaults=_run_settings(type(args)(corpus=args.corpus, out=args.out)),
         callbacks=callbacks,
     )
 

@@ -107,6 +107,7 @@ class Trainer:
         *,
         sampling: SamplingArguments | None = None,
         run_settings: dict[str, Any] | None = None,
+        run_setting_defaults: dict[str, Any] | None = None,
         callbacks: Sequence[TrainerCallback] = (),
     ) -> None:
         """``sampling``: candidates per example and their shuffling. ``run_settings``: what else defines the
@@ -119,6 +120,9 @@ class Trainer:
         self.corpus = corpus
         self.args = args
         self.run_settings = run_settings or {}
+        # A run setting an older checkpoint does not record (the option did not exist yet) counts as its
+        # default there, so upgrading dreamir does not refuse to resume a run that used the defaults.
+        self.run_setting_defaults = run_setting_defaults or {}
         self.output_dir = Path(args.output_dir)
         self.processes = distributed.join_processes()
         self.parameters = [p for p in objective.parameters() if p.requires_grad]
@@ -219,6 +223,8 @@ class Trainer:
         if "settings" not in state:
             return  # written before settings were recorded
         saved, current = state["settings"], self._settings()
+        if isinstance(saved.get("run"), dict):
+            saved = {**saved, "run": {**self.run_setting_defaults, **saved["run"]}}
         differences = integrity.settings_differences(saved, current)
         if self.args.allow_longer_run and self.args.max_steps >= saved["training"]["max_steps"]:
             differences = [d for d in differences if not d.startswith("training.max_steps:")]
