@@ -67,15 +67,11 @@ def main() -> None:
         return np.stack([doc_embeddings[row] if row is not None else next(fresh) for row in rows])
 
     started = time.perf_counter()
-    ours, _ = evaluate_index(dataset, ExactIndex(list(dataset.corpus), doc_embeddings, encode_queries))
-    ours_seconds = time.perf_counter() - started
-    encoder = RetrieverEncoder(
-        args.model,
-        encode_queries,
-        encode_documents,
-        embed_dim=retriever.embedding_dim,
-        max_tokens=retriever.config.max_length,
+    ours, _ = evaluate_index(
+        dataset, ExactIndex(list(dataset.corpus), doc_embeddings, encode_queries, retriever.config.similarity)
     )
+    ours_seconds = time.perf_counter() - started
+    encoder = RetrieverEncoder.for_retriever(args.model, retriever, encode_queries, encode_documents)
     started = time.perf_counter()
     work = ROOT / "runs" / "mteb_agreement" / dataset.name
     evaluation = evaluate_with_mteb(encoder, dataset, dataset.name, work, "test", show_progress=False)

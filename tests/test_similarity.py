@@ -1,10 +1,13 @@
 """One similarity: a retriever's ``config.similarity`` is what its objectives train on and what evaluation
 and search rank by, also for a retriever without L2 normalisation."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from dreamir.cli import main
 from dreamir.data.beir import Document
 from dreamir.evaluation import exact_search
 from dreamir.llm.frozen import FrozenLLM
@@ -89,3 +92,21 @@ def test_evaluating_a_saved_model_ranks_by_its_saved_similarity(tiny_bert_dir, t
     assert evaluate_model(str(tmp_path / "dot"), dataset, show_progress=False) == pytest.approx(
         by_name["dot"]
     )
+    # `dreamir eval` (and the index it searches) rank by the saved similarity too.
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": d.doc_id, "title": "", "text": d.text}) + "\n" for d in corpus.values())
+    )
+    (beir / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": text}) + "\n" for q, text in queries.items())
+    )
+    (beir / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, r in qrels.items() for d in r)
+    )
+    args = ["--model", str(tmp_path / "dot"), "--beir", str(beir), "--no-show-progress"]
+    assert main(["eval", *args, "--out-dir", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
+    assert metrics == pytest.approx(by_name["dot"])
+    assert main(["index", str(tmp_path / "dot"), str(beir), "--out", str(tmp_path / "index")]) == 0
+    assert json.loads((tmp_path / "index" / "index.json").read_text())["similarity"] == "dot"

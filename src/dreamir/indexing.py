@@ -66,8 +66,11 @@ class IndexArguments:
     corpus: str = field(metadata={"help": "BEIR directory (corpus.jsonl) or a corpus.jsonl file"})
     out: str = field(metadata={"help": "index directory to write"})
     faiss: IndexKind = field(default="flat", metadata={"help": INDEX_HELP})
-    similarity: str = field(
-        default="cosine", metadata={"help": f"score of a query and a document, one of {SIMILARITIES}"}
+    similarity: str | None = field(
+        default=None,
+        metadata={
+            "help": f"score of a query and a document, one of {SIMILARITIES} (default: the model's own)"
+        },
     )
     hnsw_m: int = field(default=32, metadata={"help": "hnsw: graph links per document"})
     ef_construction: int = field(default=200, metadata={"help": "hnsw: candidate list while building"})
@@ -78,7 +81,7 @@ class IndexArguments:
 
     def __post_init__(self) -> None:
         at_least(self, 1, "hnsw_m", "ef_construction", "ef_search", "batch_size", "threads")
-        if self.similarity not in SIMILARITIES:
+        if self.similarity is not None and self.similarity not in SIMILARITIES:
             raise ValueError(f"--similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
 
 
@@ -133,7 +136,8 @@ def build_index(args: IndexArguments) -> tuple[SearchIndex, dict[str, Any]]:
         retriever = load_encoder(args.model)
         embeddings = encode_corpus(retriever, corpus, args.batch_size, args.show_progress)
         hnsw = {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
-        index = dense_index(list(corpus), embeddings, args.faiss, None, args.similarity, **hnsw)
+        similarity = args.similarity or retriever.config.similarity
+        index = dense_index(list(corpus), embeddings, args.faiss, None, similarity, **hnsw)
         metadata.update(model_path=str(path.resolve()), retriever=retriever.config.to_dict())
     metadata["build_seconds"] = round(time.perf_counter() - started, 3)
     index.save(args.out, metadata, titles=[doc.title for doc in corpus.values()])
@@ -288,13 +292,7 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
         if args.engine == "mteb":
             from dreamir.mteb_bridge import RetrieverEncoder, evaluate_with_mteb
 
-            encoder = RetrieverEncoder(
-                args.model,
-                encode_queries,
-                encode_documents,
-                embed_dim=retriever.embedding_dim,
-                max_tokens=retriever.config.max_length,
-            )
+            encoder = RetrieverEncoder.for_retriever(args.model, retriever, encode_queries, encode_documents)
             evaluation = evaluate_with_mteb(encoder, dataset, name, out_dir, args.split, args.show_progress)
             metrics, run = evaluation.metrics, evaluation.run
             extra.update(mteb_task=evaluation.task, mteb_result=str(evaluation.result_file))
@@ -304,7 +302,8 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
                 f"{args.model}: document embeddings",
             )
             metrics, run = evaluate_index(
-                dataset, ExactIndex(list(dataset.corpus), embeddings, encode_queries)
+                dataset,
+                ExactIndex(list(dataset.corpus), embeddings, encode_queries, retriever.config.similarity),
             )
     summary = {
         "dataset": name,

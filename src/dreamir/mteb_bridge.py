@@ -48,6 +48,20 @@ class RetrieverEncoder:
     instructions are not added on top, so mteb scores exactly what dreamir scores.
     """
 
+    @classmethod
+    def for_retriever(
+        cls, name: str, retriever: Any, encode_queries: TextEncoder, encode_documents: TextEncoder
+    ) -> RetrieverEncoder:
+        """The encoder of a dreamir retriever: its width, its length limit and its own similarity."""
+        return cls(
+            name,
+            encode_queries,
+            encode_documents,
+            similarity=retriever.config.similarity,
+            embed_dim=retriever.embedding_dim,
+            max_tokens=retriever.config.max_length,
+        )
+
     def __init__(
         self,
         name: str,
