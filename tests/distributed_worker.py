@@ -16,11 +16,18 @@ from torch import nn
 
 from dreamir.checkpoints import CheckpointError
 from dreamir.data.sampling import SamplingArguments
+from dreamir.data.training import TrainingExample
 from dreamir.llm.frozen import FrozenLLM
 from dreamir.objectives import DreamLoss, InfoNCELoss
 from dreamir.retriever import Retriever, RetrieverConfig
 from dreamir.trainer import Trainer, TrainingArguments
 from tests.test_dream_objective import CORPUS, EXAMPLES
+
+# "dream-uneven": targets of very different lengths, so each process's mean covers another number of tokens.
+UNEVEN_EXAMPLES = [
+    TrainingExample(e.query, e.target + " is the capital" * (3 * i), e.candidate_ids, gold_id=e.gold_id)
+    for i, e in enumerate(EXAMPLES)
+]
 
 
 class Crash(RuntimeError):
@@ -61,8 +68,9 @@ def main(argv: list[str]) -> int:
         save_steps=2,
         show_progress=False,
     )
+    examples = UNEVEN_EXAMPLES if objective == "dream-uneven" else EXAMPLES
     trainer = CrashingTrainer(
-        build(objective, bert_dir, llama_dir), EXAMPLES, CORPUS, args, sampling=SamplingArguments(3)
+        build(objective, bert_dir, llama_dir), examples, CORPUS, args, sampling=SamplingArguments(3)
     )
     trainer.crash_at = int(rest[0]) if rest else None
     try:

@@ -70,7 +70,8 @@ def _assert_close(a: dict, b: dict, atol: float) -> None:
         torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=name)
 
 
-@pytest.mark.parametrize("objective", ["infonce", "dream"])
+# dream-uneven: targets of unequal lengths, so the processes' means cover unequal token counts.
+@pytest.mark.parametrize("objective", ["infonce", "dream", "dream-uneven"])
 def test_two_processes_with_batch_b_step_like_one_process_with_batch_2b(
     objective, tmp_path, tiny_bert_dir, tiny_llama_dir
 ):

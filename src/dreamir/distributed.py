@@ -73,6 +73,17 @@ def mean_over_processes(value: float) -> float:
     return float(tensor) / dist.get_world_size()
 
 
+def share_of_mean(local_count: int) -> float:
+    """The factor turning a mean over this process's ``local_count`` items into its share of the mean over
+    every process's items (1.0 in one process). Gradients are averaged over processes, so a loss scaled by it
+    takes the step one process takes with the whole batch even when processes hold unequal counts."""
+    if not _grouped():
+        return 1.0
+    total = torch.tensor([float(local_count)], dtype=torch.float64)
+    dist.all_reduce(total)
+    return local_count * dist.get_world_size() / max(float(total), 1.0)
+
+
 def gather_objects(value: Any) -> list[Any]:
     """``value`` from every process, in rank order."""
     if not _grouped():

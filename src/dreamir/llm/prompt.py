@@ -66,6 +66,11 @@ class PromptBatch:
     def num_candidates(self) -> int:
         return self.candidate_mask.shape[1]
 
+    @property
+    def target_tokens(self) -> int:
+        """Target tokens the LLM predicts (the count its mean loss is taken over)."""
+        return int((self.labels[:, 1:] != -100).sum())
+
     def to(self, device: torch.device | str) -> PromptBatch:
         moved = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.__dict__.items()}
         return type(self)(**moved)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dreamir.distributed import share_of_mean
 from dreamir.llm.frozen import FrozenLLM
 from dreamir.objectives.base import LoadLLM, Objective, ObjectiveOutput, RetrieverPrecision, TrainingInstance
 from dreamir.options import at_least
@@ -66,6 +67,11 @@ class DreamLoss(Objective):
         prompts = [
             self.llm.encode(i.query, [(d.title, d.text) for d in i.documents], i.target) for i in instances
         ]
-        loss = self.llm.target_loss(self.llm.collate(prompts), probs, reuse_prefix=self.reuse_prefix)
+        batch = self.llm.collate(prompts)
+        loss = self.llm.target_loss(batch, probs, reuse_prefix=self.reuse_prefix)
+        # A mean over target tokens: weighted by token counts across processes, not averaged per process.
+        share = share_of_mean(batch.target_tokens)
+        if share != 1.0:
+            loss = loss * share
         logs = {"entropy": self.entropy(probs), **self.gold_logs(probs, instances), **self.temperature_logs()}
         return ObjectiveOutput(loss, logs)
