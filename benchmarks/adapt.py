@@ -67,6 +67,10 @@ class Settings:
     max_passages: int | None = option(None, "default: adapt's")
     learning_rate: float | None = option(None, "default: adapt's")
     refresh_every: int | None = option(None, "default: adapt's")
+    refresh_after: int | None = option(None, "default: adapt's")
+    examples_per_passage: int | None = option(None, "default: adapt's")
+    target_words: int | None = option(None, "default: adapt's")
+    max_target_tokens: int | None = option(None, "default: adapt's")
     track_labelled: bool = option(True, "measure the labelled nDCG@10 at each validation (DREAM only)")
     seed: int = option(0, "seeds every run")
     threads: int = option(2, "CPU threads torch may use")
@@ -110,7 +114,16 @@ def corpus_dir(settings: Settings, name: str) -> Path:
 def adapt_arguments(settings: Settings, corpus: Path, out: Path, objective: str) -> AdaptArguments:
     overrides = {
         k: getattr(settings, k)
-        for k in ("max_steps", "max_passages", "learning_rate", "refresh_every")
+        for k in (
+            "max_steps",
+            "max_passages",
+            "learning_rate",
+            "refresh_every",
+            "refresh_after",
+            "examples_per_passage",
+            "target_words",
+            "max_target_tokens",
+        )
         if getattr(settings, k) is not None
     }
     if objective in COMPRESS_RETRIEVER:
