@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from dreamir.checkpoints import problem_with
 from dreamir.data.beir import load_beir
 from dreamir.models import MINILM, resolve_model
-from dreamir.trainer import STATE_FILE
+from dreamir.trainer import CHECKPOINTS, STATE_FILE
 from dreamir.workflow import evaluate_model
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    checkpoint = args.run / "work" / "train" / "checkpoints" / args.checkpoint
+    checkpoint = args.run / "work" / "train" / CHECKPOINTS / args.checkpoint
     problem = problem_with(checkpoint, STATE_FILE)
     if problem:
         raise SystemExit(f"{checkpoint}: {problem}")

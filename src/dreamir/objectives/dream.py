@@ -68,10 +68,10 @@ class DreamLoss(Objective):
             self.llm.encode(i.query, [(d.title, d.text) for d in i.documents], i.target) for i in instances
         ]
         batch = self.llm.collate(prompts)
-        loss = self.llm.target_loss(batch, probs, reuse_prefix=self.reuse_prefix)
-        # A mean over target tokens: weighted by token counts across processes, not averaged per process.
-        share = share_of_mean(batch.target_tokens)
-        if share != 1.0:
-            loss = loss * share
+        # A mean over target tokens: weighted by token counts across processes, not averaged per process
+        # (the share is exactly 1.0 in one process, and multiplying by it changes no bit).
+        loss = self.llm.target_loss(batch, probs, reuse_prefix=self.reuse_prefix) * share_of_mean(
+            batch.target_tokens
+        )
         logs = {"entropy": self.entropy(probs), **self.gold_logs(probs, instances), **self.temperature_logs()}
         return ObjectiveOutput(loss, logs)
