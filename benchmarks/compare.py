@@ -29,7 +29,7 @@ from __future__ import annotations
 import datetime
 import json
 import platform
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from dreamir.arguments import (
     RuntimeArguments,
     SamplingArguments,
     TrainingArguments,
+    field_defaults,
 )
 from dreamir.cli import ArgumentParser
 from dreamir.data.beir import load_beir
@@ -273,17 +274,6 @@ RUN_SETTING_SECTIONS = {
     "dream": SYSTEM_PARTS,
     "training": [TrainingArguments, SamplingArguments],
 }
-
-
-def field_defaults(*arguments_classes: type) -> dict:
-    """The JSON form of every field of these dataclasses that has a default."""
-    defaults = {
-        f.name: f.default if f.default_factory is MISSING else f.default_factory()
-        for arguments_class in arguments_classes
-        for f in fields(arguments_class)
-        if f.default is not MISSING or f.default_factory is not MISSING
-    }
-    return json.loads(json.dumps(defaults))
 
 
 def save_untrained(

@@ -14,7 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dreamir.checkpoints import CheckpointError
+from dreamir.checkpoints import CheckpointError, with_defaults
 from dreamir.cli import main
 from dreamir.data.beir import read_corpus, read_qrels, read_queries
 from dreamir.data.errors import DataFormatError
@@ -237,26 +237,42 @@ def test_resume_with_other_settings_is_refused_with_the_differences(tiny_bert_di
     assert result.resumed_from == 4 and result.steps == 6
 
 
-def test_a_run_setting_newer_than_the_checkpoint_counts_as_its_default(tiny_bert_dir, tmp_path):
-    def train(run_settings: dict, defaults: dict, max_steps: int):
+def _flat(settings: dict) -> dict:
+    return settings
+
+
+def _sectioned(settings: dict) -> dict:
+    # train_retriever records its settings in sections ("model", "objective"): a default fills a section.
+    return {"model": {"lora": False}, "objective": settings}
+
+
+@pytest.mark.parametrize("layout", [_flat, _sectioned])
+def test_a_run_setting_newer_than_the_checkpoint_counts_as_its_default(tiny_bert_dir, tmp_path, layout):
+    def train(run_settings: dict, max_steps: int):
         trainer = Trainer(
             _objective(tiny_bert_dir),
             EXAMPLES,
             CORPUS,
             _args(tmp_path / "run", max_steps=max_steps, allow_longer_run=True),
             sampling=SAMPLING,
-            run_settings=run_settings,
-            run_setting_defaults=defaults,
+            run_settings=layout(run_settings),
+            run_setting_defaults=layout({"target": "kept"}),
         )
         return trainer.train()
 
-    train({"recipe": "ict"}, {}, max_steps=2)
+    train({"recipe": "ict"}, max_steps=2)
     # An option added since, left at its default: the run resumes.
-    result = train({"recipe": "ict", "target": "kept"}, {"target": "kept"}, max_steps=4)
+    result = train({"recipe": "ict", "target": "kept"}, max_steps=4)
     assert result.resumed_from == 2 and result.steps == 4
     # The same option set to something else: refused, naming it.
-    with pytest.raises(CheckpointError, match=r"run\.target: checkpoint 'kept', now 'removed'"):
-        train({"recipe": "ict", "target": "removed"}, {"target": "kept"}, max_steps=6)
+    with pytest.raises(CheckpointError, match=r"run\.(objective\.)?target: checkpoint 'kept', now 'removed'"):
+        train({"recipe": "ict", "target": "removed"}, max_steps=6)
+
+
+def test_with_defaults_fills_only_what_the_saved_settings_lack():
+    saved = {"a": 1, "section": {"x": 1}}
+    defaults = {"a": 0, "b": 2, "section": {"x": 0, "y": 3}, "other": {"z": 4}}
+    assert with_defaults(saved, defaults) == {"a": 1, "b": 2, "section": {"x": 1, "y": 3}, "other": {"z": 4}}
 
 
 # ---- loaders fed random and mutated files --------------------------------------------------------------

@@ -5,8 +5,9 @@ Python callers build them directly. Range checks run when one is built (``dreami
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+import json
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Literal
 
 from dreamir.data.sampling import SamplingArguments
 from dreamir.llm.frozen import Precision
@@ -28,6 +29,7 @@ __all__ = [
     "SamplingArguments",
     "TrainingArguments",
     "ValidateArguments",
+    "field_defaults",
 ]
 
 # AutoRegEmbed's inference templates (its released evaluation code): each ends with an opening quote, so
@@ -41,6 +43,18 @@ LAYOUT_HELP = (
     "sequential: candidates one after another; parallel: each candidate read after the instruction alone, "
     "all at the same positions, so their keys and values are computed once per corpus"
 )
+
+
+def field_defaults(*arguments_classes: type) -> dict[str, Any]:
+    """The JSON form of every field of these dataclasses that has a default (what a run record holds for
+    an option the record predates)."""
+    defaults = {
+        f.name: f.default if f.default_factory is MISSING else f.default_factory()
+        for arguments_class in arguments_classes
+        for f in fields(arguments_class)
+        if f.default is not MISSING or f.default_factory is not MISSING
+    }
+    return json.loads(json.dumps(defaults))
 
 
 # ---- training ------------------------------------------------------------------------------------------

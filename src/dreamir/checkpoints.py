@@ -80,6 +80,16 @@ def remove_temporaries(output_dir: Path, checkpoints_dir: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
+def with_defaults(saved: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``saved`` with every setting it lacks taken from ``defaults``, section by section (an option added
+    after a checkpoint was written counts as its default there)."""
+    merged = dict(defaults) | dict(saved)
+    for name, default in defaults.items():
+        if isinstance(default, Mapping) and isinstance(saved.get(name), Mapping):
+            merged[name] = with_defaults(saved[name], default)
+    return merged
+
+
 def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
     """``name: checkpoint X, now Y`` for every setting that matters and differs."""
     differences = []

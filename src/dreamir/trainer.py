@@ -224,7 +224,7 @@ class Trainer:
             return  # written before settings were recorded
         saved, current = state["settings"], self._settings()
         if isinstance(saved.get("run"), dict):
-            saved = {**saved, "run": {**self.run_setting_defaults, **saved["run"]}}
+            saved = {**saved, "run": integrity.with_defaults(saved["run"], self.run_setting_defaults)}
         differences = integrity.settings_differences(saved, current)
         if self.args.allow_longer_run and self.args.max_steps >= saved["training"]["max_steps"]:
             differences = [d for d in differences if not d.startswith("training.max_steps:")]

@@ -25,6 +25,7 @@ from dreamir.arguments import (
     RuntimeArguments,
     SamplingArguments,
     TrainingArguments,
+    field_defaults,
 )
 from dreamir.candidates import BM25Index, mine_candidates
 from dreamir.data.beir import BeirDataset, Document, read_corpus
@@ -241,7 +242,22 @@ def train_retriever(
         "model": dataclasses.asdict(model),
         "objective": objective_settings(data, objective, llm, options, runtime),
     }
-    trainer = Trainer(built, examples, corpus, training, sampling=sampling, run_settings=run_settings)
+    # A checkpoint written before an option existed is resumed as if that option had its default.
+    defaults = {
+        "model": field_defaults(ModelArguments),
+        "objective": field_defaults(
+            DataArguments, ObjectiveArguments, LLMArguments, *options_classes(), RuntimeArguments
+        ),
+    }
+    trainer = Trainer(
+        built,
+        examples,
+        corpus,
+        training,
+        sampling=sampling,
+        run_settings=run_settings,
+        run_setting_defaults=defaults,
+    )
     return trainer.train()
 
 
