@@ -47,6 +47,8 @@ class AblationSettings(Settings):
 
 def main() -> None:
     settings = parse(AblationSettings, __doc__)
+    if settings.jobs != 1:
+        raise SystemExit("--jobs: ablate.py trains one system at a time (compare.py can run several)")
     torch.set_num_threads(settings.threads)
     data, _, heads = prepare(settings)
     datasets = datasets_for(settings, data)

@@ -19,6 +19,8 @@ the raw backbone with compress pooling (5 learnt tokens, the paper's templates) 
                                              # the raw set-up from three LoRA initialisations
     python benchmarks/compare.py --setups raw --objectives dream,infonce,replug,autoregembed
                                              # AutoRegEmbed beside the others
+    python benchmarks/compare.py --jobs 2 --threads 1
+                                             # two systems at a time, one core each
 
 Writes results/compare.json and results/compare_curves.png; every stage is cached under --work, so an
 interrupted run resumes.
@@ -29,6 +31,9 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -121,6 +126,10 @@ class Settings:
     )
     precision: str = option("float32", "the frozen LLM's precision: float32, bfloat16")
     retriever_precision: str = option("float32", "the retriever's forward precision: float32, bfloat16")
+    # Each system (objective x LoRA seed) is then trained and evaluated by its own process, --jobs at a
+    # time, each with --threads threads; the shared stages (data, candidates, heads, BM25 and base
+    # evaluations) are done first, once. On 2 cores, --jobs 2 --threads 1 beats one 2-thread process.
+    jobs: int = option(1, "systems trained at once, each in its own process")
 
 
 def prepare(settings: Settings) -> tuple[Path, Path, Path]:
@@ -393,6 +402,8 @@ def main() -> None:
             record(f"{setup}/compress-base", evaluate_system(settings, name, str(start), on))
         # Without LoRA nothing is drawn at random before training, so there is one run per objective.
         lora_seeds = [int(s) for s in settings.lora_seeds.split(",")] if SETUPS[setup].lora else [0]
+        if settings.jobs > 1:
+            train_in_workers(settings, setup, lora_seeds)  # the loop below then finds every run cached
         for lora_seed in lora_seeds:
             for objective in settings.objectives.split(","):
                 suffix = (f"-lora{lora_seed}", f"/lora{lora_seed}") if lora_seed else ("", "")
@@ -408,6 +419,39 @@ def main() -> None:
                     logs[system] = final.parent / "log.jsonl"
                     record(system, evaluate_system(settings, name, str(final), on))
     report(settings, results, train_seconds, logs, "compare")
+
+
+def train_in_workers(settings: Settings, setup: str, lora_seeds: list[int]) -> None:
+    """Train and evaluate each (objective, LoRA seed) of a set-up by this script in its own process,
+    ``settings.jobs`` at a time; each worker's output goes to <work>/jobs/<system>.log."""
+    jobs_dir = Path(settings.work) / "jobs"
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+
+    def run(objective: str, lora_seed: int) -> None:
+        name = f"{setup}-{objective}" + (f"-lora{lora_seed}" if SETUPS[setup].lora else "")
+        worker = {
+            **asdict(settings),
+            "setups": setup,
+            "objectives": objective,
+            "lora_seeds": str(lora_seed),
+            "jobs": 1,
+            "out": str(jobs_dir / f"{name}.json"),
+        }
+        command = [sys.executable, __file__] + [
+            item for key, value in worker.items() for item in (f"--{key}", str(value))
+        ]
+        log = jobs_dir / f"{name}.log"
+        print(f"[compare] {name}: started, output in {log}", flush=True)
+        with log.open("w", encoding="utf-8") as output:
+            code = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            raise SystemExit(f"{name} failed (exit {code}); its output: {log}")
+        print(f"[compare] {name}: done", flush=True)
+
+    systems = [(o, seed) for seed in lora_seeds for o in settings.objectives.split(",")]
+    with ThreadPoolExecutor(max_workers=settings.jobs) as pool:
+        for finished in [pool.submit(run, objective, seed) for objective, seed in systems]:
+            finished.result()
 
 
 def train_autoregembed(
