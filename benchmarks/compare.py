@@ -128,7 +128,7 @@ class Settings:
     retriever_precision: str = option("float32", "the retriever's forward precision: float32, bfloat16")
     # Each system (objective x LoRA seed) is then trained and evaluated by its own process, --jobs at a
     # time, each with --threads threads; the shared stages (data, candidates, heads, BM25 and base
-    # evaluations) are done first, once. On 2 cores, --jobs 2 --threads 1 beats one 2-thread process.
+    # evaluations) are done first, once. Keep jobs x threads at the number of cores.
     jobs: int = option(1, "systems trained at once, each in its own process")
 
 
