@@ -51,6 +51,7 @@ from dreamir.arguments import (
     TrainingArguments,
     field_defaults,
 )
+from dreamir.checkpoints import with_defaults
 from dreamir.cli import ArgumentParser
 from dreamir.data.beir import load_beir
 from dreamir.data.training import write_training_file
@@ -267,9 +268,8 @@ def check_cached_run(path: Path, run_settings: dict) -> None:
     A setting added to the arguments after the run was cached counts as having had its default value.
     """
     if path.exists():
-        cached = read_json(path)
-        for section, arguments_classes in RUN_SETTING_SECTIONS.items():
-            cached[section] = {**field_defaults(*arguments_classes), **cached.get(section, {})}
+        defaults = {section: field_defaults(*classes) for section, classes in RUN_SETTING_SECTIONS.items()}
+        cached = with_defaults(read_json(path), defaults)
         if cached != json.loads(json.dumps(run_settings)):
             raise SystemExit(
                 f"{path.parent} was trained with other settings ({path}); pass another --work directory"
