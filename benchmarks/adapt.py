@@ -71,6 +71,8 @@ class Settings:
     examples_per_passage: int | None = option(None, "default: adapt's")
     target_words: int | None = option(None, "default: adapt's")
     max_target_tokens: int | None = option(None, "default: adapt's")
+    ict_target: str | None = option(None, "default: adapt's")
+    document_layout: str | None = option(None, "default: adapt's")
     track_labelled: bool = option(True, "measure the labelled nDCG@10 at each validation (DREAM only)")
     seed: int = option(0, "seeds every run")
     threads: int = option(2, "CPU threads torch may use")
@@ -123,6 +125,8 @@ def adapt_arguments(settings: Settings, corpus: Path, out: Path, objective: str)
             "examples_per_passage",
             "target_words",
             "max_target_tokens",
+            "ict_target",
+            "document_layout",
         )
         if getattr(settings, k) is not None
     }

@@ -2,6 +2,7 @@
 refresh and `dreamir adapt` end to end on tiny models."""
 
 import json
+import math
 import random
 
 import numpy as np
@@ -237,6 +238,22 @@ def test_adapt_refreshes_candidates_with_the_retriever(tmp_path, tiny_bert_dir, 
     assert [e.candidate_ids for e in examples] != [e.candidate_ids for e in bm25]
     log = [json.loads(line) for line in (tmp_path / "out" / "work" / "train" / "log.jsonl").open()]
     assert "refresh_pseudo_gold_found" in log[1]
+
+
+def test_adapt_in_the_parallel_layout_reads_candidates_from_memory_not_disk(
+    tmp_path, tiny_bert_dir, tiny_llama_dir
+):
+    write_corpus(tmp_path / "corpus", make_corpus(30))
+    args = _adapt_args(
+        tmp_path, tiny_bert_dir, tiny_llama_dir, document_layout="parallel", precision="float32"
+    )
+    report = adapt(args)
+    work = tmp_path / "out" / "work"
+    assert report["steps"] == 4 and (tmp_path / "out" / "model" / "modules.json").exists()
+    log = [json.loads(line) for line in (work / "train" / "log.jsonl").open()]
+    assert all(math.isfinite(entry["loss"]) for entry in log if "loss" in entry)
+    # Passages read about once are not worth megabytes of disk each.
+    assert not [p for p in work.rglob("*") if "document_cache" in p.parts or p.name.startswith("shard-")]
 
 
 def test_adapt_cli_names_a_missing_corpus(tmp_path, capsys):

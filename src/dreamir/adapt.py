@@ -56,7 +56,7 @@ from dreamir.plots import plot_training_curves
 from dreamir.retriever import CONFIG_FILE, Retriever
 from dreamir.stages import Stages
 from dreamir.trainer import Trainer, TrainerCallback, TrainingArguments
-from dreamir.workflow import build_objective, cache_candidates, load_retriever, set_threads
+from dreamir.workflow import build_objective, load_retriever, set_threads
 
 logger = logging.getLogger(__name__)
 VALIDATION_METRIC = "val_success@10"
@@ -476,8 +476,10 @@ def build_trainer(
             llm=args.llm,
             max_target_tokens=args.max_target_tokens,
             precision=args.precision,
+            # Parallel layout: an adapt run reads most passages about once (80 steps x 4 x 8 candidates
+            # from thousands of passages), so their keys and values (megabytes each) are kept in memory for
+            # the step that reads them, not written to disk, and not built ahead for unread examples.
             document_layout=args.document_layout,
-            document_cache=str(work / "document_cache") if args.document_layout == "parallel" else None,
         ),
         [DreamOptions(heads=str(heads_file), num_heads=args.num_heads)],
     )
@@ -521,9 +523,6 @@ def build_trainer(
             )
         )
     callbacks += extra_callbacks
-    llm = getattr(objective, "llm", None)
-    if isinstance(llm, FrozenLLM) and args.document_layout == "parallel":
-        cache_candidates(llm, train, full_corpus, args.num_candidates, args.show_progress)
     return Trainer(
         objective,
         train,
