@@ -66,6 +66,7 @@ from dreamir.workflow import (
     evaluate_model,
     load_corpus,
     load_retriever,
+    objective_record_classes,
     objective_settings,
     prepare_training_examples,
     read_json,
@@ -208,7 +209,7 @@ class SystemArguments:
         return objective_settings(self.data, self.objective, self.llm, self.options, self.runtime)
 
 
-SYSTEM_PARTS = [DataArguments, ObjectiveArguments, LLMArguments, *options_classes(), RuntimeArguments]
+SYSTEM_PARTS = list(objective_record_classes())
 
 
 def train_system(

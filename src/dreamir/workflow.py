@@ -206,11 +206,16 @@ def objective_settings(
 ) -> dict[str, Any]:
     """Everything that defines the objective's side of a run, as one flat record (checkpoints compare it
     on resume): every objective's options, with the defaults where ``options`` has none."""
-    given = {type(o): o for o in options}
+    given = {type(o): o for o in (data, objective, llm, *options, runtime)}
     record: dict[str, Any] = {}
-    for part in (data, objective, llm, *(given.get(c) or c() for c in options_classes()), runtime):
-        record.update(dataclasses.asdict(part))
+    for part in objective_record_classes():
+        record.update(dataclasses.asdict(given.get(part) or part()))
     return record
+
+
+def objective_record_classes() -> tuple[type, ...]:
+    """The argument classes whose fields make up a run's objective record, in the record's order."""
+    return (DataArguments, ObjectiveArguments, LLMArguments, *options_classes(), RuntimeArguments)
 
 
 def train_retriever(
@@ -245,9 +250,7 @@ def train_retriever(
     # A checkpoint written before an option existed is resumed as if that option had its default.
     defaults = {
         "model": field_defaults(ModelArguments),
-        "objective": field_defaults(
-            DataArguments, ObjectiveArguments, LLMArguments, *options_classes(), RuntimeArguments
-        ),
+        "objective": field_defaults(*objective_record_classes()),
     }
     trainer = Trainer(
         built,
