@@ -73,6 +73,7 @@ class Settings:
     max_target_tokens: int | None = option(None, "default: adapt's")
     ict_target: str | None = option(None, "default: adapt's")
     document_layout: str | None = option(None, "default: adapt's")
+    heads: str | None = option(None, "head file; default: adapt's (scored on the generated examples)")
     track_labelled: bool = option(True, "measure the labelled nDCG@10 at each validation (DREAM only)")
     seed: int = option(0, "seeds every run")
     threads: int = option(2, "CPU threads torch may use")
@@ -127,6 +128,7 @@ def adapt_arguments(settings: Settings, corpus: Path, out: Path, objective: str)
             "max_target_tokens",
             "ict_target",
             "document_layout",
+            "heads",
         )
         if getattr(settings, k) is not None
     }
