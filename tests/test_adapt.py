@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from dreamir.adapt import AdaptArguments, adapt
+from dreamir.adapt import AdaptArguments, adapt, split_by_source
 from dreamir.cli import main
 from dreamir.data.beir import Document
 from dreamir.data.corpus_examples import (
@@ -164,6 +164,16 @@ def test_pseudo_gold_success_counts_ranks_with_the_derived_passage_standing_in()
     assert pseudo_gold_success(queries, docs, [0, 2, 0], golds, k=1) == {"success@1": 1 / 3, "mrr@1": 1 / 3}
     result = pseudo_gold_success(queries, docs, [0, 2, 0], golds, k=2)
     assert result == pytest.approx({"success@2": 2 / 3, "mrr@2": (1 + 0.5) / 3})
+
+
+def test_no_training_example_shares_a_passage_with_a_held_out_one():
+    examples = [TrainingExample(query=f"q{i}", target="t", gold_id=f"p{i % 3}-derived{i}") for i in range(9)]
+    source_of = {e.gold_id: e.gold_id.split("-")[0] for e in examples}
+    validation, train = split_by_source(examples, source_of, 2)
+    assert validation == examples[:2]
+    held_out = {source_of[e.gold_id] for e in validation}
+    assert held_out == {"p0", "p1"}
+    assert [e.query for e in train] == ["q2", "q5", "q8"]
 
 
 def _adapt_args(tmp_path, tiny_bert_dir, tiny_llama_dir, **overrides) -> AdaptArguments:

@@ -191,6 +191,18 @@ def build_examples(args: AdaptArguments, corpus: Mapping[str, Document]) -> Corp
     return build_generated_examples(corpus, settings, generator)
 
 
+def split_by_source(
+    examples: Sequence[TrainingExample], source_of: Mapping[str, str], validation_examples: int
+) -> tuple[list[TrainingExample], list[TrainingExample]]:
+    """The first ``validation_examples`` are held out, and no training example comes from the passage of a
+    held-out one (with several examples per passage, a shared passage would let validation reward
+    memorising it)."""
+    validation = list(examples[:validation_examples])
+    held_out = {source_of.get(e.gold_id, e.gold_id) for e in validation}
+    train = [e for e in examples[validation_examples:] if source_of.get(e.gold_id, e.gold_id) not in held_out]
+    return validation, train
+
+
 def prepare_examples(args: AdaptArguments, corpus: Mapping[str, Document], work: Path) -> dict:
     """Write train.jsonl, validation.jsonl, derived.jsonl (derived passages) and examples.json (counts,
     written last: its presence marks the stage done)."""
@@ -206,7 +218,7 @@ def prepare_examples(args: AdaptArguments, corpus: Mapping[str, Document], work:
         )
     examples = list(built.examples)
     random.Random(args.seed).shuffle(examples)
-    validation, train = examples[: args.validation_examples], examples[args.validation_examples :]
+    validation, train = split_by_source(examples, built.source_of, args.validation_examples)
     index = BM25Index.from_corpus(corpus)
     hits = index.search([e.query for e in train], k=args.num_candidates + 1)
     train = with_pseudo_gold(
@@ -232,6 +244,7 @@ def prepare_examples(args: AdaptArguments, corpus: Mapping[str, Document], work:
         "examples": len(built.examples),
         "train": len(train),
         "validation": len(validation),
+        "train_left_out_sharing_a_held_out_passage": len(examples) - len(validation) - len(train),
         "dropped": dict(built.dropped),
         # ict: short passages (under 3 sentences) whose title became the query.
         "title_queries": sum(e.query_id.startswith("title-") for e in built.examples),
