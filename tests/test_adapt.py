@@ -250,13 +250,12 @@ def test_adapt_refreshes_candidates_with_the_retriever(tmp_path, tiny_bert_dir, 
     assert "refresh_pseudo_gold_found" in log[1]
 
 
-def test_adapt_in_the_parallel_layout_reads_candidates_from_memory_not_disk(
-    tmp_path, tiny_bert_dir, tiny_llama_dir
+@pytest.mark.parametrize("layout", ["parallel", "sequential"])
+def test_adapt_in_either_layout_keeps_no_document_cache_on_disk(
+    tmp_path, tiny_bert_dir, tiny_llama_dir, layout
 ):
     write_corpus(tmp_path / "corpus", make_corpus(30))
-    args = _adapt_args(
-        tmp_path, tiny_bert_dir, tiny_llama_dir, document_layout="parallel", precision="float32"
-    )
+    args = _adapt_args(tmp_path, tiny_bert_dir, tiny_llama_dir, document_layout=layout, precision="float32")
     report = adapt(args)
     work = tmp_path / "out" / "work"
     assert report["steps"] == 4 and (tmp_path / "out" / "model" / "modules.json").exists()
