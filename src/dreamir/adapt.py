@@ -191,6 +191,11 @@ def build_examples(args: AdaptArguments, corpus: Mapping[str, Document]) -> Corp
     return build_generated_examples(corpus, settings, generator)
 
 
+def source_passage(example: TrainingExample, source_of: Mapping[str, str]) -> str | None:
+    """The corpus passage an example was made from (its pseudo-gold may be a derived copy of it)."""
+    return source_of.get(example.gold_id, example.gold_id)
+
+
 def split_by_source(
     examples: Sequence[TrainingExample], source_of: Mapping[str, str], validation_examples: int
 ) -> tuple[list[TrainingExample], list[TrainingExample]]:
@@ -198,8 +203,8 @@ def split_by_source(
     held-out one (with several examples per passage, a shared passage would let validation reward
     memorising it)."""
     validation = list(examples[:validation_examples])
-    held_out = {source_of.get(e.gold_id, e.gold_id) for e in validation}
-    train = [e for e in examples[validation_examples:] if source_of.get(e.gold_id, e.gold_id) not in held_out]
+    held_out = {source_passage(e, source_of) for e in validation}
+    train = [e for e in examples[validation_examples:] if source_passage(e, source_of) not in held_out]
     return validation, train
 
 
@@ -250,7 +255,7 @@ def prepare_examples(args: AdaptArguments, corpus: Mapping[str, Document], work:
         "title_queries": sum(e.query_id.startswith("title-") for e in built.examples),
         # How often BM25 alone finds the passage an example was made from (before it is forced in).
         "pseudo_gold_in_bm25_top_k": sum(
-            built.source_of.get(e.gold_id, e.gold_id) in [d for d, _ in h][: args.num_candidates]
+            source_passage(e, built.source_of) in [d for d, _ in h][: args.num_candidates]
             for e, h in zip(train, hits, strict=True)
         )
         / len(train),
@@ -339,7 +344,7 @@ class PseudoGoldValidator:
         self.validation = list(validation)
         self.every = every
         self.best_dir = best_dir
-        sources = [source_of.get(e.gold_id, e.gold_id) for e in self.validation]
+        sources = [source_passage(e, source_of) for e in self.validation]
         unique_sources = list(dict.fromkeys(sources))
         taken = set(unique_sources)
         others = [i for i in sorted(corpus) if i not in taken]
