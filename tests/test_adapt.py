@@ -280,3 +280,18 @@ def test_query_generator_is_seeded_batched_and_cleaned(tiny_llama_dir):
     assert len(first) == 5 and first == again
     assert all("\n" not in query for query in first)
     assert clean_query('\n Query: "rivers of france"\nmore') == "rivers of france"
+
+
+def test_query_generator_shows_its_worked_examples_before_the_passage(tiny_llama_dir):
+    from dreamir.llm.generate import DEFAULT_QUERY_EXAMPLES, GenerationSettings, QueryGenerator
+
+    passage = next(iter(make_corpus(1).values()))
+    with_examples = QueryGenerator(tiny_llama_dir, GenerationSettings(bf16=False), show_progress=False)
+    prompt = with_examples._prompt(passage).lower()  # the tiny test tokenizer lower-cases the passage
+    example_passage, example_query = DEFAULT_QUERY_EXAMPLES[0]
+    # a worked example comes before the passage, its query as the assistant's reply
+    position = prompt.index
+    assert position(example_passage[:40].lower()) < position(example_query) < position(passage.text[:30].lower())
+    assert prompt.count("passage:") == len(DEFAULT_QUERY_EXAMPLES) + 1
+    bare = QueryGenerator(tiny_llama_dir, GenerationSettings(bf16=False, examples=()), show_progress=False)
+    assert bare._prompt(passage).count("Passage:") == 1

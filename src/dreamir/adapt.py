@@ -185,6 +185,8 @@ def build_examples(args: AdaptArguments, corpus: Mapping[str, Document]) -> Corp
     from dreamir.llm.generate import GenerationSettings, QueryGenerator
 
     generation = GenerationSettings(seed=args.seed)
+    if args.examples_per_passage > 1:
+        generation.temperature = 0.7  # greedy would write the same query in every round
     if args.query_instruction:
         generation.instruction = args.query_instruction
     generator = QueryGenerator(args.llm, generation, show_progress=args.show_progress)

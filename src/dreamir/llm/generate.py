@@ -15,7 +15,32 @@ from dreamir.models import resolve_model, use_safetensors
 
 DEFAULT_QUERY_INSTRUCTION = (
     "Write one short search query that a user would type to find the passage below. "
-    "Do not copy sentences from the passage. Reply with the query only."
+    "Reply with the query only."
+)
+
+# Worked examples shown before each passage as earlier chat turns. A small instruct model asked with the
+# instruction alone mostly replies with a preamble ("A user would type:") or copies the passage; with these
+# turns it replies with a query. They come from three unrelated fields so that no corpus's domain is
+# favoured.
+DEFAULT_QUERY_EXAMPLES: tuple[tuple[str, str], ...] = (
+    (
+        "Photosynthesis. Photosynthesis is the process by which green plants and some other organisms use "
+        "sunlight to synthesize foods from carbon dioxide and water. It generally involves the green pigment "
+        "chlorophyll and generates oxygen as a by-product.",
+        "how do plants make food from sunlight",
+    ),
+    (
+        "Global interpreter lock. A global interpreter lock (GIL) is a mechanism used in computer-language "
+        "interpreters to synchronize the execution of threads so that only one native thread can execute at "
+        "a time, even on multi-core processors.",
+        "why can python threads not run in parallel",
+    ),
+    (
+        "Treaty of Versailles. The Treaty of Versailles was signed on 28 June 1919 and ended the state of war "
+        "between Germany and the Allied Powers. It required Germany to accept responsibility for the war and "
+        "to pay reparations.",
+        "what did the treaty of versailles require from germany",
+    ),
 )
 
 
@@ -27,10 +52,14 @@ class DocumentLike(Protocol):
 @dataclass
 class GenerationSettings:
     instruction: str = DEFAULT_QUERY_INSTRUCTION
+    # (passage, query) pairs shown as earlier turns of the chat; empty asks with the instruction alone
+    examples: tuple[tuple[str, str], ...] = DEFAULT_QUERY_EXAMPLES
     max_passage_tokens: int = 192
     max_new_tokens: int = 32
     batch_size: int = 16
-    temperature: float = 0.7  # sampling gives varied queries; 0 means greedy
+    # 0 is greedy: sampled queries from a small generator drift off the passage ("what were the results of
+    # the experiment?"). Further rounds of the same passages need sampling, or they repeat the first.
+    temperature: float = 0.0
     top_p: float = 0.9
     seed: int = 0
     bf16: bool = True
@@ -60,10 +89,15 @@ class QueryGenerator:
     def _prompt(self, passage: DocumentLike) -> str:
         text = f"{passage.title}. {passage.text}" if passage.title else passage.text
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.settings.max_passage_tokens]
-        content = f"{self.settings.instruction}\n\nPassage: {self.tokenizer.decode(ids)}"
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-        )
+        messages = []
+        for example_passage, example_query in self.settings.examples:
+            messages.append({"role": "user", "content": self._ask(example_passage)})
+            messages.append({"role": "assistant", "content": example_query})
+        messages.append({"role": "user", "content": self._ask(self.tokenizer.decode(ids))})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _ask(self, passage_text: str) -> str:
+        return f"{self.settings.instruction}\n\nPassage: {passage_text}"
 
     @torch.no_grad()
     def __call__(self, passages: Sequence[DocumentLike]) -> list[str]:
