@@ -291,7 +291,9 @@ def test_query_generator_shows_its_worked_examples_before_the_passage(tiny_llama
     example_passage, example_query = DEFAULT_QUERY_EXAMPLES[0]
     # a worked example comes before the passage, its query as the assistant's reply
     position = prompt.index
-    assert position(example_passage[:40].lower()) < position(example_query) < position(passage.text[:30].lower())
+    assert (
+        position(example_passage[:40].lower()) < position(example_query) < position(passage.text[:30].lower())
+    )
     assert prompt.count("passage:") == len(DEFAULT_QUERY_EXAMPLES) + 1
     bare = QueryGenerator(tiny_llama_dir, GenerationSettings(bf16=False, examples=()), show_progress=False)
     assert bare._prompt(passage).count("Passage:") == 1
