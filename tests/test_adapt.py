@@ -16,9 +16,11 @@ from dreamir.data.corpus_examples import (
     build_generated_examples,
     build_ict_examples,
     copied_verbatim,
+    read_query_examples,
     split_sentences,
     with_pseudo_gold,
 )
+from dreamir.data.errors import DataFormatError
 from dreamir.data.training import TrainingExample, read_training_file
 from dreamir.evaluation import pseudo_gold_success
 
@@ -297,3 +299,32 @@ def test_query_generator_shows_its_worked_examples_before_the_passage(tiny_llama
     assert prompt.count("passage:") == len(DEFAULT_QUERY_EXAMPLES) + 1
     bare = QueryGenerator(tiny_llama_dir, GenerationSettings(bf16=False, examples=()), show_progress=False)
     assert bare._prompt(passage).count("Passage:") == 1
+
+
+def test_query_examples_file_is_read_and_its_errors_name_line_and_field(tmp_path):
+    good = tmp_path / "shots.jsonl"
+    good.write_text(
+        json.dumps({"passage": "Aspirin. Aspirin lowers fever.", "query": "does aspirin lower fever"}) + "\n\n",
+        encoding="utf-8",
+    )
+    assert read_query_examples(good) == (("Aspirin. Aspirin lowers fever.", "does aspirin lower fever"),)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"passage": "x", "query": "y"}) + "\n" + json.dumps({"passage": "x"}) + "\n")
+    with pytest.raises(DataFormatError, match=r"bad.jsonl:2: field 'query': missing"):
+        read_query_examples(bad)
+    typo = tmp_path / "typo.jsonl"
+    typo.write_text(json.dumps({"passage": "x", "querry": "y"}) + "\n")
+    with pytest.raises(DataFormatError, match=r"typo.jsonl:1: field 'querry': unknown field"):
+        read_query_examples(typo)
+
+
+def test_adapt_cli_names_the_bad_line_of_a_query_examples_file(tmp_path, capsys):
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    write_corpus(corpus_dir, make_corpus(10))
+    shots = tmp_path / "shots.jsonl"
+    shots.write_text(json.dumps({"passage": "", "query": "y"}) + "\n")
+    arguments = ["adapt", str(corpus_dir), "--out", str(tmp_path / "out"), "--recipe", "genq"]
+    assert main([*arguments, "--query-examples", str(shots)]) == 2
+    assert "shots.jsonl:1: field 'passage': must not be empty" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "work" / "examples.json").exists()

@@ -41,6 +41,7 @@ from dreamir.data.corpus_examples import (
     CorpusExampleSettings,
     build_generated_examples,
     build_ict_examples,
+    read_query_examples,
     with_pseudo_gold,
 )
 from dreamir.data.training import TrainingExample, read_training_file, write_training_file
@@ -101,6 +102,14 @@ class AdaptArguments:
     )
     query_instruction: str | None = field(
         default=None, metadata={"help": "genq: the instruction asking for a query (default: a search query)"}
+    )
+    query_examples: str | None = field(
+        default=None,
+        metadata={
+            "help": "genq: JSONL of worked examples shown to the generator, one {\"passage\", \"query\"} "
+            "per line: a few queries of the kind your corpus is searched with (default: three from "
+            "unrelated fields)"
+        },
     )
     validation_examples: int = field(default=200, metadata={"help": "examples held out for validation"})
     validation_docs: int = field(
@@ -189,6 +198,8 @@ def build_examples(args: AdaptArguments, corpus: Mapping[str, Document]) -> Corp
         generation.temperature = 0.7  # greedy would write the same query in every round
     if args.query_instruction:
         generation.instruction = args.query_instruction
+    if args.query_examples:
+        generation.examples = read_query_examples(args.query_examples)
     generator = QueryGenerator(args.llm, generation, show_progress=args.show_progress)
     return build_generated_examples(corpus, settings, generator)
 
@@ -569,6 +580,8 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
     corpus_file = corpus_dir / "corpus.jsonl" if corpus_dir.is_dir() else corpus_dir
     if not corpus_file.exists():
         raise FileNotFoundError(f"{corpus_file}: no corpus.jsonl (adapt reads a BEIR-layout directory)")
+    if args.query_examples:
+        read_query_examples(args.query_examples)  # a bad file fails now, naming its line, not hours later
     stages = Stages(say=_say, seconds_file=work / "stages.json")
     corpus = read_corpus(corpus_file)
     if not corpus:

@@ -23,9 +23,11 @@ import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from dreamir.data.beir import Document
+from dreamir.data.errors import DataFormatError, EmptyFileError, iter_jsonl_records, require_string
 from dreamir.data.training import TrainingExample
 
 Recipe = Literal["ict", "genq"]
@@ -241,6 +243,20 @@ def build_generated_examples(
                 )
             )
     return result
+
+
+def read_query_examples(path: str | Path) -> tuple[tuple[str, str], ...]:
+    """Worked examples for the query generator: JSONL lines ``{"passage": ..., "query": ...}``."""
+    examples = []
+    for line, record in iter_jsonl_records(path):
+        unknown = sorted(set(record) - {"passage", "query"})
+        if unknown:
+            raise DataFormatError(path, line, unknown[0], "unknown field (allowed: passage, query)")
+        passage = require_string(record, "passage", path, line, allow_empty=False)
+        examples.append((passage, require_string(record, "query", path, line, allow_empty=False)))
+    if not examples:
+        raise EmptyFileError(path, "no worked examples (one JSON object per line: passage, query)")
+    return tuple(examples)
 
 
 def with_pseudo_gold(
