@@ -304,7 +304,8 @@ def test_query_generator_shows_its_worked_examples_before_the_passage(tiny_llama
 def test_query_examples_file_is_read_and_its_errors_name_line_and_field(tmp_path):
     good = tmp_path / "shots.jsonl"
     good.write_text(
-        json.dumps({"passage": "Aspirin. Aspirin lowers fever.", "query": "does aspirin lower fever"}) + "\n\n",
+        json.dumps({"passage": "Aspirin. Aspirin lowers fever.", "query": "does aspirin lower fever"})
+        + "\n\n",
         encoding="utf-8",
     )
     assert read_query_examples(good) == (("Aspirin. Aspirin lowers fever.", "does aspirin lower fever"),)

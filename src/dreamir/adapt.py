@@ -106,7 +106,7 @@ class AdaptArguments:
     query_examples: str | None = field(
         default=None,
         metadata={
-            "help": "genq: JSONL of worked examples shown to the generator, one {\"passage\", \"query\"} "
+            "help": 'genq: JSONL of worked examples shown to the generator, one {"passage", "query"} '
             "per line: a few queries of the kind your corpus is searched with (default: three from "
             "unrelated fields)"
         },
