@@ -329,3 +329,42 @@ def test_adapt_cli_names_the_bad_line_of_a_query_examples_file(tmp_path, capsys)
     assert main([*arguments, "--query-examples", str(shots)]) == 2
     assert "shots.jsonl:1: field 'passage': must not be empty" in capsys.readouterr().err
     assert not (tmp_path / "out" / "work" / "examples.json").exists()
+
+
+def test_query_generator_continuing_the_shared_prefix_equals_generating_each_prompt_whole(tiny_llama_dir):
+    import torch
+    from transformers import DynamicCache
+
+    from dreamir.llm.generate import GenerationSettings, QueryGenerator
+
+    settings = GenerationSettings(max_new_tokens=8, batch_size=4, bf16=False)
+    generator = QueryGenerator(tiny_llama_dir, settings, show_progress=False)
+    words = ["the", "river", "city", "mountain", "country", "moon", "fire", "water", "people", "language"]
+    # passages of different lengths, so that a batch pads its shorter suffixes
+    passages = [Document(f"d{n}", f"title {n}", " ".join(words[: 2 + 2 * n]) + ".") for n in range(4)]
+    head, tail = generator._render_around_passage()
+    shared_text = head.rstrip(" ")
+    tokenize = generator.tokenizer
+    shared = tokenize(shared_text, add_special_tokens=False)["input_ids"]
+    suffixes = [
+        tokenize(head[len(shared_text) :] + generator._passage_text(p) + tail, add_special_tokens=False)[
+            "input_ids"
+        ]
+        for p in passages
+    ]
+    assert len({len(s) for s in suffixes}) == 4
+    shared_cache = DynamicCache(config=generator.model.config)
+    with torch.no_grad():
+        generator.model(input_ids=torch.tensor([shared]), past_key_values=shared_cache, use_cache=True)
+        batched = generator._continue(len(shared), shared_cache, suffixes)
+        assert all(len(reply) > 1 for reply in batched)
+        for suffix, reply in zip(suffixes, batched, strict=True):
+            whole = generator.model.generate(
+                input_ids=torch.tensor([shared + suffix]),
+                attention_mask=torch.ones(1, len(shared) + len(suffix), dtype=torch.long),
+                max_new_tokens=len(reply),
+                min_new_tokens=len(reply),
+                do_sample=False,
+                pad_token_id=tokenize.pad_token_id,
+            )[0, len(shared) + len(suffix) :].tolist()
+            assert reply == whole

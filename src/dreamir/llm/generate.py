@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from dreamir.models import resolve_model, use_safetensors
 
@@ -74,7 +75,6 @@ class QueryGenerator:
         self.settings = settings or GenerationSettings()
         path = resolve_model(name_or_path)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.tokenizer.padding_side = "left"  # generation continues every row from its last token
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = torch.bfloat16 if self.settings.bf16 else torch.float32
@@ -87,14 +87,27 @@ class QueryGenerator:
         self._calls = 0
 
     def _prompt(self, passage: DocumentLike) -> str:
+        """The whole chat prompt for one passage (what the model reads; generation splits it in two)."""
+        head, tail = self._render_around_passage()
+        return head + self._passage_text(passage) + tail
+
+    def _passage_text(self, passage: DocumentLike) -> str:
         text = f"{passage.title}. {passage.text}" if passage.title else passage.text
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.settings.max_passage_tokens]
+        return self.tokenizer.decode(ids)
+
+    def _render_around_passage(self) -> tuple[str, str]:
+        """The chat template rendered around the passage: everything before it (the same for every
+        passage: instruction, worked examples) and everything after it."""
+        marker = "\u2063PASSAGE\u2063"  # invisible separators: no template or instruction contains them
         messages = []
         for example_passage, example_query in self.settings.examples:
             messages.append({"role": "user", "content": self._ask(example_passage)})
             messages.append({"role": "assistant", "content": example_query})
-        messages.append({"role": "user", "content": self._ask(self.tokenizer.decode(ids))})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        messages.append({"role": "user", "content": self._ask(marker)})
+        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        head, tail = rendered.split(marker)
+        return head, tail
 
     def _ask(self, passage_text: str) -> str:
         return f"{self.settings.instruction}\n\nPassage: {passage_text}"
@@ -103,37 +116,98 @@ class QueryGenerator:
     def __call__(self, passages: Sequence[DocumentLike]) -> list[str]:
         settings = self.settings
         # Each call (round) has its own seed, so a rerun writes the same queries.
-        generator_seed = settings.seed * 1_000_003 + self._calls
+        torch.manual_seed(settings.seed * 1_000_003 + self._calls)
         self._calls += 1
-        torch.manual_seed(generator_seed)
+        # The worked examples are most of every prompt and the same in all: their keys and values are
+        # computed once and each batch continues from them.
+        head, tail = self._render_around_passage()
+        shared_text = head.rstrip(" ")  # the space goes with the passage's first word, as in one string
+        shared_ids = self.tokenizer(shared_text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        shared_cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=shared_ids, past_key_values=shared_cache, use_cache=True)
+        spacing = head[len(shared_text) :]
+        suffixes = [
+            self.tokenizer(spacing + self._passage_text(p) + tail, add_special_tokens=False)["input_ids"]
+            for p in passages
+        ]
         # Similar lengths in a batch waste less padding.
-        prompts = [self._prompt(p) for p in passages]
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        queries = [""] * len(prompts)
-        sample = settings.temperature > 0
-        bar = tqdm(total=len(prompts), desc="generating queries", disable=not self.show_progress)
+        order = sorted(range(len(suffixes)), key=lambda i: len(suffixes[i]))
+        queries = [""] * len(suffixes)
+        bar = tqdm(total=len(suffixes), desc="generating queries", disable=not self.show_progress)
         for start in range(0, len(order), settings.batch_size):
             rows = order[start : start + settings.batch_size]
-            batch = self.tokenizer(
-                [prompts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False
-            )
-            output = self.model.generate(
-                **batch,
-                max_new_tokens=settings.max_new_tokens,
-                do_sample=sample,
-                temperature=settings.temperature if sample else None,
-                top_p=settings.top_p if sample else None,
-                top_k=None,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-            texts = self.tokenizer.batch_decode(
-                output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
-            )
-            for i, text in zip(rows, texts, strict=True):
-                queries[i] = clean_query(text)
+            replies = self._continue(shared_ids.shape[1], shared_cache, [suffixes[i] for i in rows])
+            for i, reply in zip(rows, replies, strict=True):
+                queries[i] = clean_query(self.tokenizer.decode(reply, skip_special_tokens=True))
             bar.update(len(rows))
         bar.close()
         return queries
+
+    def _continue(
+        self, shared_length: int, shared_cache: DynamicCache, suffixes: list[list[int]]
+    ) -> list[list[int]]:
+        """Generate a reply for each suffix, every one continuing the shared prefix's cache.
+
+        The suffixes are left-padded after the prefix ([prefix][pads][suffix]); the pads are masked and
+        the positions skip them, so each row computes what it would alone.
+        """
+        settings = self.settings
+        rows, width = len(suffixes), max(len(s) for s in suffixes)
+        input_ids = torch.full((rows, width), self.tokenizer.pad_token_id, dtype=torch.long)
+        suffix_mask = torch.zeros(rows, width, dtype=torch.long)
+        for row, ids in enumerate(suffixes):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            suffix_mask[row, width - len(ids) :] = 1
+        attention_mask = torch.cat([torch.ones(rows, shared_length, dtype=torch.long), suffix_mask], dim=1)
+        positions = (shared_length + suffix_mask.cumsum(1) - 1).clamp(min=shared_length)
+        cache = copy.deepcopy(shared_cache)
+        cache.batch_repeat_interleave(rows)
+        logits = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        ).logits[:, -1]
+        next_position = shared_length + suffix_mask.sum(1)
+        stop = torch.tensor(sorted(self._stop_ids))
+        finished = torch.zeros(rows, dtype=torch.bool)
+        replies: list[list[int]] = [[] for _ in range(rows)]
+        for step in range(settings.max_new_tokens):
+            token = self._pick(logits.float())
+            for row in (~finished).nonzero().flatten().tolist():
+                replies[row].append(int(token[row]))
+            finished |= torch.isin(token, stop)
+            if bool(finished.all()) or step == settings.max_new_tokens - 1:
+                break
+            attention_mask = torch.cat([attention_mask, torch.ones(rows, 1, dtype=torch.long)], dim=1)
+            logits = self.model(
+                input_ids=token[:, None],
+                attention_mask=attention_mask,
+                position_ids=next_position[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            ).logits[:, -1]
+            next_position = next_position + 1
+        return replies
+
+    @property
+    def _stop_ids(self) -> set[int]:
+        configured = self.model.generation_config.eos_token_id
+        ids = set(configured if isinstance(configured, list) else [configured]) - {None}
+        return ids | {self.tokenizer.eos_token_id}
+
+    def _pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """Greedy at temperature 0; otherwise nucleus sampling at the settings' temperature and top-p."""
+        if self.settings.temperature <= 0:
+            return logits.argmax(dim=-1)
+        probabilities = torch.softmax(logits / self.settings.temperature, dim=-1)
+        sorted_probabilities, sorted_ids = probabilities.sort(dim=-1, descending=True)
+        # keep the smallest set of tokens whose mass reaches top_p (always at least the first)
+        outside = sorted_probabilities.cumsum(dim=-1) - sorted_probabilities > self.settings.top_p
+        sorted_probabilities = sorted_probabilities.masked_fill(outside, 0.0)
+        choice = torch.multinomial(sorted_probabilities, num_samples=1)
+        return sorted_ids.gather(-1, choice).squeeze(-1)
 
 
 def clean_query(text: str) -> str:
