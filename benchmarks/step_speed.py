@@ -3,10 +3,11 @@
 Times, on SmolLM2-135M with K candidates of (up to) 128 tokens and a target of at most 16 tokens:
   (a) the reference step: the whole prompt forward + backward with autograd,
   (b) the optimised step: the documents prefix once without autograd (KV cache), then only the query +
-      target suffix with autograd (the default in training),
+      target suffix with autograd (the sequential layout's step),
   (c) the floor: one no-grad forward of the same prompts through the LLM (float32, sequential layout),
   (d) the new step: parallel document layout, bf16 autocast (injected heads in float32), every candidate's
-      keys and values read from a warm on-disk document cache; only the query + target run through the LLM,
+      keys and values read from a warm on-disk document cache; only the query + target run through the LLM
+      (the default in training),
   (e) the document cache's build rate: the same candidates encoded once (bf16, batches of 8) and stored.
 (a), (b) and (d) include the retriever's forward and backward (all-MiniLM-L6-v2, float32), as in training;
 (d') is (d) with the retriever's forward under bf16 autocast too (--retriever-precision bfloat16).

@@ -167,9 +167,10 @@ class LLMArguments:
     inject_query_rows: bool = field(
         default=False, metadata={"help": "also inject into the query's rows, not only the target's"}
     )
-    document_layout: DocumentLayout = field(default="sequential", metadata={"help": LAYOUT_HELP})
+    # parallel + bfloat16: level with sequential float32 over two seeds of the warm comparison, 4.5x cheaper
+    document_layout: DocumentLayout = field(default="parallel", metadata={"help": LAYOUT_HELP})
     precision: Precision = field(
-        default="float32",
+        default="bfloat16",
         metadata={"help": "bfloat16: the frozen LLM under bf16 autocast, injected heads in float32"},
     )
     document_cache: str | None = field(
@@ -206,7 +207,9 @@ class HeadSelectionArguments:
     max_examples: int = field(default=64, metadata={"help": "calibration examples to score with"})
     no_calibration: bool = field(default=False, metadata={"help": "skip the 'N/A' query correction"})
     max_document_tokens: int = field(default=128, metadata={"help": "tokens the LLM reads per candidate"})
-    document_layout: DocumentLayout = field(default="sequential", metadata={"help": LAYOUT_HELP})
+    document_layout: DocumentLayout = field(
+        default="parallel", metadata={"help": LAYOUT_HELP + " (score heads in the layout they train in)"}
+    )
     batch_size: int = field(default=4, metadata={"help": "calibration prompts per forward pass"})
     seed: int = field(default=0, metadata={"help": "seeds the gold's position (and random heads)"})
     show_progress: bool = field(default=True, metadata={"help": "show a progress bar"})
