@@ -368,3 +368,12 @@ def test_query_generator_continuing_the_shared_prefix_equals_generating_each_pro
                 pad_token_id=tokenize.pad_token_id,
             )[0, len(shared) + len(suffix) :].tolist()
             assert reply == whole
+
+
+def test_generated_queries_are_written_only_for_the_passages_the_budget_reads():
+    budget = dict(corpus="c", out="o", max_steps=10, batch_size=4, validation_examples=20)
+    # 10 steps of 4 and 20 held out: 60 examples, a fifth more for dropped queries
+    assert AdaptArguments(recipe="genq", **budget).passages_to_sample() == 72
+    assert AdaptArguments(recipe="genq", examples_per_passage=2, **budget).passages_to_sample() == 36
+    assert AdaptArguments(recipe="ict", **budget).passages_to_sample() == 1000
+    assert AdaptArguments(recipe="genq", max_passages=50, **budget).passages_to_sample() == 50

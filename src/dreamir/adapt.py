@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import random
 import shutil
 import time
@@ -93,7 +94,13 @@ class AdaptArguments:
         default="ict",
         metadata={"help": "ict: a sentence of a passage is the query; genq: the LLM writes the query"},
     )
-    max_passages: int = field(default=1000, metadata={"help": "passages sampled to make examples from"})
+    max_passages: int | None = field(
+        default=None,
+        metadata={
+            "help": "passages sampled to make examples from (default: ict 1000; genq as many as the training "
+            "budget and the validation read, a fifth more for dropped queries)"
+        },
+    )
     examples_per_passage: int = field(default=1, metadata={"help": "examples made from each passage"})
     target_words: int = field(default=32, metadata={"help": "words of text the LLM must predict"})
     ict_target: Literal["kept", "removed"] = field(
@@ -165,10 +172,19 @@ class AdaptArguments:
         at_least(self, 0, "refresh_every", "refresh_after")
         positive(self, "learning_rate", "temperature")
 
+    def passages_to_sample(self) -> int:
+        if self.max_passages is not None:
+            return self.max_passages
+        if self.recipe == "ict":
+            return 1000  # examples cost nothing to make; more than the budget reads
+        # Generation costs about a second per passage on a CPU: write only what training and validation read.
+        needed = self.max_steps * self.batch_size + self.validation_examples
+        return math.ceil(1.2 * needed / self.examples_per_passage)
+
     def example_settings(self) -> CorpusExampleSettings:
         return CorpusExampleSettings(
             recipe=self.recipe,
-            max_passages=self.max_passages,
+            max_passages=self.passages_to_sample(),
             examples_per_passage=self.examples_per_passage,
             target_words=self.target_words,
             ict_target=self.ict_target,
@@ -591,7 +607,7 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
         "examples",
         work / "examples.json",
         lambda: prepare_examples(args, corpus, work),
-        f"making training examples ({args.recipe}) from up to {args.max_passages} passages",
+        f"making training examples ({args.recipe}) from up to {args.passages_to_sample()} passages",
     )
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     _say(f"{meta['train']} training and {meta['validation']} validation examples; dropped {meta['dropped']}")
