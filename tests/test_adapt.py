@@ -145,6 +145,32 @@ def test_generated_examples_drop_and_count_degenerate_queries():
     assert corpus[example.gold_id].text.startswith(example.target)
 
 
+def test_generated_examples_give_short_titled_passages_their_title_and_generate_for_the_rest():
+    corpus = make_corpus(4)
+    corpus["rec"] = Document("rec", "Aruba - Population", "total: 125,063 (2024 est.). male: 59,101")
+    corpus["untitled"] = Document("untitled", "", "one sentence only, with no title to use")
+    asked: list[list[str]] = []
+
+    def generate(docs):
+        asked.append([d.doc_id for d in docs])
+        return [f"what do we know about the {d.doc_id} passage here" for d in docs]
+
+    built = build_generated_examples(corpus, CorpusExampleSettings(recipe="genq", max_passages=10), generate)
+    # The record's title is its query; only the others reach the generator (the untitled one too).
+    assert sorted(asked[0]) == ["p0", "p1", "p2", "p3", "untitled"]
+    title_example = next(e for e in built.examples if e.query_id.startswith("title-"))
+    assert title_example.query == "Aruba - Population"
+    assert (
+        built.source_of[title_example.gold_id] == "rec" and built.derived[title_example.gold_id].title == ""
+    )
+    assert len(built.examples) == 6
+    asked.clear()
+    every = build_generated_examples(
+        corpus, CorpusExampleSettings(recipe="genq", max_passages=10, short_passage_titles=False), generate
+    )
+    assert "rec" in asked[0] and not any(e.query_id.startswith("title-") for e in every.examples)
+
+
 def test_pseudo_gold_replaces_its_source_and_is_forced_in_when_missing():
     examples = [TrainingExample("q1", "t", gold_id="a#ict0"), TrainingExample("q2", "t", gold_id="b#ict0")]
     source_of = {"a#ict0": "a", "b#ict0": "b"}

@@ -107,6 +107,13 @@ class AdaptArguments:
         default="kept",
         metadata={"help": "ict: the target's sentences kept in the pseudo-gold passage or removed from it"},
     )
+    short_passage_titles: bool = field(
+        default=True,
+        metadata={
+            "help": "genq: a passage under 3 sentences with a title gives its title as the query, as in ict, "
+            "instead of a generated one (--no-short-passage-titles generates for every passage)"
+        },
+    )
     query_instruction: str | None = field(
         default=None, metadata={"help": "genq: the instruction asking for a query (default: a search query)"}
     )
@@ -188,6 +195,7 @@ class AdaptArguments:
             examples_per_passage=self.examples_per_passage,
             target_words=self.target_words,
             ict_target=self.ict_target,
+            short_passage_titles=self.short_passage_titles,
             seed=self.seed,
         )
 
@@ -280,7 +288,7 @@ def prepare_examples(args: AdaptArguments, corpus: Mapping[str, Document], work:
         "validation": len(validation),
         "train_left_out_sharing_a_held_out_passage": len(examples) - len(validation) - len(train),
         "dropped": dict(built.dropped),
-        # ict: short passages (under 3 sentences) whose title became the query.
+        # Short passages (under 3 sentences) whose title became the query.
         "title_queries": sum(e.query_id.startswith("title-") for e in built.examples),
         # How often BM25 alone finds the passage an example was made from (before it is forced in).
         "pseudo_gold_in_bm25_top_k": sum(

@@ -10,6 +10,8 @@ Two recipes turn passages into (query, target, source passage) triples:
   the target, and the passage without its title the pseudo-gold (``<source id>#title``).
 - ``genq`` (generated queries): a query written for the passage by a generator (the frozen LLM, see
   ``dreamir.llm.generate``); the target is the passage's opening and the pseudo-gold the passage itself.
+  Passages under 3 sentences with a title give their title as the query, as in ``ict``
+  (``short_passage_titles``): a record's title is already the query it is looked up by.
 
 Degenerate examples (empty or too short queries, duplicates, queries copied verbatim from the passage
 for ``genq``, passages too short to split) are dropped and counted. Nothing here knows any model: the
@@ -55,6 +57,8 @@ class CorpusExampleSettings:
     # ict on passages under 3 sentences: titles of at least this many words become the query.
     min_title_words: int = 2
     max_query_words: int = 64
+    # genq: passages under 3 sentences with a usable title make a title example instead of a generated one.
+    short_passage_titles: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -218,11 +222,18 @@ def build_generated_examples(
     seen: set[str] = set()
     passages = sample_passages(corpus, settings.max_passages, settings.seed)
     result.passages_sampled = len(passages)
+    to_generate = []
+    for passage in passages:
+        short = len(split_sentences(passage.text)) < 3
+        if not (
+            short and settings.short_passage_titles and _add_title_example(passage, settings, seen, result)
+        ):
+            to_generate.append(passage)
     for round_number in range(settings.examples_per_passage):
-        queries = generate(passages)
-        if len(queries) != len(passages):
-            raise ValueError(f"the generator returned {len(queries)} queries for {len(passages)} passages")
-        for passage, query in zip(passages, queries, strict=True):
+        queries = generate(to_generate) if to_generate else []
+        if len(queries) != len(to_generate):
+            raise ValueError(f"the generator returned {len(queries)} queries for {len(to_generate)} passages")
+        for passage, query in zip(to_generate, queries, strict=True):
             query = " ".join(query.split())
             if copied_verbatim(query, passage):
                 result.dropped["query copied from the passage"] += 1
