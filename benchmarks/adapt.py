@@ -62,7 +62,7 @@ class Settings:
     objectives: str = option(
         "dream,infonce,replug", "objectives, comma-separated (autoregembed-ic: information compression)"
     )
-    recipe: str = option("ict", "how examples are made from a corpus: ict, genq")
+    recipe: str | None = option(None, "how examples are made from a corpus: genq, ict (default: adapt's)")
     max_steps: int | None = option(None, "default: adapt's")
     max_passages: int | None = option(None, "default: adapt's")
     learning_rate: float | None = option(None, "default: adapt's")
@@ -118,6 +118,7 @@ def adapt_arguments(settings: Settings, corpus: Path, out: Path, objective: str)
     overrides = {
         k: getattr(settings, k)
         for k in (
+            "recipe",
             "max_steps",
             "max_passages",
             "learning_rate",
@@ -138,7 +139,6 @@ def adapt_arguments(settings: Settings, corpus: Path, out: Path, objective: str)
         corpus=str(corpus),
         out=str(out),
         objective=objective,
-        recipe=settings.recipe,
         seed=settings.seed,
         threads=settings.threads,
         **overrides,

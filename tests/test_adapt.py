@@ -210,6 +210,7 @@ def _adapt_args(tmp_path, tiny_bert_dir, tiny_llama_dir, **overrides) -> AdaptAr
         out=str(tmp_path / "out"),
         retriever=tiny_bert_dir,
         llm=tiny_llama_dir,
+        recipe="ict",  # a tiny random LLM writes no usable query; genq runs with a stand-in generator below
         max_passages=30,
         validation_examples=6,
         head_examples=4,
@@ -260,6 +261,35 @@ def test_adapt_end_to_end_reads_only_the_corpus_and_resumes(tmp_path, tiny_bert_
     again = adapt(args)
     assert again["validation"] == report["validation"]
     assert (out / "work" / "train" / "log.jsonl").read_text() == log_lines
+
+
+def test_adapt_end_to_end_with_generated_queries(tmp_path, tiny_bert_dir, tiny_llama_dir, monkeypatch):
+    import dreamir.llm.generate
+
+    corpus = make_corpus(30)
+    corpus["rec"] = Document("rec", "Aruba - Population", "total: 125,063 (2024 est.). male: 59,101")
+    write_corpus(tmp_path / "corpus", corpus)
+    made_for: list[str] = []
+
+    class StandInGenerator:  # a query naming its passage, as a real generator's would
+        def __init__(self, llm, settings, show_progress=True):
+            assert llm == tiny_llama_dir and settings.seed == 0
+
+        def __call__(self, passages):
+            made_for.extend(p.doc_id for p in passages)
+            return [f"which facts are recorded about item {p.doc_id} here" for p in passages]
+
+    monkeypatch.setattr(dreamir.llm.generate, "QueryGenerator", StandInGenerator)
+    report = adapt(_adapt_args(tmp_path, tiny_bert_dir, tiny_llama_dir, recipe="genq", max_passages=31))
+    examples = report["examples"]
+    assert examples["recipe"] == "genq" and examples["passages_sampled"] == 31
+    assert examples["examples"] == 31 and examples["title_queries"] == 1 and "rec" not in made_for
+    assert examples["train"] == 25 and report["steps"] == 4
+    train = read_training_file(tmp_path / "out" / "work" / "train.jsonl")
+    generated = [e for e in train if e.query_id.startswith("genq-")]
+    assert generated and all(e.query.endswith(f"item {e.gold_id} here") for e in generated)
+    assert all(e.gold_id in e.candidate_ids for e in train)
+    assert (tmp_path / "out" / "model" / "modules.json").exists()
 
 
 def test_adapt_refreshes_candidates_with_the_retriever(tmp_path, tiny_bert_dir, tiny_llama_dir):

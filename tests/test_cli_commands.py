@@ -121,7 +121,8 @@ def test_the_quickstart_path_runs_through_the_cli_on_tiny_models(
 
     adapt = dreamir.quickstart.adapt
     small = {"max_passages": 30, "validation_examples": 6, "head_examples": 4, "num_heads": 2, "max_steps": 2}
-    small |= {"batch_size": 2, "num_candidates": 4, "precision": "float32"}
+    # ict: a tiny random LLM writes no usable query (genq end to end: tests/test_adapt.py)
+    small |= {"batch_size": 2, "num_candidates": 4, "precision": "float32", "recipe": "ict"}
     seen = []
 
     def small_adapt(args):  # the quickstart's own adapt settings, shrunk to tiny-model size
