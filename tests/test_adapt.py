@@ -340,6 +340,21 @@ def test_query_generator_is_seeded_batched_and_cleaned(tiny_llama_dir):
     assert clean_query('\n Query: "rivers of france"\nmore') == "rivers of france"
 
 
+def test_query_generator_samples_reproducibly_and_a_tiny_nucleus_is_greedy(tiny_llama_dir):
+    from dreamir.llm.generate import GenerationSettings, QueryGenerator
+
+    passages = list(make_corpus(4).values())
+
+    def write(**sampling):
+        settings = GenerationSettings(max_new_tokens=6, batch_size=2, bf16=False, **sampling)
+        return QueryGenerator(tiny_llama_dir, settings, show_progress=False)(passages)
+
+    sampled = write(temperature=0.7, top_p=0.9)
+    assert sampled == write(temperature=0.7, top_p=0.9)
+    # a nucleus too small for any second token keeps only the most likely one: greedy decoding
+    assert write(temperature=0.7, top_p=1e-9) == write(temperature=0.0)
+
+
 def test_query_generator_shows_its_worked_examples_before_the_passage(tiny_llama_dir):
     from dreamir.llm.generate import DEFAULT_QUERY_EXAMPLES, GenerationSettings, QueryGenerator
 

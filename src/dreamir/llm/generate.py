@@ -10,7 +10,14 @@ from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from dreamir.models import resolve_model, use_safetensors
 
@@ -201,13 +208,11 @@ class QueryGenerator:
         """Greedy at temperature 0; otherwise nucleus sampling at the settings' temperature and top-p."""
         if self.settings.temperature <= 0:
             return logits.argmax(dim=-1)
-        probabilities = torch.softmax(logits / self.settings.temperature, dim=-1)
-        sorted_probabilities, sorted_ids = probabilities.sort(dim=-1, descending=True)
-        # keep the smallest set of tokens whose mass reaches top_p (always at least the first)
-        outside = sorted_probabilities.cumsum(dim=-1) - sorted_probabilities > self.settings.top_p
-        sorted_probabilities = sorted_probabilities.masked_fill(outside, 0.0)
-        choice = torch.multinomial(sorted_probabilities, num_samples=1)
-        return sorted_ids.gather(-1, choice).squeeze(-1)
+        warpers = LogitsProcessorList(
+            [TemperatureLogitsWarper(self.settings.temperature), TopPLogitsWarper(self.settings.top_p)]
+        )
+        scores = warpers(None, logits.float())  # these warpers read only the scores
+        return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(-1)
 
 
 def clean_query(text: str) -> str:
