@@ -181,3 +181,34 @@ def test_cli_trains_in_the_parallel_layout_with_a_disk_cache(
     assert (tmp_path / "run" / "final" / "modules.json").exists()
     shards = list((tmp_path / "cache").glob("*/shard-*.safetensors"))
     assert len(shards) == 1  # all four candidates built once, before the first step
+
+
+def test_document_cache_reads_many_shards_from_disk_with_few_open(tmp_path, monkeypatch):
+    """Entries evicted from memory come back from disk unchanged, through a bounded set of open shards."""
+    from dreamir.llm import doc_cache
+
+    monkeypatch.setattr(doc_cache, "_OPEN_SHARDS", 3)
+
+    def encoder(prefix: list[int], documents: list[list[int]]) -> list[doc_cache.KeysValues]:
+        # Stand-in for the LLM: values that depend on the prefix and every token of the document.
+        return [
+            (
+                torch.full((1, 1, len(d), 2), float(sum(d) + sum(prefix))),
+                torch.full((1, 1, len(d), 2), -float(d[0])),
+            )
+            for d in documents
+        ]
+
+    documents = [[i, i + 1, i + 2][: 1 + i % 3] for i in range(1, 13)]
+    cache = doc_cache.DocumentKVCache(encoder, "fp", directory=tmp_path, max_memory_bytes=1)
+    for start in range(0, len(documents), 2):  # one shard per build: six shards
+        cache.build([7], documents[start : start + 2])
+    reopened = doc_cache.DocumentKVCache(encoder, "fp", directory=tmp_path, max_memory_bytes=1)
+    for _ in range(2):
+        entries = reopened.get([7], documents)
+        assert reopened.stats.documents == 0  # every entry was read, none rebuilt
+        for document, (keys, values) in zip(documents, entries, strict=True):
+            expected_keys, expected_values = encoder([7], [document])[0]
+            torch.testing.assert_close(keys.float(), expected_keys, atol=0, rtol=0)
+            torch.testing.assert_close(values.float(), expected_values, atol=0, rtol=0)
+        assert len(reopened._open_shards) <= 3

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -36,6 +37,9 @@ KeysValues = tuple[Tensor, Tensor]
 # (prefix ids, documents' ids) -> each document's keys and values as a continuation of the prefix
 DocumentEncoder = Callable[[list[int], list[list[int]]], list[KeysValues]]
 _SAMPLE = 64  # values per weight tensor that enter the model fingerprint
+# Shards kept open for reading: opening one parses its whole header (thousands of entries for a
+# prebuilt training set), far more than reading an entry; bounded so file handles stay few.
+_OPEN_SHARDS = 16
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -91,6 +95,7 @@ class DocumentKVCache:
         self._memory: OrderedDict[str, KeysValues] = OrderedDict()
         self._memory_bytes = 0
         self._on_disk: dict[str, Path] = {}
+        self._open_shards: OrderedDict[Path, Any] = OrderedDict()
         self._scan()
 
     # ---- keys --------------------------------------------------------------------------------------------
@@ -129,11 +134,21 @@ class DocumentKVCache:
             self._memory.move_to_end(key)
             return self._memory[key]
         if key in self._on_disk:
-            with safe_open(self._on_disk[key], framework="pt") as shard:
-                entry = shard.get_tensor(f"{key}.keys"), shard.get_tensor(f"{key}.values")
+            shard = self._shard(self._on_disk[key])
+            entry = shard.get_tensor(f"{key}.keys"), shard.get_tensor(f"{key}.values")
             self._remember(key, entry)
             return entry
         return None
+
+    def _shard(self, path: Path) -> Any:
+        """An open, memory-mapped shard (shards are immutable once written, so a handle stays valid)."""
+        if path in self._open_shards:
+            self._open_shards.move_to_end(path)
+        else:
+            self._open_shards[path] = safe_open(path, framework="pt")
+            while len(self._open_shards) > _OPEN_SHARDS:
+                self._open_shards.popitem(last=False)
+        return self._open_shards[path]
 
     def _remember(self, key: str, entry: KeysValues) -> None:
         self._memory[key] = entry
