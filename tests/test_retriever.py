@@ -155,6 +155,31 @@ def test_encode_restores_order_and_matches_forward(bert_dir: Path, llama_dir: Pa
     assert r.encode([]).shape == (0, r.embedding_dim)
 
 
+@pytest.mark.parametrize("which", ["bert", "llama-lora"])
+def test_training_on_cpu_uses_eager_attention_with_the_same_embeddings(
+    bert_dir: Path, llama_dir: Path, which: str
+) -> None:
+    path, config = (
+        (bert_dir, RetrieverConfig(pooling="mean"))
+        if which == "bert"
+        else (llama_dir, RetrieverConfig(pooling="last", lora=LoraSettings(r=4, dropout=0.0)))
+    )
+    r = Retriever.from_pretrained(path, config)
+    model = r.backbone.get_base_model() if r.is_lora else r.backbone
+    loaded = model.config._attn_implementation
+    assert loaded == "sdpa"
+    inference = _eval_forward(r, TEXTS)
+    r.train()
+    assert model.config._attn_implementation == "eager"
+    for module in r.modules():  # no dropout, so training and inference compute the same function
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    training = r(TEXTS, is_query=False).detach().numpy()
+    np.testing.assert_allclose(training, inference, rtol=0, atol=1e-5)
+    r.eval()
+    assert model.config._attn_implementation == loaded
+
+
 @pytest.mark.parametrize(("normalize", "similarity"), [(True, "cosine"), (False, "cosine"), (False, "dot")])
 def test_similarity_follows_the_config(bert_dir: Path, normalize: bool, similarity: str) -> None:
     r = Retriever.from_pretrained(bert_dir, RetrieverConfig(normalize=normalize, similarity=similarity))
