@@ -9,7 +9,6 @@ checkpoints and the final model."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -17,7 +16,7 @@ import logging
 import shutil
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,21 +86,6 @@ class TrainingResult:
     log_file: Path
     resumed_from: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def subnormals_flushed() -> Iterator[None]:
-    """Subnormal floats (below 1.2e-38) read and written as zero while training.
-
-    Adam's second moments of tiny gradients (LoRA's, for one) fall into that range, and CPUs compute on
-    subnormals many times slower: measured here, a raw-backbone LoRA step went from 0.9 s to 1.3 s and more
-    within 60 steps without this, and stayed at 0.75 s with it. Values that small change no update (Adam's
-    eps is 1e-8). PyTorch cannot read the setting back, so it is restored to its default (off)."""
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
 
 
 class TrainerCallback(Protocol):
@@ -288,7 +272,7 @@ class Trainer:
             desc="training",
             disable=not (args.show_progress and main),
         )
-        with log_file.open("a", encoding="utf-8") if main else _NoLog() as log, subnormals_flushed():
+        with log_file.open("a", encoding="utf-8") if main else _NoLog() as log:
             while self.step < args.max_steps:
                 row = self._optimizer_step()
                 for callback in self.callbacks:
