@@ -17,6 +17,9 @@ the raw backbone with compress pooling (5 learnt tokens, the paper's templates) 
     python benchmarks/compare.py             # the full run (about 80 minutes on 2 CPU cores)
     python benchmarks/compare.py --setups raw --lora-seeds 0,1,2 --out results/compare_lora_seeds.json
                                              # the raw set-up from three LoRA initialisations
+    python benchmarks/compare.py --setups raw --steps 1000 --lora-seeds 0,1 --document-layout parallel \
+        --precision bfloat16 --retriever-precision bfloat16 --no-eval-scifact --work runs/compare-raw-long \
+        --out results/compare_raw_long.json    # make compare-raw-long: the raw set-up for 1,000 steps
     python benchmarks/compare.py --setups raw --objectives dream,infonce,replug,autoregembed
                                              # AutoRegEmbed beside the others
     python benchmarks/compare.py --jobs 2 --threads 1
