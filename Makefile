@@ -36,7 +36,7 @@ compare-raw-long: $(STAMP)
 	$(BIN)/python benchmarks/compare.py --setups raw --steps 1000 --lora-seeds 0,1 \
 		--objectives dream,infonce,replug --document-layout parallel --precision bfloat16 \
 		--retriever-precision bfloat16 --no-eval-scifact --work runs/compare-raw-long \
-		--out results/compare_raw_long.json
+		--jobs 2 --threads 1 --out results/compare_raw_long.json
 
 ablate: $(STAMP)
 	$(BIN)/python benchmarks/ablate.py

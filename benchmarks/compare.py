@@ -19,7 +19,8 @@ the raw backbone with compress pooling (5 learnt tokens, the paper's templates) 
                                              # the raw set-up from three LoRA initialisations
     python benchmarks/compare.py --setups raw --steps 1000 --lora-seeds 0,1 --document-layout parallel \
         --precision bfloat16 --retriever-precision bfloat16 --no-eval-scifact --work runs/compare-raw-long \
-        --out results/compare_raw_long.json    # make compare-raw-long: the raw set-up for 1,000 steps
+        --jobs 2 --threads 1 --out results/compare_raw_long.json
+                                             # make compare-raw-long: the raw set-up for 1,000 steps
     python benchmarks/compare.py --setups raw --objectives dream,infonce,replug,autoregembed
                                              # AutoRegEmbed beside the others
     python benchmarks/compare.py --jobs 2 --threads 1
@@ -108,7 +109,7 @@ class Settings:
     num_heads: int = option(16, "query-focused heads DREAM injects into")
     calibration_examples: int = option(32, "labelled questions the heads are scored on")
     seed: int = option(0, "seeds data, heads and training")
-    threads: int = option(2, "CPU threads torch may use")
+    threads: int = option(2, "CPU threads torch may use per system (the shared stages: threads x jobs)")
     setups: str = option("warm,raw", "retriever set-ups, comma-separated: warm, raw")
     objectives: str = option(
         "dream,infonce,replug", "objectives, comma-separated; autoregembed: its two stages (raw set-up)"
@@ -353,7 +354,7 @@ def report(settings: Settings, results: dict, train_seconds: dict, logs: dict, t
     meta = {
         "settings": asdict(settings),
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {settings.jobs} x {settings.threads} threads, torch {torch.__version__}",
     }
     write_json_atomic(settings.out, {"results": results, "train_seconds": train_seconds, "meta": meta})
     if logs:
@@ -377,7 +378,8 @@ def parse(settings_class=Settings, description: str | None = __doc__) -> Setting
 
 def main() -> None:
     settings = parse()
-    torch.set_num_threads(settings.threads)
+    # The shared stages (data, heads, BM25 and base evaluations) run here while no worker does: every core.
+    torch.set_num_threads(settings.threads * settings.jobs)
     data, train, heads = prepare(settings)
     datasets = datasets_for(settings, data)
     results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in datasets}
@@ -452,7 +454,9 @@ def train_in_workers(settings: Settings, setup: str, lora_seeds: list[int]) -> N
             raise SystemExit(f"{name} failed (exit {code}); its output: {log}")
         print(f"[compare] {name}: done", flush=True)
 
-    systems = [(o, seed) for seed in lora_seeds for o in settings.objectives.split(",")]
+    # Objective by objective, its seeds side by side: runs of one objective take about as long as each other,
+    # so --jobs 2 with two seeds keeps both cores busy until the end.
+    systems = [(o, seed) for o in settings.objectives.split(",") for seed in lora_seeds]
     with ThreadPoolExecutor(max_workers=settings.jobs) as pool:
         for finished in [pool.submit(run, objective, seed) for objective, seed in systems]:
             finished.result()
