@@ -103,6 +103,33 @@ def test_attention_function_touches_only_selected_heads_under_gqa():
     torch.testing.assert_close(other, stock)
 
 
+@pytest.mark.parametrize("constant_keys", [0, 7])
+def test_eager_suffix_attention_equals_sdpa_with_gqa_and_constant_keys(constant_keys):
+    """The eager path the cached suffix takes (query heads grouped per key/value head, no gradient for the
+    cached keys) computes SDPA's output and SDPA's gradients for everything that carries one."""
+    torch.manual_seed(1)
+    batch, heads, kv_heads, rows, length, dim = 2, 6, 2, 4, 11, 8
+    q = torch.randn(batch, heads, rows, dim, requires_grad=True)
+    k, v = (torch.randn(batch, kv_heads, length, dim, requires_grad=True) for _ in range(2))
+    mask = torch.zeros(batch, 1, rows, length)
+    mask[:, :, :, -rows:] = torch.full((rows, rows), float("-inf")).triu(1)  # causal over the suffix
+    mask[1, :, :, :3] = float("-inf")  # row 1 is left-padded
+    module = _Attention(layer_idx=0, groups=heads // kv_heads)
+    eager, _ = dream_attention(
+        module, q, k, v, mask, scaling=dim**-0.5, dream_eager=True, dream_constant_keys=constant_keys
+    )
+    weights = torch.randn_like(eager)
+    eager_grads = torch.autograd.grad((eager * weights).sum(), (q, k, v))
+    stock, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=dim**-0.5)
+    stock_grads = torch.autograd.grad((stock * weights).sum(), (q, k, v))
+    torch.testing.assert_close(eager, stock)
+    torch.testing.assert_close(eager_grads[0], stock_grads[0])
+    for got, expected in zip(eager_grads[1:], stock_grads[1:], strict=True):
+        torch.testing.assert_close(got[:, :, constant_keys:], expected[:, :, constant_keys:])
+        assert not got[:, :, :constant_keys].any()  # the cache's keys and values get no gradient
+        assert got[:, :, constant_keys:].abs().sum() > 0
+
+
 def test_unknown_mode_is_rejected():
     doc_index, probs = _layout()
     with pytest.raises(ValueError, match="injection mode"):

@@ -13,6 +13,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from dreamir.retriever import CONFIG_FILE, LoraSettings, Retriever, RetrieverConfig, pool
+from dreamir.retriever.dropout import ATTENTION_NAME as EAGER_ATTENTION
 from tests.tiny_models import make_tiny_bert, make_tiny_llama
 
 TEXTS = [
@@ -170,7 +171,7 @@ def test_training_on_cpu_uses_eager_attention_with_the_same_embeddings(
     assert loaded == "sdpa"
     inference = _eval_forward(r, TEXTS)
     r.train()
-    assert model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == EAGER_ATTENTION
     for module in r.modules():  # no dropout, so training and inference compute the same function
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0

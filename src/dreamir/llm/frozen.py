@@ -175,6 +175,7 @@ class FrozenLLM(FrozenCausalLM):
             use_cache=True,
             # The parallel layout's suffix is short against its cached keys: eager math is faster there.
             dream_eager=isinstance(batch, ParallelBatch),
+            dream_constant_keys=split,  # the prefix's keys and values come from a no-grad pass or the cache
             **attention_kwargs,
         ).last_hidden_state
 

@@ -107,12 +107,44 @@ def _eager_weights(query: Tensor, key: Tensor, mask: Tensor | None, scaling: flo
     return torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
 
 
-def _eager_output(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scaling: float) -> Tensor:
-    """Attention output [B, T, H, D] in eager math, as sdpa_attention_forward returns it."""
-    groups = query.shape[1] // value.shape[1]
-    value = value.repeat_interleave(groups, dim=1) if groups > 1 else value
-    weights = _eager_weights(query, key, mask, scaling)
-    return torch.matmul(weights.to(value.dtype), value).transpose(1, 2).contiguous()
+def _eager_output(
+    query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scaling: float, constant_keys: int = 0
+) -> Tensor:
+    """Attention output [B, T, H, D] in eager math, as sdpa_attention_forward returns it.
+
+    The query heads that share a key/value head (GQA) are stacked as rows of one matmul against it, so the
+    keys and values are never repeated (nor their gradients summed back). The first ``constant_keys`` key
+    positions are constants (a cache computed without autograd): they get their own matmuls on detached
+    views, so the backward computes no gradient for them; the result is the same."""
+    batch, heads, rows, dim = query.shape
+    kv_heads, length = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+    grouped = query.reshape(batch, kv_heads, groups * rows, dim)  # head h = kv * groups + g
+    split = constant_keys if 0 < constant_keys < length else 0
+    if split:
+        logits = torch.cat(
+            [
+                torch.matmul(grouped, key[:, :, :split].detach().transpose(2, 3)),
+                torch.matmul(grouped, key[:, :, split:].transpose(2, 3)),
+            ],
+            dim=-1,
+        )
+    else:
+        logits = torch.matmul(grouped, key.transpose(2, 3))
+    logits = logits.view(batch, kv_heads, groups, rows, length) * scaling
+    if mask is not None:
+        mask = mask[..., :length]  # [B, 1 or H, T, S]
+        per_head = mask.shape[1] > 1
+        logits = logits + (mask.reshape(-1, kv_heads, groups, rows, length) if per_head else mask[:, :, None])
+    weights = torch.softmax(logits, dim=-1, dtype=torch.float32).to(value.dtype)
+    weights = weights.view(batch, kv_heads, groups * rows, length)
+    if split:
+        output = torch.matmul(weights[..., :split], value[:, :, :split].detach()) + torch.matmul(
+            weights[..., split:], value[:, :, split:]
+        )
+    else:
+        output = torch.matmul(weights, value)
+    return output.view(batch, heads, rows, dim).transpose(1, 2).contiguous()
 
 
 def _select_heads_kv(tensor: Tensor, heads: Tensor, groups: int) -> Tensor:
@@ -131,10 +163,12 @@ def dream_attention(
     dream_injection: InjectionPlan | None = None,
     dream_probe: DocumentMassProbe | None = None,
     dream_eager: bool = False,
+    dream_constant_keys: int = 0,
     **kwargs,
 ) -> tuple[Tensor, Tensor | None]:
     """Attention function: SDPA everywhere (or eager math with ``dream_eager``), eager math plus
-    redistribution in the selected heads."""
+    redistribution in the selected heads. ``dream_constant_keys``: how many leading key positions are a
+    cache computed without autograd (the eager path computes no gradient for them)."""
     layer = getattr(module, "layer_idx", None)
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     if dream_probe is not None:
@@ -143,7 +177,7 @@ def dream_attention(
     if dream_eager:
         # A few query rows over a long cached key sequence: plain matmuls beat the CPU flash kernel,
         # whose backward dominates such a pass.
-        output = _eager_output(query, key, value, attention_mask, scaling)
+        output = _eager_output(query, key, value, attention_mask, scaling, dream_constant_keys)
     else:
         output, _ = sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs

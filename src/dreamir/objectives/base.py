@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,11 +77,16 @@ class Objective(nn.Module):
         self.temperature = Temperature(temperature, learn_temperature)
         self.retriever_precision = retriever_precision
 
+    def retriever_autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast for the retriever when its precision asks for it. Several embedding calls inside
+        one such context cast the float32 weights to bf16 once, not once per call."""
+        if self.retriever_precision == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.retriever.device.type, dtype=torch.bfloat16)
+
     def embed(self, texts: list[str], is_query: bool) -> Tensor:
         """The retriever's embeddings with autograd, float32 whatever the precision."""
-        if self.retriever_precision == "float32":
-            return self.retriever(texts, is_query=is_query, max_length=self.train_max_length)
-        with torch.autocast(self.retriever.device.type, dtype=torch.bfloat16):
+        with self.retriever_autocast():
             return self.retriever(texts, is_query=is_query, max_length=self.train_max_length).float()
 
     def similarity(self, queries: Tensor, documents: Tensor) -> Tensor:
@@ -91,8 +97,9 @@ class Objective(nn.Module):
         """Scores [B, K] between each query and its candidates (the retriever's similarity), and the mask of
         real candidates."""
         width = max(len(i.documents) for i in instances)
-        queries = self.embed([i.query for i in instances], is_query=True)
-        documents = self.embed([d.full_text for i in instances for d in i.documents], is_query=False)
+        with self.retriever_autocast():
+            queries = self.embed([i.query for i in instances], is_query=True)
+            documents = self.embed([d.full_text for i in instances for d in i.documents], is_query=False)
         scores = queries.new_zeros(len(instances), width)
         mask = torch.zeros(len(instances), width, dtype=torch.bool, device=queries.device)
         offset = 0
