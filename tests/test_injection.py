@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from dreamir.llm.injection import InjectionPlan, dream_attention, redistribute
+from dreamir.llm.injection import ConstantPrefix, InjectionPlan, dream_attention, redistribute
 
 
 def _random_attention(batch=2, heads=3, rows=5, keys=12, seed=0):
@@ -103,10 +103,11 @@ def test_attention_function_touches_only_selected_heads_under_gqa():
     torch.testing.assert_close(other, stock)
 
 
-@pytest.mark.parametrize("constant_keys", [0, 7])
-def test_eager_suffix_attention_equals_sdpa_with_gqa_and_constant_keys(constant_keys):
-    """The eager path the cached suffix takes (query heads grouped per key/value head, no gradient for the
-    cached keys) computes SDPA's output and SDPA's gradients for everything that carries one."""
+@pytest.mark.parametrize("prefix_length", [0, 7])
+def test_eager_suffix_attention_equals_sdpa_with_gqa_and_a_constant_prefix(prefix_length):
+    """The eager path the cached suffix takes (query heads grouped per key/value head, the cached prefix's
+    keys and values read apart, without a gradient) computes SDPA's output over the whole key sequence, and
+    SDPA's gradients for the query and the suffix's own keys and values."""
     torch.manual_seed(1)
     batch, heads, kv_heads, rows, length, dim = 2, 6, 2, 4, 11, 8
     q = torch.randn(batch, heads, rows, dim, requires_grad=True)
@@ -115,8 +116,13 @@ def test_eager_suffix_attention_equals_sdpa_with_gqa_and_constant_keys(constant_
     mask[:, :, :, -rows:] = torch.full((rows, rows), float("-inf")).triu(1)  # causal over the suffix
     mask[1, :, :, :3] = float("-inf")  # row 1 is left-padded
     module = _Attention(layer_idx=0, groups=heads // kv_heads)
+    prefix = None
+    if prefix_length:
+        keys, values = (t[:, :, :prefix_length].detach()[None] for t in (k, v))  # [layers = 1, B, ...]
+        prefix = ConstantPrefix(keys, values)
+    own_k, own_v = k[:, :, prefix_length:], v[:, :, prefix_length:]
     eager, _ = dream_attention(
-        module, q, k, v, mask, scaling=dim**-0.5, dream_eager=True, dream_constant_keys=constant_keys
+        module, q, own_k, own_v, mask, scaling=dim**-0.5, dream_eager=True, dream_prefix=prefix
     )
     weights = torch.randn_like(eager)
     eager_grads = torch.autograd.grad((eager * weights).sum(), (q, k, v))
@@ -125,9 +131,29 @@ def test_eager_suffix_attention_equals_sdpa_with_gqa_and_constant_keys(constant_
     torch.testing.assert_close(eager, stock)
     torch.testing.assert_close(eager_grads[0], stock_grads[0])
     for got, expected in zip(eager_grads[1:], stock_grads[1:], strict=True):
-        torch.testing.assert_close(got[:, :, constant_keys:], expected[:, :, constant_keys:])
-        assert not got[:, :, :constant_keys].any()  # the cache's keys and values get no gradient
-        assert got[:, :, constant_keys:].abs().sum() > 0
+        torch.testing.assert_close(got[:, :, prefix_length:], expected[:, :, prefix_length:])
+        assert not got[:, :, :prefix_length].any()  # the cached prefix gets no gradient
+        assert got[:, :, prefix_length:].abs().sum() > 0
+    # The same prefix through the SDPA path (no dream_eager) and through an injected head.
+    plan = InjectionPlan(
+        {0: torch.tensor([1, 4])},
+        torch.full((batch, length), -1),
+        torch.ones(batch, 1),
+        torch.zeros(batch, rows, dtype=torch.bool),
+    )
+    for eager_math in (False, True):
+        out, _ = dream_attention(
+            module,
+            q,
+            own_k,
+            own_v,
+            mask,
+            scaling=dim**-0.5,
+            dream_eager=eager_math,
+            dream_prefix=prefix,
+            dream_injection=plan,
+        )
+        torch.testing.assert_close(out, stock)
 
 
 def test_unknown_mode_is_rejected():

@@ -17,6 +17,7 @@ from dreamir.llm.causal_lm import PRECISIONS, FrozenCausalLM, Precision, Reducti
 from dreamir.llm.doc_cache import BuildStats, DocumentKVCache, KeysValues, model_fingerprint
 from dreamir.llm.injection import (
     ATTENTION_NAME,
+    ConstantPrefix,
     DocumentMassProbe,
     InjectionMode,
     InjectionPlan,
@@ -29,6 +30,7 @@ from dreamir.llm.parallel import (
     collate_parallel,
     encode_parallel_prompt,
     stack_document_keys_values,
+    suffix_mask,
 )
 from dreamir.llm.prompt import EncodedPrompt, PromptBatch, PromptSettings, collate_prompts, encode_prompt
 
@@ -164,23 +166,34 @@ class FrozenLLM(FrozenCausalLM):
         # there by itself; the graph starts at the first injected head.
         return self._suffix_hidden(batch, self._prefix_cache(batch), dream_injection=plan)
 
-    def _suffix_hidden(self, batch: PromptBatch, prefix: DynamicCache, **attention_kwargs) -> Tensor:
+    def _suffix_hidden(
+        self, batch: PromptBatch, prefix: DynamicCache | ConstantPrefix, **attention_kwargs
+    ) -> Tensor:
         """The suffix (question + target) after the keys and values of everything before it."""
         split = batch.prefix_length
+        if isinstance(prefix, ConstantPrefix):
+            # The parallel layout's suffix is short against its cached keys: eager math is faster there,
+            # and the cached keys are read where they lie (no cache object copies them layer by layer).
+            return self.decoder(
+                input_ids=batch.input_ids[:, split:],
+                attention_mask=suffix_mask(batch),
+                position_ids=batch.position_ids[:, split:],
+                use_cache=False,
+                dream_eager=True,
+                dream_prefix=prefix,
+                **attention_kwargs,
+            ).last_hidden_state
         return self.decoder(
             input_ids=batch.input_ids[:, split:],
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids[:, split:],
             past_key_values=prefix,
             use_cache=True,
-            # The parallel layout's suffix is short against its cached keys: eager math is faster there.
-            dream_eager=isinstance(batch, ParallelBatch),
-            dream_constant_keys=split,  # the prefix's keys and values come from a no-grad pass or the cache
             **attention_kwargs,
         ).last_hidden_state
 
     @torch.no_grad()
-    def _prefix_cache(self, batch: PromptBatch) -> DynamicCache:
+    def _prefix_cache(self, batch: PromptBatch) -> DynamicCache | ConstantPrefix:
         """Keys and values of the part before the suffix: encoded now (sequential) or assembled from the
         document cache (parallel)."""
         split = batch.prefix_length
@@ -197,7 +210,7 @@ class FrozenLLM(FrozenCausalLM):
         rows = [[entries[tuple(d)] for d in row] for row in batch.document_ids]
         keys, values = stack_document_keys_values(batch, self._prefix_entry(batch.prefix_ids), rows)
         dtype = self.documents.dtype
-        return self._cache_from(keys.to(self.device, dtype), values.to(self.device, dtype))
+        return ConstantPrefix(keys.to(self.device, dtype), values.to(self.device, dtype))
 
     def _cache_from(self, keys: Tensor, values: Tensor) -> DynamicCache:
         """A transformers cache holding [layers, B, kv_heads, tokens, head_dim] keys and values."""
@@ -281,8 +294,8 @@ class FrozenLLM(FrozenCausalLM):
                 raise ValueError("document_mass: probe rows must come after the documents")
             probe = DocumentMassProbe(batch.doc_index, batch.num_candidates, probe_rows[:, split:])
             with self.autocast():
-                self._suffix_hidden(
-                    batch, copy.deepcopy(prefix) if i < len(batches) - 1 else prefix, dream_probe=probe
-                )
+                # A transformers cache grows with each pass: every batch but the last gets a copy.
+                reusable = isinstance(prefix, ConstantPrefix) or i == len(batches) - 1
+                self._suffix_hidden(batch, prefix if reusable else copy.deepcopy(prefix), dream_probe=probe)
             masses.append(torch.stack([probe.masses[layer] for layer in range(self.num_layers)], dim=1))
         return masses

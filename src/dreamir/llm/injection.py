@@ -63,6 +63,23 @@ class DocumentMassProbe:
     masses: dict[int, Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class ConstantPrefix:
+    """Keys and values of everything before a forward's own tokens, [layers, B, kv_heads, P, head_dim]
+    each, computed without autograd (a document cache, a no-grad pass): the attention reads them as they
+    are, without a transformers cache that would concatenate them with the new keys in every layer."""
+
+    keys: Tensor
+    values: Tensor
+
+    @property
+    def length(self) -> int:
+        return self.keys.shape[3]
+
+    def layer(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.keys[index], self.values[index]
+
+
 def document_onehot(doc_index: Tensor, num_docs: int, dtype: torch.dtype) -> Tensor:
     """[B, S] document numbers -> [B, S, K] one-hot membership (all zeros outside documents)."""
     inside = (doc_index >= 0).to(dtype)
@@ -108,48 +125,51 @@ def _eager_weights(query: Tensor, key: Tensor, mask: Tensor | None, scaling: flo
 
 
 def _eager_output(
-    query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scaling: float, constant_keys: int = 0
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None,
+    scaling: float,
+    prefix: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """Attention output [B, T, H, D] in eager math, as sdpa_attention_forward returns it.
+    """Attention output [B, T, H, D] in eager math, as sdpa_attention_forward returns it, over ``prefix``'s
+    keys and values (if any) followed by ``key`` and ``value``.
 
     The query heads that share a key/value head (GQA) are stacked as rows of one matmul against it, so the
-    keys and values are never repeated (nor their gradients summed back). The first ``constant_keys`` key
-    positions are constants (a cache computed without autograd): they get their own matmuls on detached
-    views, so the backward computes no gradient for them; the result is the same."""
+    keys and values are never repeated (nor their gradients summed back). The prefix gets its own matmuls:
+    it is never concatenated with the rest, and no gradient is computed for it."""
     batch, heads, rows, dim = query.shape
-    kv_heads, length = key.shape[1], key.shape[2]
+    kv_heads = key.shape[1]
     groups = heads // kv_heads
-    grouped = query.reshape(batch, kv_heads, groups * rows, dim)  # head h = kv * groups + g
-    split = constant_keys if 0 < constant_keys < length else 0
-    if split:
-        logits = torch.cat(
-            [
-                torch.matmul(grouped, key[:, :, :split].detach().transpose(2, 3)),
-                torch.matmul(grouped, key[:, :, split:].transpose(2, 3)),
-            ],
-            dim=-1,
-        )
-    else:
-        logits = torch.matmul(grouped, key.transpose(2, 3))
-    logits = logits.view(batch, kv_heads, groups, rows, length) * scaling
+    # Head h = kv * groups + g; scaled here, on T rows, rather than the logits over every key.
+    grouped = query.reshape(batch, kv_heads, groups * rows, dim) * scaling
+    logits = torch.matmul(grouped, key.transpose(2, 3))
+    split = 0
+    if prefix is not None:
+        split = prefix[0].shape[2]
+        logits = torch.cat([torch.matmul(grouped, prefix[0].transpose(2, 3)), logits], dim=-1)
+    length = logits.shape[-1]
+    logits = logits.view(batch, kv_heads, groups, rows, length)
     if mask is not None:
         mask = mask[..., :length]  # [B, 1 or H, T, S]
         per_head = mask.shape[1] > 1
         logits = logits + (mask.reshape(-1, kv_heads, groups, rows, length) if per_head else mask[:, :, None])
     weights = torch.softmax(logits, dim=-1, dtype=torch.float32).to(value.dtype)
     weights = weights.view(batch, kv_heads, groups * rows, length)
-    if split:
-        output = torch.matmul(weights[..., :split], value[:, :, :split].detach()) + torch.matmul(
-            weights[..., split:], value[:, :, split:]
-        )
-    else:
-        output = torch.matmul(weights, value)
+    output = torch.matmul(weights[..., split:], value)
+    if prefix is not None:
+        output = output + torch.matmul(weights[..., :split], prefix[1].to(value.dtype))
     return output.view(batch, heads, rows, dim).transpose(1, 2).contiguous()
 
 
 def _select_heads_kv(tensor: Tensor, heads: Tensor, groups: int) -> Tensor:
     """Pick, for each selected query head, its (shared, under GQA) key/value head."""
     return tensor.index_select(1, torch.div(heads, groups, rounding_mode="floor"))
+
+
+def _after_prefix(prefix: Tensor | None, tensor: Tensor) -> Tensor:
+    """``tensor`` (keys or values) after the prefix's, along the sequence."""
+    return tensor if prefix is None else torch.cat([prefix.to(tensor.dtype), tensor], dim=2)
 
 
 def dream_attention(
@@ -163,41 +183,57 @@ def dream_attention(
     dream_injection: InjectionPlan | None = None,
     dream_probe: DocumentMassProbe | None = None,
     dream_eager: bool = False,
-    dream_constant_keys: int = 0,
+    dream_prefix: ConstantPrefix | None = None,
     **kwargs,
 ) -> tuple[Tensor, Tensor | None]:
     """Attention function: SDPA everywhere (or eager math with ``dream_eager``), eager math plus
-    redistribution in the selected heads. ``dream_constant_keys``: how many leading key positions are a
-    cache computed without autograd (the eager path computes no gradient for them)."""
+    redistribution in the selected heads. With ``dream_prefix`` the keys and values are the prefix's
+    followed by this forward's own."""
     layer = getattr(module, "layer_idx", None)
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    prefix_key, prefix_value = dream_prefix.layer(layer) if dream_prefix is not None else (None, None)
     if dream_probe is not None:
-        _record_mass(module, query, key, attention_mask, scaling, dream_probe)
+        _record_mass(module, query, _after_prefix(prefix_key, key), attention_mask, scaling, dream_probe)
     heads = dream_injection.heads.get(layer) if dream_injection is not None else None
     if dream_eager:
         # A few query rows over a long cached key sequence: plain matmuls beat the CPU flash kernel,
         # whose backward dominates such a pass.
-        output = _eager_output(query, key, value, attention_mask, scaling, dream_constant_keys)
+        prefix = (prefix_key, prefix_value) if dream_prefix is not None else None
+        output = _eager_output(query, key, value, attention_mask, scaling, prefix)
     else:
         output, _ = sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+            module,
+            query,
+            _after_prefix(prefix_key, key),
+            _after_prefix(prefix_value, value),
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            **kwargs,
         )
     if heads is None or heads.numel() == 0:
         return output, None
     groups = query.shape[1] // key.shape[1]
     heads = heads.to(query.device)
+
+    def selected(prefix_part: Tensor | None, part: Tensor) -> Tensor:
+        own = _select_heads_kv(part, heads, groups).float()
+        return (
+            own if prefix_part is None else _after_prefix(_select_heads_kv(prefix_part, heads, groups), own)
+        )
+
     # The injected heads run in float32 whatever the rest does (bf16 autocast): their softmax and the
     # redistribution carry the retriever's gradient. A no-op for a float32 model.
     with torch.autocast(query.device.type, enabled=False):
         attn = _eager_weights(
             query.index_select(1, heads).float(),
-            _select_heads_kv(key, heads, groups).float(),
+            selected(prefix_key, key),
             attention_mask.float() if attention_mask is not None else None,
             scaling,
         )
         plan = dream_injection
         attn = redistribute(attn, plan.doc_index, plan.doc_probs, plan.row_mask, plan.mode)
-        injected = torch.matmul(attn, _select_heads_kv(value, heads, groups).float()).transpose(1, 2)
+        injected = torch.matmul(attn, selected(prefix_value, value)).transpose(1, 2)
     # output is [B, T, H, D]; out-of-place index_copy keeps autograd happy.
     return output.index_copy(2, heads, injected.to(output.dtype)), None
 

@@ -166,17 +166,31 @@ def block_mask(batch: ParallelBatch, dtype: torch.dtype = torch.float32) -> Tens
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
+def suffix_mask(batch: PromptBatch, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The additive [B, 1, T, L] mask of the T suffix rows over all L keys, for the cached step: every
+    non-padding key before the suffix, and the suffix itself causally (the block mask's suffix rows)."""
+    valid = batch.attention_mask.bool()
+    split, length = batch.prefix_length, valid.shape[1]
+    causal = torch.ones(length - split, length, dtype=torch.bool, device=valid.device).tril(split)
+    allowed = causal[None] & valid[:, None, :]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=valid.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
 def stack_document_keys_values(
     batch: ParallelBatch, prefix: tuple[Tensor, Tensor], documents: list[list[tuple[Tensor, Tensor]]]
 ) -> tuple[Tensor, Tensor]:
     """The keys and values of every row's [left padding, prefix, candidates] part, as [layers, B, kv_heads,
     prefix_length, head_dim] each, from the prefix's and each candidate's cached entries (zeros on padding,
-    which the attention mask hides)."""
-    rows_k, rows_v = [], []
-    for row in documents:
-        keys = torch.cat([prefix[0], *(k for k, _ in row)], dim=2)
-        values = torch.cat([prefix[1], *(v for _, v in row)], dim=2)
-        pad = batch.prefix_length - keys.shape[2]
-        rows_k.append(torch.nn.functional.pad(keys, (0, 0, pad, 0)))
-        rows_v.append(torch.nn.functional.pad(values, (0, 0, pad, 0)))
-    return torch.stack(rows_k, dim=1), torch.stack(rows_v, dim=1)
+    which the attention mask hides), each entry copied once into place."""
+    layers, kv_heads, _, dim = prefix[0].shape
+    shape = (layers, len(documents), kv_heads, batch.prefix_length, dim)
+    keys, values = prefix[0].new_zeros(shape), prefix[1].new_zeros(shape)
+    for b, row in enumerate(documents):
+        end = batch.prefix_length
+        for key, value in reversed([prefix, *row]):  # right-aligned: the left padding stays zero
+            start = end - key.shape[2]
+            keys[:, b, :, start:end] = key
+            values[:, b, :, start:end] = value
+            end = start
+    return keys, values
