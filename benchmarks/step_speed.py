@@ -6,13 +6,16 @@ Times, on SmolLM2-135M with K candidates of (up to) 128 tokens and a target of a
       target suffix with autograd (the sequential layout's step),
   (c) the floor: one no-grad forward of the same prompts through the LLM (float32, sequential layout),
   (d) the new step: parallel document layout, bf16 autocast (injected heads in float32), every candidate's
-      keys and values read from a warm on-disk document cache; only the query + target run through the LLM
-      (the default in training),
+      keys and values read from a warm on-disk document cache; only the query + target run through the LLM;
+      the retriever at `dreamir train`'s default precision (the default step in training),
+  (d') (d) with the retriever at the other precision (float32 or bf16 autocast),
   (e) the document cache's build rate: the same candidates encoded once (bf16, batches of 8) and stored.
-(a), (b) and (d) include the retriever's forward and backward (all-MiniLM-L6-v2, float32), as in training;
-(d') is (d) with the retriever's forward under bf16 autocast too (--retriever-precision bfloat16).
-Peak memory is the growth of the heap in use (glibc mallinfo2, sampled every 5 ms) over its level
-before each measurement on CPU, or torch.cuda.max_memory_allocated on a GPU.
+(a), (b), (d) and (d') include the retriever's forward and backward (all-MiniLM-L6-v2; float32 in (a) and
+(b)) in training mode, as the trainer runs it (dropout on; on a CPU eager attention). The steps are
+interleaved: each batch goes through (a), (b), (c), the retriever alone, (d) and (d') in turn, so that all
+of them meet the process in the same state. Peak memory is the growth of the heap in use (glibc mallinfo2,
+sampled every 5 ms) over its level before each measurement on CPU, or torch.cuda.max_memory_allocated on a
+GPU.
 
     python benchmarks/step_speed.py            # writes results/step_speed.json
     python benchmarks/step_speed.py --quick    # 2 timed repeats instead of 5 (a smoke run)
@@ -281,7 +284,7 @@ def main() -> None:
     print(f"(a) reference step   median {reference_s:7.3f} s   peak +{result['reference_peak_mb']:8.1f} MB")
     print(f"(b) optimised step   median {optimized_s:7.3f} s   peak +{result['optimized_peak_mb']:8.1f} MB")
     print(f"(c) no-grad forward  median {floor_s:7.3f} s   peak +{result['floor_peak_mb']:8.1f} MB")
-    print(f"    retriever fwd+bwd median {retriever_s:7.3f} s   (part of (a), (b) and (d))")
+    print(f"    retriever fwd+bwd median {retriever_s:7.3f} s   (float32, training mode: part of (a), (b))")
     print(
         f"(d) cached parallel bf16 step, {default} retriever, median {cached_s:7.3f} s   peak +{result['cached_peak_mb']:8.1f} MB"
     )
