@@ -170,8 +170,8 @@ def test_training_on_cpu_uses_eager_attention_with_the_same_embeddings(
     loaded = model.config._attn_implementation
     assert loaded == "sdpa"
     inference = _eval_forward(r, TEXTS)
-    r.train()
-    assert model.config._attn_implementation == EAGER_ATTENTION
+    r.train()  # BERT drops attention probabilities: the eager attention with the cheaper masks
+    assert model.config._attn_implementation == (EAGER_ATTENTION if which == "bert" else "eager")
     for module in r.modules():  # no dropout, so training and inference compute the same function
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0

@@ -38,7 +38,7 @@ def fast_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if not training or p == 0.0 or x.device.type != "cpu":
         return nn.functional.dropout(x, p, training)
     if p == 1.0:
-        return torch.zeros_like(x)
+        return x * 0.0
     scale = keep_mask(x.shape, p, x.device).to(x.dtype).mul_(1.0 / (1.0 - p))
     return x * scale
 
@@ -48,6 +48,16 @@ class FastDropout(nn.Dropout):
 
     def forward(self, x: Tensor) -> Tensor:
         return fast_dropout(x, self.p, self.training)
+
+
+def attention_dropout(config) -> float:
+    """The attention-probability dropout rate a transformers config declares (BERT-style or decoder-style
+    name), 0 if none."""
+    for name in ("attention_probs_dropout_prob", "attention_dropout"):
+        rate = getattr(config, name, None)
+        if rate:
+            return float(rate)
+    return 0.0
 
 
 def use_fast_dropout(model: nn.Module) -> None:

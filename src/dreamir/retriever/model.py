@@ -32,7 +32,7 @@ from dreamir.retriever.backbone import (
 )
 from dreamir.retriever.config import CONFIG_FILE, Pooling, RetrieverConfig
 from dreamir.retriever.dropout import ATTENTION_NAME as EAGER_ATTENTION
-from dreamir.retriever.dropout import use_fast_dropout
+from dreamir.retriever.dropout import attention_dropout, use_fast_dropout
 from dreamir.retriever.st_format import local_dir, read_directory, write_directory
 from dreamir.similarity import similarity_matrix
 
@@ -305,14 +305,20 @@ class Retriever(torch.nn.Module):
     def train(self, mode: bool = True) -> Retriever:
         """Training mode on CPU also switches the backbone to eager attention: PyTorch's fused CPU attention
         (sdpa) is fast forward but its backward is not (measured here on the raw backbone, bf16: 19 ms per
-        layer call against 2 ms forward; a whole LoRA step 0.63 s eager against 0.86 s). It is
-        ``dropout.eager_attention``, whose attention-probability dropout draws its masks cheaply, as the
-        backbone's dropout modules do (``dropout.FastDropout``). The two compute the same attention;
+        layer call against 2 ms forward; a whole LoRA step 0.63 s eager against 0.86 s). Where the backbone
+        drops attention probabilities it is ``dropout.eager_attention``, whose masks are drawn cheaply, as
+        the backbone's dropout modules' are (``dropout.FastDropout``). The two compute the same attention;
         inference keeps the implementation the model was loaded with."""
         super().train(mode)
         training_on_cpu = mode and self.device.type == "cpu"
-        self._use_attention(EAGER_ATTENTION if training_on_cpu else self._inference_attention)
+        self._use_attention(self._training_attention() if training_on_cpu else self._inference_attention)
         return self
+
+    def _training_attention(self) -> str:
+        """dropout.eager_attention where the backbone drops attention probabilities (BERT-style encoders),
+        transformers' own eager attention of the model otherwise (it may do more, e.g. soft-capping)."""
+        model = self.backbone.get_base_model() if self.is_lora else self.backbone
+        return EAGER_ATTENTION if attention_dropout(model.config) > 0 else "eager"
 
     def _use_attention(self, name: str | None) -> None:
         model = self.backbone.get_base_model() if self.is_lora else self.backbone
