@@ -28,10 +28,11 @@ class InfoNCELoss(Objective):
         labelled = [i for i in instances if i.gold is not None]
         if not labelled:
             raise ValueError("InfoNCE needs examples with a gold_id")
-        queries = self.embed([i.query for i in labelled], is_query=True)
         golds, negatives = _pool(labelled)
         pool_documents = golds + negatives
-        pool = self.embed([d.full_text for d in pool_documents], is_query=False)
+        with self.retriever_autocast():  # the weights cast to bf16 once for both calls
+            queries = self.embed([i.query for i in labelled], is_query=True)
+            pool = self.embed([d.full_text for d in pool_documents], is_query=False)
         first_query = 0
         if distributed.current().count > 1:
             queries, pool, pool_documents, first_query = self._whole_batch(queries, pool, golds, negatives)
