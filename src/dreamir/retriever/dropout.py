@@ -2,10 +2,10 @@
 
 PyTorch's CPU dropout draws one Mersenne-Twister number per element, on one thread whatever the thread
 count: training all-MiniLM-L6-v2 on 2 queries and 16 passages of ~150 tokens draws ~38 million of them per
-step, a third of a bf16 step on this project's 2-core machine. Here every element's keep/drop decision is
-16 random bits, four of them cut from each 64-bit draw of the same generator (so ``torch.manual_seed``
-still fixes the masks): the same inverted dropout, with the rate rounded to a multiple of 1/65536. Off a
-CPU, or outside training, it is PyTorch's own dropout.
+step, about a third of the retriever's bf16 forward and backward on this project's 2-core machine. Here
+every element's keep/drop decision is 16 random bits, four of them cut from each 64-bit draw of the same
+generator (so ``torch.manual_seed`` still fixes the masks): the same inverted dropout, with the rate
+rounded to a multiple of 1/65536. Off a CPU, or outside training, it is PyTorch's own dropout.
 
 The attention probabilities' dropout happens inside the attention function, not in a module: training on a
 CPU uses :func:`eager_attention`, registered with transformers under :data:`ATTENTION_NAME`.
