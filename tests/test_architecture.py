@@ -19,7 +19,17 @@ _ORCHESTRATION = [
     "dreamir.adapt",
 ]
 # Small helpers every layer may use; they use no layer.
-_UTILITIES = ("io", "models", "guards", "options", "checkpoints", "plots", "distributed", "stages")
+_UTILITIES = (
+    "io",
+    "models",
+    "guards",
+    "options",
+    "checkpoints",
+    "plots",
+    "distributed",
+    "stages",
+    "attention",
+)
 # Entry points and pipelines: free to import every layer.
 ORCHESTRATORS = {"__init__", "cli", "quickstart", "validate"}
 

@@ -22,6 +22,8 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import eager_mask
 
+from dreamir.attention import eager_weights
+
 ATTENTION_NAME = "dream"
 InjectionMode = Literal["preserve", "replace", "prior"]
 INJECTION_MODES: tuple[str, ...] = ("preserve", "replace", "prior")
@@ -112,16 +114,6 @@ def redistribute(
         raise ValueError(f"unknown injection mode {mode!r}")
     key_factor = doc_factor @ onehot.transpose(1, 2)[:, None] + outside_factor * outside[:, None, None, :]
     return torch.where(row_mask[:, None, :, None], attn * key_factor, attn)
-
-
-def _eager_weights(query: Tensor, key: Tensor, mask: Tensor | None, scaling: float) -> Tensor:
-    """Softmax attention weights [B, H, T, S], float32 softmax as in transformers' eager path."""
-    groups = query.shape[1] // key.shape[1]
-    key = key.repeat_interleave(groups, dim=1) if groups > 1 else key
-    logits = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if mask is not None:
-        logits = logits + mask[:, :, :, : key.shape[-2]]
-    return torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
 
 
 def _eager_output(
@@ -225,7 +217,7 @@ def dream_attention(
     # The injected heads run in float32 whatever the rest does (bf16 autocast): their softmax and the
     # redistribution carry the retriever's gradient. A no-op for a float32 model.
     with torch.autocast(query.device.type, enabled=False):
-        attn = _eager_weights(
+        attn = eager_weights(
             query.index_select(1, heads).float(),
             selected(prefix_key, key),
             attention_mask.float() if attention_mask is not None else None,
@@ -240,7 +232,7 @@ def dream_attention(
 
 def _record_mass(module, query, key, attention_mask, scaling, probe: DocumentMassProbe) -> None:
     with torch.no_grad():
-        attn = _eager_weights(query, key, attention_mask, scaling)  # [B, H, T, S]
+        attn = eager_weights(query, key, attention_mask, scaling)  # [B, H, T, S]
         onehot = document_onehot(probe.doc_index, probe.num_docs, attn.dtype)
         rows = probe.row_mask.to(attn.dtype)  # [B, T]
         row_mean = (attn * rows[:, None, :, None]).sum(2) / rows.sum(-1).clamp_min(1)[:, None, None]

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import eager_mask
 
+from dreamir.attention import eager_weights
+
 ATTENTION_NAME = "dreamir_eager"
 _LEVELS = 1 << 16  # keep/drop resolution: 16 bits per element
 
@@ -81,14 +83,9 @@ def eager_attention(
     """Eager attention as transformers computes it (float32 softmax; key/value heads repeated under GQA),
     with :func:`fast_dropout` on the attention probabilities while training."""
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        weights = weights + attention_mask[:, :, :, : key.shape[-2]]
-    weights = torch.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = fast_dropout(weights, dropout, module.training)
+    weights = fast_dropout(eager_weights(query, key, attention_mask, scaling), dropout, module.training)
+    groups = query.shape[1] // value.shape[1]
+    value = value.repeat_interleave(groups, dim=1) if groups > 1 else value
     output = torch.matmul(weights, value).transpose(1, 2).contiguous()
     return output, weights
 

@@ -317,11 +317,14 @@ class Retriever(torch.nn.Module):
     def _training_attention(self) -> str:
         """dropout.eager_attention where the backbone drops attention probabilities (BERT-style encoders),
         transformers' own eager attention of the model otherwise (it may do more, e.g. soft-capping)."""
-        model = self.backbone.get_base_model() if self.is_lora else self.backbone
-        return EAGER_ATTENTION if attention_dropout(model.config) > 0 else "eager"
+        return EAGER_ATTENTION if attention_dropout(self._base_model().config) > 0 else "eager"
+
+    def _base_model(self) -> PreTrainedModel:
+        """The backbone under its LoRA wrapper, if any (whose config holds the attention implementation)."""
+        return self.backbone.get_base_model() if self.is_lora else self.backbone
 
     def _use_attention(self, name: str | None) -> None:
-        model = self.backbone.get_base_model() if self.is_lora else self.backbone
+        model = self._base_model()
         current = getattr(model.config, "_attn_implementation", None)
         if name is not None and current is not None and current != name:
             model.set_attn_implementation(name)
