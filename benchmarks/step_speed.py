@@ -5,15 +5,20 @@ Times, on SmolLM2-135M with K candidates of (up to) 128 tokens and a target of a
   (b) the optimised step: the documents prefix once without autograd (KV cache), then only the query +
       target suffix with autograd (the sequential layout's step),
   (c) the floor: one no-grad forward of the same prompts through the LLM (float32, sequential layout),
-  (d) the new step: parallel document layout, bf16 autocast (injected heads in float32), every candidate's
-      keys and values read from a warm on-disk document cache; only the query + target run through the LLM;
-      the retriever at `dreamir train`'s default precision (the default step in training),
-  (d') (d) with the retriever at the other precision (float32 or bf16 autocast),
-  (e) the document cache's build rate: the same candidates encoded once (bf16, batches of 8) and stored.
+  (c') where --precision resolves to bf16: the floor in bf16 too, so that (d) is divided by a floor of its
+      own dtype family,
+  (d) the new step: parallel document layout in --precision (default auto: bf16 where the processor computes
+      it natively, float32 elsewhere; injected heads always float32), every candidate's keys and values read
+      from a warm on-disk document cache; only the query + target run through the LLM; the retriever in the
+      same precision (the default step in training),
+  (d') (d) with the retriever in the other precision, only where bf16 is native (elsewhere emulated bf16
+      would take tens of times longer and say nothing about a real run),
+  (e) the document cache's build rate: the same candidates encoded once (--precision, batches of 8) and stored.
 (a), (b), (d) and (d') include the retriever's forward and backward (all-MiniLM-L6-v2; float32 in (a) and
 (b)) in training mode, as the trainer runs it (dropout on; on a CPU eager attention). The steps are
 interleaved: each batch goes through (a), (b), (c), the retriever alone, (d) and (d') in turn, so that all
-of them meet the process in the same state. Peak memory is the growth of the heap in use (glibc mallinfo2,
+of them meet the process in the same state. The processor (its vector instruction set, whether bf16 is
+native) and every dtype are printed and recorded. Peak memory is the growth of the heap in use (glibc mallinfo2,
 sampled every 5 ms) over its level before each measurement on CPU, or torch.cuda.max_memory_allocated on a
 GPU.
 
@@ -27,7 +32,6 @@ import argparse
 import ctypes
 import ctypes.util
 import datetime
-import platform
 import statistics
 import tempfile
 import threading
@@ -36,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from dreamir.arguments import ObjectiveArguments
+from dreamir import precision as compute
 from dreamir.data.beir import Document, load_beir
 from dreamir.io import write_json_atomic
 from dreamir.llm.frozen import FrozenLLM
@@ -141,6 +145,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="results/step_speed.json")
+    parser.add_argument(
+        "--precision", default="auto", choices=compute.PRECISIONS, help=compute.PRECISION_HELP
+    )
     parser.add_argument("--quick", action="store_true", help="2 timed repeats (overrides --repeats)")
     args = parser.parse_args()
     if args.quick:
@@ -166,8 +173,10 @@ def main() -> None:
         for b in batches
     ]
 
-    # (e): the same weights, read in the parallel layout in bf16; every candidate encoded once and stored.
-    parallel = {"prompt": PromptSettings(document_layout="parallel"), "precision": "bfloat16"}
+    # (d), (e) compute in this dtype; (a), (b), (c) stay float32 (the historic reference and floor).
+    dtype = compute.resolve(args.precision, device)
+    # (e): the same weights, read in the parallel layout; every candidate encoded once and stored.
+    parallel = {"prompt": PromptSettings(document_layout="parallel"), "precision": dtype}
     documents = [(d.title, d.text) for x in instances for d in x.documents]
     cache_dir = tempfile.TemporaryDirectory(prefix="doc-cache-")
     builder = FrozenLLM(llm.model, llm.tokenizer, llm.heads, **parallel, document_cache_dir=cache_dir.name)
@@ -192,22 +201,29 @@ def main() -> None:
         scores, mask = objective.candidate_scores(batch)
         objective.candidate_distribution(scores, mask).max(-1).values.sum().backward()
 
-    def floor(batch_index: int, _batch):
-        with torch.no_grad():
-            p = prompts[batch_index]
-            llm.model.model(
-                input_ids=p.input_ids, attention_mask=p.attention_mask, position_ids=p.position_ids
-            )
+    def floor_in(reader: FrozenLLM):
+        def floor(batch_index: int, _batch):
+            with torch.no_grad(), reader.autocast():
+                p = prompts[batch_index]
+                reader.decoder(
+                    input_ids=p.input_ids, attention_mask=p.attention_mask, position_ids=p.position_ids
+                )
 
-    cached_float32, cached_bfloat16 = cached_objective("float32"), cached_objective("bfloat16")
+        return floor
+
+    # The retriever in the run's dtype, and in the other one only where bf16 is native.
+    other = "float32" if dtype == "bfloat16" else "bfloat16"
+    retriever_dtypes = [dtype, other] if compute.native_bf16(device) else [dtype]
+    cached = {p: cached_objective(p) for p in retriever_dtypes}
     steps = {
         "reference": lambda i, b: step(False, b),
         "optimized": lambda i, b: step(True, b),
-        "floor": floor,
+        "floor": floor_in(llm),
         "retriever": retriever_only,
-        "cached_float32": lambda i, b: step(True, b, cached_float32),
-        "cached_bfloat16": lambda i, b: step(True, b, cached_bfloat16),
+        **{f"cached_{p}": (lambda i, b, loss=loss: step(True, b, loss)) for p, loss in cached.items()},
     }
+    if dtype != "float32":
+        steps["floor_same_dtype"] = floor_in(FrozenLLM(llm.model, llm.tokenizer, precision=dtype))
 
     def run(fn, index: int, batch) -> tuple[float, int]:
         with PeakMemory(device) as memory:
@@ -235,11 +251,11 @@ def main() -> None:
     optimized_s, optimized_mem = measured["optimized"]
     floor_s, floor_mem = measured["floor"]
     retriever_s, _ = measured["retriever"]
-    # (d) is the default of `dreamir train`; (d') the other retriever precision.
-    default = ObjectiveArguments.retriever_precision
-    other = "float32" if default == "bfloat16" else "bfloat16"
-    cached_s, cached_mem = measured[f"cached_{default}"]
-    other_s, other_mem = measured[f"cached_{other}"]
+    # (d): the retriever in the run's dtype, as `dreamir train` runs it by default; (d') the other one.
+    cached_s, cached_mem = measured[f"cached_{dtype}"]
+    other_s, other_mem = measured.get(f"cached_{other}", (float("nan"), 0))
+    # (d) divided by a floor of its own dtype family (c' where bf16, c where float32).
+    same_floor_s = measured["floor_same_dtype"][0] if dtype != "float32" else floor_s
     cache_dir.cleanup()
     tokens = int(prompts[0].attention_mask.sum()) // args.batch_size
     result = {
@@ -253,13 +269,16 @@ def main() -> None:
         "llm_only_optimized_over_floor": (optimized_s - retriever_s) / floor_s,
         "llm_only_speedup_over_reference": (reference_s - retriever_s) / (optimized_s - retriever_s),
         "cached_s": cached_s,
-        "cached_over_floor": cached_s / floor_s,
+        "cached_precision": dtype,
+        "floor_same_dtype_s": same_floor_s,
+        "cached_over_floor": cached_s / same_floor_s,
+        "cached_over_float32_floor": cached_s / floor_s,
         "cached_speedup_over_optimized": optimized_s / cached_s,
         "cache_build_docs_per_s": build.documents_per_second,
         "cache_bytes_per_doc": build.bytes_per_document,
         "cache_documents_built": build.documents,
         "cached_peak_mb": cached_mem / 2**20,
-        "cached_retriever_precision": default,
+        "cached_retriever_precision": dtype,
         f"cached_{other}_retriever_s": other_s,
         f"cached_{other}_retriever_over_floor": other_s / floor_s,
         f"cached_{other}_retriever_speedup_over_optimized": optimized_s / other_s,
@@ -275,28 +294,39 @@ def main() -> None:
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "threads": args.threads,
         "torch_version": torch.__version__,
-        "machine": platform.machine(),
+        "machine": compute.machine_record(llm=dtype, retriever=dtype, reference_and_floor="float32"),
         "date": datetime.date.today().isoformat(),
     }
     print(
         f"prompt ~{tokens} tokens/example, K={args.k}, batch {args.batch_size}, {args.num_heads} heads, {result['device']}"
     )
+    print(f"compute: {compute.describe_compute(result['machine'])}; (a), (b), (c) in float32")
     print(f"(a) reference step   median {reference_s:7.3f} s   peak +{result['reference_peak_mb']:8.1f} MB")
     print(f"(b) optimised step   median {optimized_s:7.3f} s   peak +{result['optimized_peak_mb']:8.1f} MB")
     print(f"(c) no-grad forward  median {floor_s:7.3f} s   peak +{result['floor_peak_mb']:8.1f} MB")
     print(f"    retriever fwd+bwd median {retriever_s:7.3f} s   (float32, training mode: part of (a), (b))")
+    if dtype != "float32":
+        print(f"(c') no-grad forward in {dtype} median {same_floor_s:7.3f} s")
     print(
-        f"(d) cached parallel bf16 step, {default} retriever, median {cached_s:7.3f} s   peak +{result['cached_peak_mb']:8.1f} MB"
+        f"(d) cached parallel {dtype} step, {dtype} retriever, median {cached_s:7.3f} s   peak +{result['cached_peak_mb']:8.1f} MB"
     )
-    print(f"(d') (d) with a {other} retriever median {other_s:7.3f} s   peak +{other_mem / 2**20:8.1f} MB")
+    if f"cached_{other}" in measured:
+        print(
+            f"(d') (d) with a {other} retriever median {other_s:7.3f} s   peak +{other_mem / 2**20:8.1f} MB"
+        )
+    else:
+        print("(d') skipped: no native bf16 on this processor")
     print(
         f"(e) cache build {build.documents} documents at {build.documents_per_second:.1f} docs/s, "
         f"{build.bytes_per_document / 2**20:.2f} MiB/document"
     )
-    print(f"cached_over_floor d/c = {result['cached_over_floor']:.2f}   (goal <= 0.3)")
+    print(f"cached_over_floor d/c = {result['cached_over_floor']:.2f}   (goal <= 0.3; both {dtype})")
+    if dtype != "float32":
+        print(f"cached_over_float32_floor d/c(float32) = {result['cached_over_float32_floor']:.2f}")
     print(f"cached_speedup_over_optimized b/d = {result['cached_speedup_over_optimized']:.2f}   (goal >= 4)")
     print(f"peak memory d <= b: {cached_mem <= optimized_mem}")
-    print(f"with a {other} retriever: d'/c = {other_s / floor_s:.2f}, b/d' = {optimized_s / other_s:.2f}")
+    if f"cached_{other}" in measured:
+        print(f"with a {other} retriever: d'/c = {other_s / floor_s:.2f}, b/d' = {optimized_s / other_s:.2f}")
     print(f"optimized_over_floor b/c = {result['optimized_over_floor']:.2f}   (goal <= 1.5)")
     print(f"speedup_over_reference a/b = {result['speedup_over_reference']:.2f}   (goal >= 2)")
     print(

@@ -4,6 +4,9 @@ from pathlib import Path
 # Tests never reach the hub; anything that tries fails fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# "auto" precision means float32 in the tests whatever the processor, so no result depends on its kind;
+# tests/test_precision.py checks what auto means on each kind, and the bf16 path where it is native.
+os.environ.setdefault("DREAMIR_AUTO_PRECISION", "float32")
 
 import pytest
 import torch

@@ -221,6 +221,7 @@ def _adapt_args(tmp_path, tiny_bert_dir, tiny_llama_dir, **overrides) -> AdaptAr
         validate_every=2,
         threads=1,
         show_progress=False,
+        precision="float32",
     )
     settings.update(overrides)
     return AdaptArguments(**settings)
@@ -332,7 +333,7 @@ def test_query_generator_is_seeded_batched_and_cleaned(tiny_llama_dir):
     from dreamir.llm.generate import GenerationSettings, QueryGenerator, clean_query
 
     passages = list(make_corpus(5).values())
-    settings = GenerationSettings(max_new_tokens=6, batch_size=2, bf16=False)
+    settings = GenerationSettings(max_new_tokens=6, batch_size=2, precision="float32")
     first = QueryGenerator(tiny_llama_dir, settings, show_progress=False)(passages)
     again = QueryGenerator(tiny_llama_dir, settings, show_progress=False)(passages)
     assert len(first) == 5 and first == again
@@ -346,7 +347,7 @@ def test_query_generator_samples_reproducibly_and_a_tiny_nucleus_is_greedy(tiny_
     passages = list(make_corpus(4).values())
 
     def write(**sampling):
-        settings = GenerationSettings(max_new_tokens=6, batch_size=2, bf16=False, **sampling)
+        settings = GenerationSettings(max_new_tokens=6, batch_size=2, precision="float32", **sampling)
         return QueryGenerator(tiny_llama_dir, settings, show_progress=False)(passages)
 
     sampled = write(temperature=0.7, top_p=0.9)
@@ -359,7 +360,9 @@ def test_query_generator_shows_its_worked_examples_before_the_passage(tiny_llama
     from dreamir.llm.generate import DEFAULT_QUERY_EXAMPLES, GenerationSettings, QueryGenerator
 
     passage = next(iter(make_corpus(1).values()))
-    with_examples = QueryGenerator(tiny_llama_dir, GenerationSettings(bf16=False), show_progress=False)
+    with_examples = QueryGenerator(
+        tiny_llama_dir, GenerationSettings(precision="float32"), show_progress=False
+    )
     prompt = with_examples._prompt(passage).lower()  # the tiny test tokenizer lower-cases the passage
     example_passage, example_query = DEFAULT_QUERY_EXAMPLES[0]
     # a worked example comes before the passage, its query as the assistant's reply
@@ -368,7 +371,9 @@ def test_query_generator_shows_its_worked_examples_before_the_passage(tiny_llama
         position(example_passage[:40].lower()) < position(example_query) < position(passage.text[:30].lower())
     )
     assert prompt.count("passage:") == len(DEFAULT_QUERY_EXAMPLES) + 1
-    bare = QueryGenerator(tiny_llama_dir, GenerationSettings(bf16=False, examples=()), show_progress=False)
+    bare = QueryGenerator(
+        tiny_llama_dir, GenerationSettings(precision="float32", examples=()), show_progress=False
+    )
     assert bare._prompt(passage).count("Passage:") == 1
 
 
@@ -408,7 +413,7 @@ def test_query_generator_continuing_the_shared_prefix_equals_generating_each_pro
 
     from dreamir.llm.generate import GenerationSettings, QueryGenerator
 
-    settings = GenerationSettings(max_new_tokens=8, batch_size=4, bf16=False)
+    settings = GenerationSettings(max_new_tokens=8, batch_size=4, precision="float32")
     generator = QueryGenerator(tiny_llama_dir, settings, show_progress=False)
     words = ["the", "river", "city", "mountain", "country", "moon", "fire", "water", "people", "language"]
     # passages of different lengths, so that a batch pads its shorter suffixes

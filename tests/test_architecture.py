@@ -29,6 +29,7 @@ _UTILITIES = (
     "distributed",
     "stages",
     "attention",
+    "precision",
 )
 # Entry points and pipelines: free to import every layer.
 ORCHESTRATORS = {"__init__", "cli", "quickstart", "validate"}

@@ -15,6 +15,7 @@ from sentence_transformers import SentenceTransformer
 from dreamir.retriever import CONFIG_FILE, LoraSettings, Retriever, RetrieverConfig, pool
 from dreamir.retriever.dropout import ATTENTION_NAME as EAGER_ATTENTION
 from tests.tiny_models import make_tiny_bert, make_tiny_llama
+from tests.tolerances import assert_close_to_scale
 
 TEXTS = [
     "the cat sat on the mat",
@@ -72,9 +73,9 @@ def test_pooling_on_real_hidden_states_ignores_padding(bert_dir: Path, llama_dir
         alone = torch.cat([r.embed(r.tokenize([t])) for t in TEXTS])
     for i, n in enumerate(lengths.tolist()):
         want = {"mean": hidden[i, :n].mean(0), "cls": hidden[i, 0], "last": hidden[i, n - 1]}[pooling]
-        torch.testing.assert_close(got[i], want, rtol=0, atol=1e-6)
+        assert_close_to_scale(got[i], want, rtol=1e-6)
     # Embedding a text does not depend on what else is in its batch.
-    torch.testing.assert_close(got, alone, rtol=0, atol=1e-5)
+    assert_close_to_scale(got, alone, rtol=1e-5)
 
 
 def test_decoder_without_pad_token_pads_with_eos(llama_dir: Path, tmp_path: Path) -> None:
@@ -148,11 +149,11 @@ def test_encode_restores_order_and_matches_forward(bert_dir: Path, llama_dir: Pa
     enc = r.encode(TEXTS, batch_size=2, show_progress=False)
     assert r.training  # encode switches to eval and back
     assert enc.shape == (len(TEXTS), r.embedding_dim) and enc.dtype == np.float32
-    np.testing.assert_allclose(enc, _eval_forward(r, TEXTS), rtol=0, atol=1e-5)
+    assert_close_to_scale(enc, _eval_forward(r, TEXTS))
     as_tensor = r.encode(TEXTS[::-1], batch_size=3, convert_to_numpy=False)
     assert isinstance(as_tensor, torch.Tensor) and not as_tensor.requires_grad
-    np.testing.assert_allclose(as_tensor.numpy(), enc[::-1], rtol=0, atol=1e-5)
-    np.testing.assert_allclose(r.encode(TEXTS[2]), enc[2], rtol=0, atol=1e-5)
+    assert_close_to_scale(as_tensor, enc[::-1])
+    assert_close_to_scale(r.encode(TEXTS[2]), enc[2])
     assert r.encode([]).shape == (0, r.embedding_dim)
 
 
@@ -176,7 +177,7 @@ def test_training_on_cpu_uses_eager_attention_with_the_same_embeddings(
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     training = r(TEXTS, is_query=False).detach().numpy()
-    np.testing.assert_allclose(training, inference, rtol=0, atol=1e-5)
+    assert_close_to_scale(training, inference)
     r.eval()
     assert model.config._attn_implementation == loaded
 
@@ -188,9 +189,9 @@ def test_similarity_follows_the_config(bert_dir: Path, normalize: bool, similari
     want = q @ d.T
     if similarity == "cosine":
         want = want / np.outer(np.linalg.norm(q, axis=1), np.linalg.norm(d, axis=1))
-    np.testing.assert_allclose(r.similarity(q, d), want, atol=1e-6)
+    assert_close_to_scale(r.similarity(q, d), want, rtol=1e-6)
     qt, dt = torch.from_numpy(q), torch.from_numpy(d)
-    np.testing.assert_allclose(r.similarity(qt, dt).numpy(), want, atol=1e-6)
+    assert_close_to_scale(r.similarity(qt, dt), want, rtol=1e-6)
     if normalize:  # unit rows are not normalised again: the scores are their dot products, bit for bit
         assert torch.equal(r.similarity(qt, dt), qt @ dt.T)
 
@@ -246,13 +247,12 @@ def test_sentence_transformers_loads_saved_dir_identically(
     assert [m["path"] for m in modules] == ["", "1_Pooling", "2_Normalize"][: 3 if cfg.normalize else 2]
     st = SentenceTransformer(str(tmp_path / "st"), device="cpu")
     assert st.max_seq_length == 24 and st.similarity_fn_name == cfg.similarity
-    np.testing.assert_allclose(st.encode(TEXTS, batch_size=3), r.encode(TEXTS), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(
-        st.similarity(st.encode(TEXTS[:2]), st.encode(TEXTS)).numpy(),
+    assert_close_to_scale(st.encode(TEXTS, batch_size=3), r.encode(TEXTS), rtol=1e-6)
+    # Unnormalised dot products reach ~20, where one float32 ulp is 1.9e-6: compare to their scale.
+    assert_close_to_scale(
+        st.similarity(st.encode(TEXTS[:2]), st.encode(TEXTS)),
         r.similarity(r.encode(TEXTS[:2]), r.encode(TEXTS)),
-        # Unnormalised dot products reach ~20, where one float32 ulp is 1.9e-6: compare relatively.
         rtol=1e-6,
-        atol=1e-6,
     )
 
 
@@ -261,9 +261,9 @@ def test_sentence_transformers_applies_saved_prompts(llama_dir: Path, tmp_path: 
     r = Retriever.from_pretrained(llama_dir, cfg)
     r.save(tmp_path / "st")
     st = SentenceTransformer(str(tmp_path / "st"), device="cpu")
-    np.testing.assert_allclose(st.encode_query(TEXTS), r.encode_queries(TEXTS), atol=1e-5)
-    np.testing.assert_allclose(st.encode_document(TEXTS), r.encode_documents(TEXTS), atol=1e-5)
-    np.testing.assert_allclose(st.encode(TEXTS), r.encode(TEXTS), atol=1e-5)
+    assert_close_to_scale(st.encode_query(TEXTS), r.encode_queries(TEXTS))
+    assert_close_to_scale(st.encode_document(TEXTS), r.encode_documents(TEXTS))
+    assert_close_to_scale(st.encode(TEXTS), r.encode(TEXTS))
 
 
 def test_config_read_back_from_sentence_transformers_files(bert_dir: Path, tmp_path: Path) -> None:
@@ -356,10 +356,10 @@ def test_lora_trains_only_adapters_and_saves_merged(
     base = Retriever.from_pretrained(path, RetrieverConfig(pooling=pooling))
     assert not np.allclose(base.encode(TEXTS), enc, atol=1e-3)  # the adapters changed the model
     st = SentenceTransformer(str(tmp_path / "lora"), device="cpu")
-    np.testing.assert_allclose(st.encode(TEXTS), enc, rtol=0, atol=1e-5)
+    assert_close_to_scale(st.encode(TEXTS), enc)
     reloaded = Retriever.load(tmp_path / "lora")
     assert reloaded.config == cfg and reloaded.trainable_parameters()
-    np.testing.assert_allclose(reloaded.encode(TEXTS), enc, rtol=0, atol=1e-5)
+    assert_close_to_scale(reloaded.encode(TEXTS), enc)
 
 
 # ---------------------------------------------------------------------- prefixes
@@ -384,8 +384,8 @@ def test_prefixes_apply_to_their_side_only(bert_dir: Path) -> None:
         d_only.encode_documents(TEXTS), plain.encode([f"passage: {t}" for t in TEXTS])
     )
     np.testing.assert_array_equal(d_only.encode_queries(TEXTS), plain.encode(TEXTS))
-    np.testing.assert_allclose(
-        _eval_forward(q_only, TEXTS, is_query=True), plain.encode([f"query: {t}" for t in TEXTS]), atol=1e-5
+    assert_close_to_scale(
+        _eval_forward(q_only, TEXTS, is_query=True), plain.encode([f"query: {t}" for t in TEXTS])
     )
 
 
@@ -407,6 +407,4 @@ def test_all_minilm_matches_sentence_transformers() -> None:
         long_text,
     ]
     st = SentenceTransformer(str(path), device="cpu")
-    np.testing.assert_allclose(
-        r.encode(texts, batch_size=4), st.encode(texts, batch_size=4), rtol=0, atol=1e-5
-    )
+    assert_close_to_scale(r.encode(texts, batch_size=4), st.encode(texts, batch_size=4))

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 
+from dreamir import precision as compute
 from dreamir.arguments import LLMArguments, ModelArguments, ObjectiveArguments, SamplingArguments
 from dreamir.candidates import BM25Index
 from dreamir.data.beir import Document, read_corpus
@@ -55,6 +55,7 @@ from dreamir.models import MINILM, SMOLLM2
 from dreamir.objectives import OBJECTIVES, DreamOptions, objective_class
 from dreamir.options import at_least, positive
 from dreamir.plots import plot_training_curves
+from dreamir.precision import PRECISION_HELP, Precision, describe_compute, machine_record
 from dreamir.retriever import CONFIG_FILE, Retriever
 from dreamir.stages import Stages
 from dreamir.trainer import Trainer, TrainerCallback, TrainingArguments
@@ -159,10 +160,11 @@ class AdaptArguments:
         default=128,
         metadata={"help": "retriever tokens per text while training (all-MiniLM-L6-v2 was trained at 128)"},
     )
-    precision: Literal["float32", "bfloat16"] = field(
-        default="bfloat16",
+    precision: Precision = field(
+        default="auto",
         metadata={
-            "help": "the frozen LLM and the retriever's forward in bf16 (float32 weights and optimiser)"
+            "help": "compute dtype of every stage (generation, the frozen LLM, the retriever's training, "
+            "validation and mining encodes; float32 weights and optimiser). " + PRECISION_HELP
         },
     )
     # Parallel: a cheaper step (median 1.3x on SciFact, 1.8x on the Factbook corpus: each passage is read
@@ -207,7 +209,11 @@ class AdaptArguments:
 def _run_settings(args: AdaptArguments) -> dict:
     """What a resumed training run must share with the checkpoint it resumes from."""
     ignored = {"out", "corpus", "threads", "show_progress", "validate_every", "validation_docs"}
-    return {k: v for k, v in dataclasses.asdict(args).items() if k not in ignored}
+    settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in ignored}
+    # The dtype it resolves to here, not "auto": a run resumed on a processor of another kind is refused
+    # instead of silently continuing in another dtype.
+    settings["precision"] = compute.resolve(args.precision)
+    return settings
 
 
 def _say(message: str) -> None:
@@ -221,7 +227,7 @@ def build_examples(args: AdaptArguments, corpus: Mapping[str, Document]) -> Corp
         return build_ict_examples(corpus, settings)
     from dreamir.llm.generate import GenerationSettings, QueryGenerator
 
-    generation = GenerationSettings(seed=args.seed)
+    generation = GenerationSettings(seed=args.seed, precision=args.precision)
     if args.examples_per_passage > 1:
         generation.temperature = 0.7  # greedy would write the same query in every round
     if args.query_instruction:
@@ -341,7 +347,7 @@ def select_heads_label_free(
             "recipe": args.recipe,
             "top_k": args.num_heads,
             "document_layout": args.document_layout,
-            "precision": args.precision,
+            "precision": llm.precision,
         },
     )
     heads.save(out)
@@ -349,10 +355,12 @@ def select_heads_label_free(
 
 
 # ---- 3. training callbacks ----------------------------------------------------------------------------------
-def _encode(retriever: Retriever, texts: Sequence[str], is_query: bool, max_length: int | None) -> np.ndarray:
-    # bf16 and the training length for the validation and mining passes: a relative signal, several
-    # times cheaper than a full-precision, full-length encoding on a CPU.
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+def _encode(
+    retriever: Retriever, texts: Sequence[str], is_query: bool, max_length: int | None, precision: str
+) -> np.ndarray:
+    # The run's compute dtype and the training length for the validation and mining passes: a relative
+    # signal, several times cheaper than a full-length encoding.
+    with compute.autocast(precision, retriever.device):
         return retriever.encode(
             list(texts), is_query=is_query, batch_size=64, show_progress=False, max_length=max_length
         )
@@ -379,9 +387,11 @@ class PseudoGoldValidator:
         best_dir: Path,
         seed: int = 0,
         max_length: int | None = None,
+        precision: str = "float32",
     ) -> None:
         self.retriever = retriever
         self.max_length = max_length
+        self.precision = precision
         self.validation = list(validation)
         self.every = every
         self.best_dir = best_dir
@@ -404,9 +414,13 @@ class PseudoGoldValidator:
         self.best = (float("-inf"), float("-inf"))
 
     def measure(self) -> dict[str, float]:
-        queries = _encode(self.retriever, self.queries, True, self.max_length)
-        docs = _encode(self.retriever, self.doc_texts, False, self.max_length)
-        golds = _encode(self.retriever, self.gold_texts, False, self.max_length)
+        queries = _encode(self.retriever, self.queries, True, self.max_length, self.precision)
+        # A pseudo-gold is most often a searched passage itself (genq): each text is encoded once.
+        texts = list(dict.fromkeys(self.doc_texts + self.gold_texts))
+        row_of = {text: row for row, text in enumerate(texts)}
+        encoded = _encode(self.retriever, texts, False, self.max_length, self.precision)
+        docs = encoded[[row_of[t] for t in self.doc_texts]]
+        golds = encoded[[row_of[t] for t in self.gold_texts]]
         result = {f"val_{k}": v for k, v in pseudo_gold_success(queries, docs, self.gold_rows, golds).items()}
         if self.num_titles:
             titles = slice(len(self.queries) - self.num_titles, None)
@@ -455,9 +469,11 @@ class DenseCandidateRefresher:
         directory: Path,
         seed: int = 0,
         max_length: int | None = None,
+        precision: str = "float32",
     ) -> None:
         self.retriever = retriever
         self.max_length = max_length
+        self.precision = precision
         self.doc_ids = list(corpus)
         self.doc_texts = [corpus[i].full_text for i in self.doc_ids]
         self.source_of = source_of
@@ -488,8 +504,10 @@ class DenseCandidateRefresher:
         return self._refresh(trainer)
 
     def _refresh(self, trainer: Trainer) -> dict[str, float]:
-        queries = _encode(self.retriever, [e.query for e in trainer.examples], True, self.max_length)
-        docs = _encode(self.retriever, self.doc_texts, False, self.max_length)
+        queries = _encode(
+            self.retriever, [e.query for e in trainer.examples], True, self.max_length, self.precision
+        )
+        docs = _encode(self.retriever, self.doc_texts, False, self.max_length, self.precision)
         run = exact_search(queries, docs, [str(i) for i in range(len(queries))], self.doc_ids, k=self.k + 1)
         ranked = [list(run[str(i)]) for i in range(len(queries))]
         examples = with_pseudo_gold(
@@ -567,6 +585,7 @@ def build_trainer(
             train_dir / "best",
             args.seed,
             args.train_max_length,
+            args.precision,
         )
     ]
     if args.refresh_every:
@@ -582,6 +601,7 @@ def build_trainer(
                 train_dir / "candidates",
                 args.seed,
                 args.train_max_length,
+                args.precision,
             )
         )
     callbacks += extra_callbacks
@@ -615,6 +635,8 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
     if not corpus:
         raise ValueError(f"{corpus_file}: the corpus is empty")
     _say(f"{len(corpus)} passages in {corpus_file}")
+    machine = machine_record(all_stages=args.precision)
+    _say(f"compute: {describe_compute(machine)}")
     meta_file = stages.run(
         "examples",
         work / "examples.json",
@@ -685,6 +707,8 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
         },
         "steps": result.steps,
         "stage_seconds": stages.seconds,
+        # The processor and the dtype every stage computed in (generation, LLM, retriever, validation).
+        "machine": machine,
         "model": str(out / "model"),
         "curves": str(curve),
         "head_attention": str(head_picture) if head_picture else None,
@@ -739,6 +763,7 @@ def render_report(report: dict) -> str:
         f"the corpus): {v['start']:.3f} before training, best {v['best']:.3f} at step {v['best_step']} (kept)",
         "- by step: " + ", ".join(f"{s}: {x:.3f}" for s, x in sorted(v["by_step"].items())),
         "- stage seconds: " + ", ".join(f"{k} {s:.0f}" for k, s in report["stage_seconds"].items()),
+        f"- compute: {describe_compute(report['machine'])}",
         f"- model: `{report['model']}`; curves: `{report['curves']}`",
         "",
     ]

@@ -10,11 +10,11 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal
 
 from dreamir.data.sampling import SamplingArguments
-from dreamir.llm.frozen import Precision
 from dreamir.llm.prompt import DocumentLayout
 from dreamir.models import MINILM, SMOLLM2
 from dreamir.objectives import OBJECTIVES
 from dreamir.options import at_least, positive, split_template
+from dreamir.precision import PRECISION_HELP, Precision
 from dreamir.trainer import TrainingArguments
 
 __all__ = [
@@ -138,12 +138,13 @@ class ObjectiveArguments:
         default=0.05, metadata={"help": "softmax temperature tau over candidate scores"}
     )
     learn_temperature: bool = field(default=False, metadata={"help": "train tau with the retriever"})
-    # bfloat16: level with float32 over two seeds of the warm comparison; DREAM step 0.86 s against 1.22 s
-    retriever_precision: Literal["float32", "bfloat16"] = field(
-        default="bfloat16",
+    # bf16 where native: level with float32 over two seeds of the warm comparison; DREAM step 0.86 s against
+    # 1.22 s with AMX. Without native bf16 (AVX2) it is tens of times slower, so auto takes float32 there.
+    retriever_precision: Precision = field(
+        default="auto",
         metadata={
-            "help": "bfloat16: the retriever's forward and backward under bf16 autocast (float32 weights and "
-            "optimiser); float32: full precision"
+            "help": "the retriever's forward and backward (float32 weights and optimiser either way). "
+            + PRECISION_HELP
         },
     )
     train_max_length: int | None = field(
@@ -172,8 +173,8 @@ class LLMArguments:
     # parallel + bfloat16: level with sequential float32 over two seeds of the warm comparison, 4.5x cheaper
     document_layout: DocumentLayout = field(default="parallel", metadata={"help": LAYOUT_HELP})
     precision: Precision = field(
-        default="bfloat16",
-        metadata={"help": "bfloat16: the frozen LLM under bf16 autocast, injected heads in float32"},
+        default="auto",
+        metadata={"help": "the frozen LLM (injected heads always float32). " + PRECISION_HELP},
     )
     document_cache: str | None = field(
         default=None,

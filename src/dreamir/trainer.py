@@ -34,6 +34,7 @@ from dreamir.guards import NonFiniteStepGuard, check_finite_parameters
 from dreamir.io import atomic_path, read_log_rows, write_json_atomic, write_jsonl_atomic
 from dreamir.objectives.base import Objective
 from dreamir.options import at_least, fraction, non_negative, positive
+from dreamir.precision import describe_compute, machine_record
 
 __all__ = ["SamplingArguments", "Trainer", "TrainerCallback", "TrainingArguments", "TrainingResult"]
 logger = logging.getLogger(__name__)
@@ -261,6 +262,10 @@ class Trainer:
         distributed.barrier()  # every process has read the checkpoint before the first one replaces it
         if main:
             write_json_atomic(self.output_dir / "training_args.json", self._training_settings())
+            # Where this run's figures come from: the processor and the dtype each model computes in.
+            machine = machine_record(**self.objective.compute_dtypes())
+            write_json_atomic(self.output_dir / "machine.json", machine)
+            logger.info("compute: %s", describe_compute(machine))
         resumed_from = self.step
         history = self._read_log(log_file, upto=self.step, rewrite=main)
         for callback in self.callbacks:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig
 
+from dreamir import precision as compute
 from dreamir.arguments import (
     COMPRESS_DOCUMENT_TEMPLATE,
     COMPRESS_QUERY_TEMPLATE,
@@ -210,6 +211,10 @@ def objective_settings(
     record: dict[str, Any] = {}
     for part in objective_record_classes():
         record.update(dataclasses.asdict(given.get(part) or part()))
+    # The dtypes "auto" resolves to here: a run resumed on a processor of another kind is refused instead
+    # of silently continuing in another dtype.
+    for name in ("precision", "retriever_precision"):
+        record[name] = compute.resolve(record[name])
     return record
 
 

@@ -17,11 +17,12 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from dreamir import precision as compute
 from dreamir.models import resolve_model, use_safetensors
+from dreamir.precision import Precision
 
-# float32: everything in float32 (exact, the default); bfloat16: the LM's matmuls under bf16 autocast.
-Precision = Literal["float32", "bfloat16"]
-PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
+# float32: everything in float32 (exact, the classes' default); bfloat16: the LM's matmuls under bf16
+# autocast; auto: bf16 where the processor computes it natively (dreamir.precision decides).
 # "mean": one number, the mean over every target token of the batch; "example": the mean per row, [B].
 Reduction = Literal["mean", "example"]
 
@@ -37,16 +38,15 @@ class FrozenCausalLM(nn.Module):
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, precision: Precision = "float32"
     ) -> None:
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.model = model.requires_grad_(False).eval()
         self.tokenizer = tokenizer
-        self.precision: Precision = precision
+        # What the model computes in, decided once here ("auto" resolved for the model's device).
+        self.precision: compute.Resolved = compute.resolve(precision, self.device)
         # What runs the forward passes: the model itself, or (bfloat16) a view of it whose linear layers hold
         # bf16 copies of their weights, so autocast does not cast 100M frozen weights at every call.
         # Not a registered submodule: its parameters are the model's or frozen copies of them.
-        compute = _with_bf16_linears(self.model) if precision == "bfloat16" else self.model
-        object.__setattr__(self, "compute_model", compute)
+        runner = _with_bf16_linears(self.model) if self.precision == "bfloat16" else self.model
+        object.__setattr__(self, "compute_model", runner)
 
     @staticmethod
     def load_model(
@@ -92,10 +92,8 @@ class FrozenCausalLM(nn.Module):
         return self.compute_model.get_decoder()
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast for the LM's matmuls when the precision asks for it; nothing in float32."""
-        if self.precision == "bfloat16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """bf16 autocast for the LM's matmuls when its precision is bf16; nothing in float32."""
+        return compute.autocast(self.precision, self.device)
 
     def embed_tokens(self, input_ids: Tensor) -> Tensor:
         """The LM's input embeddings of ``input_ids``, [B, T, hidden] (what ``inputs_embeds`` stands for)."""

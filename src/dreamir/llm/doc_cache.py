@@ -78,7 +78,7 @@ class DocumentKVCache:
         self,
         encoder: DocumentEncoder,
         fingerprint: str,
-        dtype: torch.dtype = torch.bfloat16,
+        dtype: torch.dtype = torch.float32,  # FrozenLLM passes its resolved precision's dtype
         directory: str | Path | None = None,
         max_memory_bytes: int = 2**30,
         batch_size: int = 8,

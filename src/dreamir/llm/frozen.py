@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from dreamir.llm.causal_lm import PRECISIONS, FrozenCausalLM, Precision, Reduction
+from dreamir.llm.causal_lm import FrozenCausalLM, Reduction
 from dreamir.llm.doc_cache import BuildStats, DocumentKVCache, KeysValues, model_fingerprint
 from dreamir.llm.injection import (
     ATTENTION_NAME,
@@ -33,10 +33,11 @@ from dreamir.llm.parallel import (
     suffix_mask,
 )
 from dreamir.llm.prompt import EncodedPrompt, PromptBatch, PromptSettings, collate_prompts, encode_prompt
+from dreamir.precision import PRECISIONS, Precision
 
 HeadList = Sequence[tuple[int, int]]
-# Precision "bfloat16" runs the no-grad document encoding and the suffix that carries gradients under bf16
-# autocast; the injected heads stay float32.
+# Precision bf16 (asked for, or "auto" on a processor that computes it natively) runs the no-grad document
+# encoding and the suffix that carries gradients under bf16 autocast; the injected heads stay float32.
 __all__ = ["PRECISIONS", "FrozenLLM", "HeadList", "Precision"]
 
 
@@ -62,11 +63,12 @@ class FrozenLLM(FrozenCausalLM):
         self.prompt = prompt or PromptSettings()
         self.set_heads(heads)
         # Parallel layout: candidates' keys and values, computed once (on disk too with a directory), stored
-        # in the precision's dtype (float32 keeps the cached step exactly equal to the one-pass reference).
+        # in the resolved precision's dtype (float32 keeps the cached step exactly equal to the one-pass
+        # reference); the dtype is part of every entry's key, so one dtype's entries are never read as another's.
         self.documents = DocumentKVCache(
             self._encode_documents,
             model_fingerprint(self.model),
-            dtype=torch.bfloat16 if precision == "bfloat16" else torch.float32,
+            dtype=torch.bfloat16 if self.precision == "bfloat16" else torch.float32,
             directory=document_cache_dir,
             show_progress=show_progress,
         )

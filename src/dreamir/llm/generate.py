@@ -1,4 +1,5 @@
-"""Query generation with the frozen LLM (the ``genq`` recipe): batched, bf16, KV-cached, seeded."""
+"""Query generation with the frozen LLM (the ``genq`` recipe): batched, KV-cached, seeded, in the compute
+dtype dreamir.precision chooses."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from dreamir import precision as compute
 from dreamir.models import resolve_model, use_safetensors
+from dreamir.precision import Precision
 
 DEFAULT_QUERY_INSTRUCTION = (
     "Write one short search query that a user would type to find the passage below. "
@@ -70,7 +73,8 @@ class GenerationSettings:
     temperature: float = 0.0
     top_p: float = 0.9
     seed: int = 0
-    bf16: bool = True
+    # auto: bf16 weights where the processor computes bf16 natively, float32 elsewhere (dreamir.precision)
+    precision: Precision = "auto"
 
 
 class QueryGenerator:
@@ -84,7 +88,7 @@ class QueryGenerator:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        dtype = torch.bfloat16 if self.settings.bf16 else torch.float32
+        dtype = compute.dtype_of(self.settings.precision)
         self.model = (
             AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=use_safetensors(path))
             .eval()
@@ -169,25 +173,35 @@ class QueryGenerator:
         positions = (shared_length + suffix_mask.cumsum(1) - 1).clamp(min=shared_length)
         cache = copy.deepcopy(shared_cache)
         cache.batch_repeat_interleave(rows)
+        # Only the last position's logits are read: the output projection over the whole vocabulary at
+        # every prompt position would be about a fifth of the prompt's cost.
         logits = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
+            logits_to_keep=1,
         ).logits[:, -1]
         next_position = shared_length + suffix_mask.sum(1)
         stop = torch.tensor(sorted(self._stop_ids))
-        finished = torch.zeros(rows, dtype=torch.bool)
         replies: list[list[int]] = [[] for _ in range(rows)]
+        # The rows still generating, as indices into ``replies``: a row that has finished leaves the
+        # batch (and its cache), so the rest do not carry it to the longest reply.
+        active = torch.arange(rows)
         for step in range(settings.max_new_tokens):
             token = self._pick(logits.float())
-            for row in (~finished).nonzero().flatten().tolist():
-                replies[row].append(int(token[row]))
-            finished |= torch.isin(token, stop)
-            if bool(finished.all()) or step == settings.max_new_tokens - 1:
+            for row, value in zip(active.tolist(), token.tolist(), strict=True):
+                replies[row].append(value)
+            going = ~torch.isin(token, stop)
+            if not bool(going.any()) or step == settings.max_new_tokens - 1:
                 break
-            attention_mask = torch.cat([attention_mask, torch.ones(rows, 1, dtype=torch.long)], dim=1)
+            if not bool(going.all()):
+                keep = going.nonzero().flatten()
+                cache.batch_select_indices(keep)
+                active, token = active[keep], token[keep]
+                attention_mask, next_position = attention_mask[keep], next_position[keep]
+            attention_mask = torch.cat([attention_mask, torch.ones(len(active), 1, dtype=torch.long)], dim=1)
             logits = self.model(
                 input_ids=token[:, None],
                 attention_mask=attention_mask,

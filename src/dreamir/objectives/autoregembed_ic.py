@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from dreamir.llm.causal_lm import FrozenCausalLM
@@ -88,9 +87,7 @@ class AutoRegEmbedICLoss(Objective):
         """The k compress-token states [n, k, h] of each text (float32, with autograd), by ``retriever``
         (default: the one being trained) inside its query or document template."""
         retriever = retriever or self.retriever
-        if self.retriever_precision == "float32":
-            return retriever.compress(texts, is_query, self.train_max_length)
-        with torch.autocast(retriever.device.type, dtype=torch.bfloat16):
+        with self.retriever_autocast():
             return retriever.compress(texts, is_query, self.train_max_length).float()
 
     def log_likelihood(self, prompts: Tensor, targets: list[str]) -> tuple[Tensor, Tensor]:

@@ -6,16 +6,15 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from dreamir import precision as compute
 from dreamir.data.sampling import TrainingInstance
+from dreamir.precision import Precision as RetrieverPrecision
 from dreamir.retriever import Retriever
-
-RetrieverPrecision = Literal["float32", "bfloat16"]
-
 
 __all__ = ["LoadLLM", "Objective", "ObjectiveOutput", "RetrieverPrecision", "Temperature", "TrainingInstance"]
 
@@ -46,8 +45,9 @@ class Temperature(nn.Module):
 class Objective(nn.Module):
     """Base class: a loss module over the retriever (sentence-transformers style).
 
-    ``retriever_precision`` "bfloat16" runs the retriever's forward (and so its backward) under bf16
-    autocast; its weights, the optimiser and the scores stay float32 (mixed precision)."""
+    ``retriever_precision`` bf16 ("bfloat16", or "auto" where the processor computes bf16 natively: see
+    dreamir.precision) runs the retriever's forward (and so its backward) under bf16 autocast; its weights,
+    the optimiser and the scores stay float32 (mixed precision)."""
 
     # Tokens the retriever reads per text while training (None: the model's own maximum). Shorter
     # texts make a step cheaper; inference keeps the model's own length.
@@ -75,14 +75,21 @@ class Objective(nn.Module):
             )
         self.retriever = retriever
         self.temperature = Temperature(temperature, learn_temperature)
-        self.retriever_precision = retriever_precision
+        # Resolved once: what the retriever computes in on its device.
+        self.retriever_precision: compute.Resolved = compute.resolve(retriever_precision, retriever.device)
+
+    def compute_dtypes(self) -> dict[str, str]:
+        """The dtype each model of the objective computes in (for logs and reports)."""
+        dtypes = {"retriever": self.retriever_precision}
+        llm_precision = getattr(getattr(self, "llm", None), "precision", None)
+        if llm_precision is not None:
+            dtypes["llm"] = llm_precision
+        return dtypes
 
     def retriever_autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast for the retriever when its precision asks for it. Several embedding calls inside
-        one such context cast the float32 weights to bf16 once, not once per call."""
-        if self.retriever_precision == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.retriever.device.type, dtype=torch.bfloat16)
+        """bf16 autocast for the retriever when its precision is bf16. Several embedding calls inside one
+        such context cast the float32 weights to bf16 once, not once per call."""
+        return compute.autocast(self.retriever_precision, self.retriever.device)
 
     def embed(self, texts: list[str], is_query: bool) -> Tensor:
         """The retriever's embeddings with autograd, float32 whatever the precision."""
