@@ -90,7 +90,7 @@ class AdaptArguments:
             "choices": list(OBJECTIVES),
         },
     )
-    # genq: above ict on both corpora measured (README, "Generated queries against inverse cloze").
+    # genq: above ict on both corpora measured (docs/experiments.md, "Generated queries against inverse cloze").
     recipe: Literal["ict", "genq"] = field(
         default="genq",
         metadata={
@@ -167,9 +167,9 @@ class AdaptArguments:
     )
     # Parallel: a cheaper step (median 1.3x on SciFact, 1.8x on the Factbook corpus: each passage is read
     # about once, so the saving is attention over one passage instead of all K); on those two corpora its
-    # adapted models were level with the sequential layout's on average (README, "Label-free adaptation").
+    # adapted models were level with the sequential layout's on average (docs/experiments.md).
     document_layout: Literal["sequential", "parallel"] = field(
-        default="parallel", metadata={"help": "how the LLM reads the candidates (see README)"}
+        default="parallel", metadata={"help": "how the frozen LLM reads the candidates (see docs/method.md)"}
     )
     seed: int = field(default=0, metadata={"help": "seeds sampling, splits, training and validation"})
     threads: int | None = field(default=2, metadata={"help": "CPU threads torch may use"})
