@@ -73,9 +73,17 @@ def _rank_key(result: Mapping[str, float]) -> tuple[float, float]:
 @dataclass
 class AdaptArguments:
     corpus: str = field(
-        metadata={"help": "BEIR-layout directory (only its corpus.jsonl is read); also the first word"}
+        metadata={
+            "help": "your corpus: a BEIR-layout directory (only its corpus.jsonl is read) or a corpus.jsonl; "
+            "may be given as the first word: dreamir adapt DIR"
+        }
     )
-    out: str = field(metadata={"help": "output directory: model/, report.json, report.md, work/"})
+    out: str = field(
+        metadata={
+            "help": "output directory: model/ (the adapted retriever, sentence-transformers), report.md, "
+            "report.json, curves.png, and work/ (the stages, reused when the command is run again)"
+        }
+    )
     retriever: str = field(default=MINILM, metadata={"help": "packaged retriever name or local directory"})
     retriever_layers: int | None = field(default=None, metadata={"help": "cut the retriever to N layers"})
     lora: bool = field(
@@ -133,7 +141,9 @@ class AdaptArguments:
     validation_docs: int = field(
         default=3000, metadata={"help": "corpus passages the validation searches (all when fewer)"}
     )
-    validate_every: int | None = field(default=None, metadata={"help": "steps; default: max_steps / 5"})
+    validate_every: int | None = field(
+        default=None, metadata={"help": "steps between validations; default: max_steps / 5"}
+    )
     num_candidates: int = field(default=8, metadata={"help": "candidates per training example (BM25 top-K)"})
     force_pseudo_gold: bool = field(
         default=True,
