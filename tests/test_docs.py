@@ -162,3 +162,18 @@ def test_the_top_level_help_says_what_dreamir_is_for(capsys):
 def test_every_code_block_is_closed(page: Path):
     fences = [line for line in page.read_text(encoding="utf-8").splitlines() if line.startswith("```")]
     assert len(fences) % 2 == 0, f"{page.relative_to(ROOT)}: a code block is not closed"
+
+
+def test_every_make_target_shown_exists():
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([a-z][\w-]*):", makefile, re.MULTILINE))
+    shown = set()
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        code = [*(m.group(0) for m in FENCE.finditer(text)), *INLINE_CODE.findall(FENCE.sub("", text))]
+        for snippet in code:
+            for target in re.findall(r"(?:^|\s|&&\s)make ([a-z][\w-]*)", snippet, re.MULTILINE):
+                shown.add((str(page.relative_to(ROOT)), target))
+    assert shown
+    missing = sorted(f"{page}: make {target}" for page, target in shown if target not in targets)
+    assert not missing, missing
