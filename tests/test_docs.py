@@ -177,3 +177,13 @@ def test_every_make_target_shown_exists():
     assert shown
     missing = sorted(f"{page}: make {target}" for page, target in shown if target not in targets)
     assert not missing, missing
+
+
+def test_the_results_index_lists_every_results_file():
+    index = (ROOT / "results" / "README.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `([^`]+)` \|", index, re.MULTILINE))
+    present = {p.name for p in (ROOT / "results").iterdir() if p.name != "README.md"}
+    assert present - listed == set(), (
+        f"results files missing from results/README.md: {sorted(present - listed)}"
+    )
+    assert listed - present == set(), f"results/README.md lists absent files: {sorted(listed - present)}"
