@@ -26,12 +26,12 @@ quickstart: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-# Each benchmark table in the README is one of these (see benchmarks/*.py for their options).
+# Each benchmark table in docs/experiments.md is one of these (see benchmarks/*.py for their options).
 compare: $(STAMP)
 	$(BIN)/python benchmarks/compare.py
 
 # The raw backbone for 1,000 steps (three objectives, two LoRA seeds): one process per system, two at a time
-# on one thread each; 1 h 41 min on 2 CPU cores (see the README).
+# on one thread each; 1 h 41 min on 2 CPU cores (see docs/experiments.md).
 compare-raw-long: $(STAMP)
 	$(BIN)/python benchmarks/compare.py --setups raw --steps 1000 --lora-seeds 0,1 \
 		--objectives dream,infonce,replug --document-layout parallel --precision bfloat16 \

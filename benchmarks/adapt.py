@@ -7,7 +7,7 @@ the same examples; the others keep adapt's default retriever. Two corpora: SciFa
 held-out Factbook questions; no Factbook question is used in training).
 
     python benchmarks/adapt.py --quick    # smoke run: few steps, Factbook only
-    python benchmarks/adapt.py            # the table in the README
+    python benchmarks/adapt.py            # the tables in docs/experiments.md
 
 Every run is `dreamir adapt` with its defaults unless an option here says otherwise; the first objective's
 examples are copied to the others, so all train on the very same examples and candidates. For DREAM on

@@ -4,7 +4,7 @@ HNSW, in one process.
 Checks what the search commands promise: a flat FAISS index, saved and loaded as ``dreamir search`` does
 (queries encoded by the model named in the index), returns the same top-10 ids as exact search for every
 test query; HNSW's recall@10 against exact search (goal >= 0.99) and its query speedup. Prints the figures
-and ratios, writes results/search_speed.json. One thread (torch and FAISS/BLAS), as measured in the README.
+and ratios, writes results/search_speed.json. One thread (torch and FAISS/BLAS), as measured in docs/experiments.md.
 
     python benchmarks/search_speed.py            # SciFact, 5,183 documents, 300 test queries
     python benchmarks/search_speed.py --quick    # 600 documents, 50 queries (a smoke run)

@@ -74,9 +74,17 @@ def _rank_key(result: Mapping[str, float]) -> tuple[float, float]:
 @dataclass
 class AdaptArguments:
     corpus: str = field(
-        metadata={"help": "BEIR-layout directory (only its corpus.jsonl is read); also the first word"}
+        metadata={
+            "help": "your corpus: a BEIR-layout directory (only its corpus.jsonl is read) or a corpus.jsonl; "
+            "may be given as the first word: dreamir adapt DIR"
+        }
     )
-    out: str = field(metadata={"help": "output directory: model/, report.json, report.md, work/"})
+    out: str = field(
+        metadata={
+            "help": "output directory: model/ (the adapted retriever, sentence-transformers), report.md, "
+            "report.json, curves.png, and work/ (the stages, reused when the command is run again)"
+        }
+    )
     retriever: str = field(default=MINILM, metadata={"help": "packaged retriever name or local directory"})
     retriever_layers: int | None = field(default=None, metadata={"help": "cut the retriever to N layers"})
     lora: bool = field(
@@ -91,7 +99,7 @@ class AdaptArguments:
             "choices": list(OBJECTIVES),
         },
     )
-    # genq: above ict on both corpora measured (README, "Generated queries against inverse cloze").
+    # genq: above ict on both corpora measured (docs/experiments.md, "Generated queries against inverse cloze").
     recipe: Literal["ict", "genq"] = field(
         default="genq",
         metadata={
@@ -134,7 +142,9 @@ class AdaptArguments:
     validation_docs: int = field(
         default=3000, metadata={"help": "corpus passages the validation searches (all when fewer)"}
     )
-    validate_every: int | None = field(default=None, metadata={"help": "steps; default: max_steps / 5"})
+    validate_every: int | None = field(
+        default=None, metadata={"help": "steps between validations; default: max_steps / 5"}
+    )
     num_candidates: int = field(default=8, metadata={"help": "candidates per training example (BM25 top-K)"})
     force_pseudo_gold: bool = field(
         default=True,
@@ -169,9 +179,9 @@ class AdaptArguments:
     )
     # Parallel: a cheaper step (median 1.3x on SciFact, 1.8x on the Factbook corpus: each passage is read
     # about once, so the saving is attention over one passage instead of all K); on those two corpora its
-    # adapted models were level with the sequential layout's on average (README, "Label-free adaptation").
+    # adapted models were level with the sequential layout's on average (docs/experiments.md).
     document_layout: Literal["sequential", "parallel"] = field(
-        default="parallel", metadata={"help": "how the LLM reads the candidates (see README)"}
+        default="parallel", metadata={"help": "how the frozen LLM reads the candidates (see docs/method.md)"}
     )
     seed: int = field(default=0, metadata={"help": "seeds sampling, splits, training and validation"})
     threads: int | None = field(default=2, metadata={"help": "CPU threads torch may use"})

@@ -1,4 +1,6 @@
-"""`dreamir` command line: thin entry points over the dataclass arguments of each step.
+"""dreamir trains dense retrievers with DREAM (a frozen LLM's next-token loss decides which passages help answer a query), adapts one to a corpus of your own without labels, and indexes, searches, evaluates and exports the result; `dreamir COMMAND --help` lists each command's options.
+
+For developers: thin entry points over the dataclass arguments of each step.
 
 Each command is one entry of ``COMMANDS``: its name, help, the dataclasses its options come from (one
 option per field, its ``help`` the field's) and the function that runs it with those dataclasses built.
@@ -198,72 +200,100 @@ def _quickstart_arguments() -> list[type]:
 COMMANDS = [
     Command(
         "factbook",
-        "build the Factbook retrieval task (BEIR layout + train files)",
+        "build the CIA World Factbook retrieval task from the packaged data, a ready-made example: writes a BEIR\n"
+        "directory (corpus.jsonl, queries.jsonl, qrels/test.tsv) and train.jsonl and calibration.jsonl\n"
+        "(questions with their answer and gold passage) to --out",
         _arguments("FactbookArguments"),
         run_factbook,
     ),
     Command(
         "mine",
-        "add BM25 top-K candidate_ids to a training file (label-free)",
+        "give every example of a training file its K candidate passages: BM25's top K (no label used), or\n"
+        "with --retriever a dense model's own top K (hard negatives); writes a new training file to --out",
         _arguments("MineArguments"),
         run_mine,
     ),
     Command(
         "heads",
-        "select query-focused heads; writes a head file",
+        "choose the frozen LLM's query-focused attention heads, the ones DREAM writes the retriever's scores\n"
+        "into, by scoring every head on a few labelled calibration examples; writes a head file (JSON) to\n"
+        "--out for `dreamir train --heads`",
         _arguments("HeadSelectionArguments"),
         run_heads,
     ),
-    Command("train", "train a retriever (DREAM or a baseline objective)", _train_arguments, run_train),
+    Command(
+        "train",
+        "train a retriever on your own examples (query, target, candidates) with DREAM or a baseline\n"
+        "objective (infonce, replug, autoregembed-ic, autoregembed-cda); writes checkpoints, log.jsonl and\n"
+        "the final model (a sentence-transformers directory) under --output-dir; re-run to resume",
+        _train_arguments,
+        run_train,
+    ),
     Command(
         "eval",
-        "nDCG@10, Recall@100, MRR@10 on a BEIR-layout directory; writes the metrics and a TREC run file",
+        "score a retriever (or bm25) on a BEIR directory's queries and qrels: nDCG@10, Recall@100, MRR@10;\n"
+        "prints them and writes metrics.json and run.trec (top 100 per query) to --out-dir",
         _indexing_arguments("EvalArguments"),
         run_eval,
     ),
     Command(
         "index",
-        "encode a corpus once and save a search index (FAISS flat by default, HNSW, or BM25)",
+        "encode a corpus once and save it as a search index for `dreamir search`: FAISS flat (exact) by\n"
+        "default, HNSW, exact numpy, or BM25; writes index.json, doc_ids.json, titles.json and the\n"
+        "vectors to --out",
         _indexing_arguments("IndexArguments"),
         run_index,
         positional=("model", "corpus"),
     ),
     Command(
         "search",
-        "search an index: top-k ids, scores and titles per query",
+        "search an index made by `dreamir index` with query texts: prints rank, score, id and title of the\n"
+        "top k per query (--json: one JSON object per query); writes nothing",
         _indexing_arguments("SearchArguments"),
         run_search,
         positional=("index", "queries"),
     ),
     Command(
         "export",
-        "write a sentence-transformers directory (LoRA merged) with a model card",
+        "package a trained retriever (or a LoRA adapter directory) for use without dreamir: writes a\n"
+        "sentence-transformers directory, LoRA merged, with a model card README.md, to --out",
         _export_arguments,
         run_export,
         positional=("model",),
     ),
     Command(
         "head-attention",
-        "plot the attention share each injected head gives the candidates, before and after training",
+        "picture what training did to the frozen LLM's reading: the share of the candidates' attention\n"
+        "each injected head gives the gold passage, under the LLM alone and with the starting and the\n"
+        "trained retriever; writes a PNG to --out and its numbers beside it as JSON",
         _head_attention_arguments,
         run_head_attention,
     ),
     Command(
         "adapt",
-        "adapt a retriever to a corpus with no queries and no labels (reads corpus.jsonl only)",
+        "make a retriever better on your own corpus with no queries and no labels: reads only\n"
+        "CORPUS/corpus.jsonl, has the frozen LLM write training queries, trains with DREAM and keeps the\n"
+        "checkpoint a label-free validation prefers; writes OUT/model (sentence-transformers), report.md,\n"
+        "report.json and curves.png; re-run to resume",
         _adapt_arguments,
         run_adapt,
         positional=("corpus",),
     ),
     Command(
         "validate",
-        "check data and head files; report every problem found",
+        "check BEIR directories, corpus/query/training JSONL, qrels TSV and head files before a long run:\n"
+        "lists every problem as file:line and exits 1 if there is any; writes nothing",
         _arguments("ValidateArguments"),
         run_validate,
         positional=("paths",),
     ),
     Command(
-        "quickstart", "the whole pipeline on packaged models and data", _quickstart_arguments, run_quickstart
+        "quickstart",
+        "the main job on packaged models and data: `dreamir adapt` on SciFact's corpus (no SciFact query\n"
+        "or label used), then BM25, the starting and the adapted retriever scored on SciFact's test\n"
+        "queries; prints the table and writes results.json and adapt/ under --out; re-run to resume",
+        _quickstart_arguments,
+        run_quickstart,
     ),
 ]
 
