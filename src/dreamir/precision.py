@@ -125,6 +125,5 @@ def describe_compute(record: dict[str, object]) -> str:
     native = "native bf16" if record["native_bf16"] else "no native bf16"
     dtypes = record.get("dtypes") or {}
     parts = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())  # type: ignore[union-attr]
-    return f"{record['cpu_capability']}, {native}, {record['threads']} threads" + (
-        f"; {parts}" if parts else ""
-    )
+    threads = f"{record['threads']} thread" + ("" if record["threads"] == 1 else "s")
+    return f"{record['cpu_capability']}, {native}, {threads}" + (f"; {parts}" if parts else "")
