@@ -143,3 +143,39 @@ def test_adapt_end_to_end_in_bf16(tmp_path, tiny_bert_dir, tiny_llama_dir):
     assert machine["dtypes"] == {"retriever": "bfloat16", "llm": "bfloat16"}
     rows = [json.loads(line) for line in (tmp_path / "out" / "work" / "train" / "log.jsonl").open()]
     assert report["steps"] == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+
+
+def _dream_step(bert_dir, llama_dir, dtype: str) -> tuple[float, torch.Tensor]:
+    """One DREAM step's loss and the gradient it sends into the retriever, with both models in ``dtype``."""
+    from dreamir.objectives import DreamLoss, TrainingInstance
+    from dreamir.retriever import Retriever, RetrieverConfig
+    from tests.test_dream_objective import CORPUS, EXAMPLES
+
+    torch.manual_seed(0)
+    retriever = Retriever.from_pretrained(bert_dir, RetrieverConfig(pooling="mean", max_length=32)).eval()
+    llm = FrozenLLM.from_pretrained(
+        llama_dir, heads=[(0, 1), (1, 2)], prompt=PromptSettings(document_layout="parallel"), precision=dtype
+    )
+    objective = DreamLoss(retriever, llm, retriever_precision=dtype)
+    instances = [TrainingInstance(e.query, e.target, [CORPUS[i] for i in e.candidate_ids]) for e in EXAMPLES]
+    loss = objective(instances).loss
+    loss.backward()
+    gradient = torch.cat([p.grad.flatten() for p in retriever.parameters() if p.grad is not None])
+    return float(loss), gradient
+
+
+@needs_native_bf16
+def test_a_dream_step_in_bf16_follows_the_float32_step(tiny_bert_dir, tiny_llama_dir):
+    loss32, gradient32 = _dream_step(tiny_bert_dir, tiny_llama_dir, "float32")
+    loss16, gradient16 = _dream_step(tiny_bert_dir, tiny_llama_dir, "bfloat16")
+    assert loss16 == pytest.approx(loss32, rel=2e-2)
+    # bf16 keeps about 3 significant digits: the gradient points the same way, not to the last bit
+    cosine = torch.nn.functional.cosine_similarity(gradient16, gradient32, dim=0)
+    assert cosine > 0.98
+
+
+def test_a_dream_step_in_float32_is_deterministic_and_sends_a_gradient(tiny_bert_dir, tiny_llama_dir):
+    loss, gradient = _dream_step(tiny_bert_dir, tiny_llama_dir, "float32")
+    again, gradient_again = _dream_step(tiny_bert_dir, tiny_llama_dir, "float32")
+    assert loss == again and torch.equal(gradient, gradient_again)
+    assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
