@@ -147,6 +147,7 @@ class Retriever(torch.nn.Module):
         root = Path(path_or_dir)
         if read_manifest(local_dir(root)) is not None:
             verify(root, ("model", "export"))
+        _check_hf_config(root / "config.json")
         try:
             model_dir, _ = read_directory(root)
             config = config if config is not None else cls.read_config(root)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dreamir.search.base import Hits, IndexFormatError, Run, SearchIndex, read_index_info
+from dreamir.search.base import Hits, IndexFormatError, Run, SearchIndex, read_index_info, verify_index
 from dreamir.search.bm25 import BM25Index, bm25_run, mine_candidates
 from dreamir.search.dense import DenseIndex, ExactIndex, FaissIndex, QueryEncoder, exact_search
 
@@ -14,6 +14,7 @@ _KINDS: dict[str, type[SearchIndex]] = {cls.kind: cls for cls in (BM25Index, Exa
 
 def load_index(directory: str | Path, encode_queries: QueryEncoder | None = None) -> SearchIndex:
     """Any index written by ``SearchIndex.save``; dense ones search texts with ``encode_queries``."""
+    verify_index(directory)  # checksums first: a damaged index.json is a damaged file, not bad JSON
     kind = read_index_info(directory)["kind"]
     if kind not in _KINDS:
         raise IndexFormatError(directory, f"unknown index kind {kind!r} (known: {', '.join(_KINDS)})")
