@@ -163,9 +163,11 @@ class BM25Index(SearchIndex):
         self._retriever.save(str(directory / BM25S_DIR))
 
     @classmethod
-    def load(cls, directory: str | Path) -> BM25Index:
-        """The index in ``directory``, its files verified against their checksums and its scores finite."""
-        manifest = verify_index(directory)
+    def load(cls, directory: str | Path, *, manifest: Mapping[str, Any] | bool | None = False) -> BM25Index:
+        """The index in ``directory``, its files verified against their checksums (unless the caller did,
+        passing the ``manifest`` verify_index returned) and its scores finite."""
+        if manifest is False:
+            manifest = verify_index(directory)
         info = read_index_info(directory)
         if info["kind"] != cls.kind:
             raise IndexFormatError(directory, f"holds a {info['kind']!r} index, not a BM25 index")
@@ -188,6 +190,12 @@ def _load_bm25s(path: Path, documents: int) -> bm25s.BM25:
     if not params_file.is_file():
         raise IndexFormatError(path, "no params.index.json: not a bm25s index")
     params = read_json_file(params_file)
+    for name in ("data", "indices", "indptr"):  # named one by one: bm25s's own error names none
+        array_file = path / f"{name}.csc.index.npy"
+        try:
+            np.load(array_file, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise IndexFormatError(array_file, f"cannot be read as a numpy array ({error})") from None
     for name, annotation in _BM25S_PARAMS.items():
         problem = type_problem(params[name], annotation) if name in params else None
         if problem:

@@ -7,7 +7,7 @@ models; ``search_vectors`` takes query vectors directly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -142,9 +142,17 @@ class DenseIndex(SearchIndex):
         return {"similarity": self.similarity, "dimension": self.dimension}
 
     @classmethod
-    def load(cls, directory: str | Path, encode_queries: QueryEncoder | None = None) -> DenseIndex:
-        """The index in ``directory``, its files verified against their checksums and its vectors finite."""
-        manifest = verify_index(directory)
+    def load(
+        cls,
+        directory: str | Path,
+        encode_queries: QueryEncoder | None = None,
+        *,
+        manifest: Mapping[str, Any] | bool | None = False,
+    ) -> DenseIndex:
+        """The index in ``directory``, its files verified against their checksums (unless the caller did,
+        passing the ``manifest`` verify_index returned) and its vectors finite."""
+        if manifest is False:
+            manifest = verify_index(directory)
         info = read_index_info(directory)
         if info["kind"] != cls.kind:
             raise IndexFormatError(directory, f"holds a {info['kind']!r} index, not a {cls.kind!r} index")
