@@ -456,3 +456,25 @@ def test_exported_files_have_one_mode(tiny_bert_dir, tmp_path):
     os.umask(mask)
     modes = {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
     assert modes == {0o666 & ~mask}
+
+
+def test_adapt_output_carries_a_manifest_over_what_it_hands_over(tiny_bert_dir, beir_dir, tmp_path, capsys):
+    from dreamir.adapt import AdaptArguments
+    from dreamir.artefacts import write_adapt_manifest
+
+    out = tmp_path / "adapted"
+    Retriever.from_pretrained(tiny_bert_dir).save(out / "model")
+    (out / "report.json").write_text("{}")
+    (out / "work").mkdir()
+    (out / "work" / "train.jsonl").write_text("state\n")
+    corpus = read_corpus(beir_dir / "corpus.jsonl")
+    write_adapt_manifest(
+        out, AdaptArguments(corpus=str(beir_dir), out=str(out), retriever=tiny_bert_dir), corpus
+    )
+    manifest = read_manifest(out)
+    assert manifest["kind"] == "adapt" and manifest["corpus"]["documents"] == len(corpus)
+    assert "model/model.safetensors" in manifest["sha256"] and "work/train.jsonl" not in manifest["sha256"]
+    assert main(["validate", str(out)]) == 0
+    (out / "report.json").write_text('{"edited": 1}')
+    assert main(["validate", str(out)]) == 1
+    assert "report.json: does not match its checksum" in capsys.readouterr().out
