@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -79,10 +80,20 @@ def corpus_fingerprint(documents: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def directory_sha256(directory: Path) -> str:
-    """One checksum of every file under ``directory`` (names and contents, the manifest aside)."""
+    """One checksum of every file under ``directory`` (names and contents, the manifest aside); computed
+    once per process for files that have not changed (a command compares a model several times)."""
+    files = sorted(p for p in Path(directory).resolve().rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    return _directory_sha256(
+        tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files), str(directory)
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _directory_sha256(files: tuple[tuple[str, int, int], ...], directory: str) -> str:
+    root = Path(directory).resolve()
     digest = hashlib.sha256()
-    for name, checksum in sorted(file_checksums(directory).items()):
-        digest.update(f"{name}\0{checksum}\0".encode())
+    for name, _, _ in files:
+        digest.update(f"{Path(name).relative_to(root).as_posix()}\0{file_sha256(name)}\0".encode())
     return digest.hexdigest()
 
 

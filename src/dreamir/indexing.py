@@ -323,22 +323,21 @@ def _is_metrics_file(path: Path) -> bool:
     return isinstance(metrics, dict) and set(metrics) == set(METRICS)
 
 
-def _model_of_index(args: EvalArguments) -> str:
-    """The index's model, which ``--model`` (when given) must be: scoring one model's index in another's
-    name would record a result that is not its."""
+def _model_of_index(args: EvalArguments) -> tuple[str, str | None]:
+    """The name and directory of the index's model, which ``--model`` (when given) must be: scoring one
+    model's index in another's name would record a result that is not its."""
     assert args.index is not None
     built_with = index_model(args.index)
-    if args.model is None:
-        return built_with
-    same = args.model == built_with or (
+    name = read_index_info(args.index).get("model", built_with)
+    same = args.model in (None, name, built_with) or (
         "bm25" not in (args.model, built_with)
         and directory_sha256(resolve_model(args.model)) == directory_sha256(resolve_model(built_with))
     )
     if not same:
         raise ArtefactError(
-            args.index, f"was built with the model {built_with}, not --model {args.model} (leave --model out)"
+            args.index, f"was built with the model {name}, not --model {args.model} (leave --model out)"
         )
-    return args.model
+    return name, None if built_with == "bm25" else built_with
 
 
 def run_evaluation(args: EvalArguments) -> dict[str, Any]:
@@ -348,14 +347,16 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
         replaceable_file(
             args.out, _is_metrics_file, "a metrics file written by `dreamir eval --out`", args.overwrite
         )
-    model = _model_of_index(args) if args.index else args.model or MINILM
+    model, model_path = _model_of_index(args) if args.index else (args.model or MINILM, None)
+    if model_path is None and model != "bm25":
+        model_path = str(resolve_model(model).resolve())
     dataset = load_beir(args.beir, args.split)
     name = Path(args.beir).resolve().name
     out_dir = Path(args.out_dir) if args.out_dir else default_eval_dir(args.index or model, name, args.split)
     check_output_directory(out_dir, "eval", args.overwrite)
     _set_threads(args.threads)
     with artefact_directory(out_dir, "eval", args.overwrite) as tmp:
-        summary = _evaluate(args, model, dataset, name, tmp)
+        summary = _evaluate(args, model, model_path, dataset, name, tmp)
         run = summary.pop("run")
         if summary.get("mteb_result"):  # where it will be once the directory is in place
             summary["mteb_result"] = str(out_dir / Path(summary["mteb_result"]).relative_to(tmp))
@@ -365,7 +366,7 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
             tmp,
             "eval",
             command=command_record("eval", args),
-            model=model_fingerprint(model, None if model == "bm25" else resolve_model(model)),
+            model=model_fingerprint(model, Path(model_path) if model_path else None),
             corpus=corpus_fingerprint(dataset.corpus),
         )
     if args.out:
@@ -375,7 +376,7 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
 
 
 def _evaluate(
-    args: EvalArguments, model: str, dataset: BeirDataset, name: str, out_dir: Path
+    args: EvalArguments, model: str, model_path: str | None, dataset: BeirDataset, name: str, out_dir: Path
 ) -> dict[str, Any]:
     """The summary metrics.json holds, with the run under "run" (mteb writes its files into ``out_dir``)."""
     started = time.perf_counter()
@@ -422,7 +423,7 @@ def _evaluate(
         "beir": str(Path(args.beir).resolve()),
         "split": args.split,
         "model": model,
-        "model_path": None if model == "bm25" else str(resolve_model(model).resolve()),
+        "model_path": model_path,
         "index": args.index,
         "engine": args.engine,
         "queries": len(dataset.queries),

@@ -51,7 +51,8 @@ def file_sha256(path: str | Path) -> str:
 
 def _temporaries(path: Path) -> list[Path]:
     """The hidden siblings ``atomic_path`` makes for ``path`` (``.NAME.`` and mkdtemp's 8 characters) that
-    hold nothing but its own entries: anything else of that name is left alone."""
+    hold nothing but its own entries (the new version, the old one moved aside, or the temporary of a write
+    nested inside it): anything else of that name is left alone."""
     pattern = re.compile(re.escape(f".{path.name}.") + r"[A-Za-z0-9_]{8}")
     if not path.parent.is_dir():
         return []
@@ -61,7 +62,10 @@ def _temporaries(path: Path) -> list[Path]:
         if pattern.fullmatch(sibling.name)
         and sibling.is_dir()
         and not sibling.is_symlink()
-        and {entry.name for entry in sibling.iterdir()} <= {path.name, path.name + ".old"}
+        and all(
+            entry.name in (path.name, path.name + ".old") or pattern.fullmatch(entry.name)
+            for entry in sibling.iterdir()
+        )
     ]
 
 
