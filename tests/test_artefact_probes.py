@@ -189,13 +189,14 @@ def _damage_probe(kind: str, file: str, damage: str, manifest: bool) -> Probe:
         DAMAGES[damage](directory / file)
         return ["search", str(directory), "capital city", "--no-show-progress"]
 
-    # Without a manifest only what the loaders can see is caught (not a flipped bit inside a number).
-    return Probe(
-        f"damage{'' if manifest else '-legacy'}",
-        f"{kind}/{file}/{damage}",
-        prepare,
-        names=Path(file).name.split(".")[0] if file != "index.json" or manifest else None,
+    # Without a manifest only what the loaders can see is caught (not a flipped bit inside a number), so
+    # those probes damage the structure; with one, the message is the checksum's.
+    names = (
+        f"{Path(file).name}: does not match its checksum"
+        if manifest and damage != "delete"
+        else Path(file).name
     )
+    return Probe(f"damage{'' if manifest else '-legacy'}", f"{kind}/{file}/{damage}", prepare, names=names)
 
 
 DAMAGE_PROBES = [

@@ -47,7 +47,7 @@ from dreamir.search import (
     mine_candidates,
     read_index_info,
 )
-from dreamir.search.base import read_titles
+from dreamir.search.base import read_titles, verify_index
 from dreamir.search.runs import write_trec_run
 from dreamir.similarity import SIMILARITIES
 
@@ -175,10 +175,10 @@ def index_model(directory: str | Path) -> str:
 def open_index(directory: str | Path, batch_size: int = 64) -> SearchIndex:
     """An index with the query encoder it was built with (its model is loaded for dense indexes), refused
     when that model's files changed since the index was built."""
+    index = load_index(directory)  # verified first: a damaged index.json is named as such
     model = index_model(directory)
     if model == "bm25":
-        return load_index(directory)
-    index = load_index(directory)
+        return index
     recorded = (getattr(index, "manifest", None) or {}).get("model") or {}
     if recorded.get("sha256") and recorded["sha256"] != directory_sha256(resolve_model(model)):
         raise ArtefactError(
@@ -327,6 +327,7 @@ def _model_of_index(args: EvalArguments) -> tuple[str, str | None]:
     """The name and directory of the index's model, which ``--model`` (when given) must be: scoring one
     model's index in another's name would record a result that is not its."""
     assert args.index is not None
+    verify_index(args.index)  # before its index.json is trusted to name the model
     built_with = index_model(args.index)
     name = read_index_info(args.index).get("model", built_with)
     same = args.model in (None, name, built_with) or (
