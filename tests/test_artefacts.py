@@ -478,3 +478,16 @@ def test_adapt_output_carries_a_manifest_over_what_it_hands_over(tiny_bert_dir, 
     (out / "report.json").write_text('{"edited": 1}')
     assert main(["validate", str(out)]) == 1
     assert "report.json: does not match its checksum" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "file", ["modules.json", "config_sentence_transformers.json", "dreamir_retriever.json"]
+)
+def test_malformed_json_in_a_model_directory_names_its_file(file, tiny_bert_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    Retriever.from_pretrained(tiny_bert_dir).save(model)
+    (model / MANIFEST_FILE).unlink()
+    (model / file).write_text("[{")
+    capsys.readouterr()
+    assert main(["export", str(model), "--out", str(tmp_path / "x")]) == 2
+    assert f"{model / file}:1: malformed JSON" in error_line(capsys)
