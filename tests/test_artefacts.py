@@ -491,3 +491,12 @@ def test_malformed_json_in_a_model_directory_names_its_file(file, tiny_bert_dir,
     capsys.readouterr()
     assert main(["export", str(model), "--out", str(tmp_path / "x")]) == 2
     assert f"{model / file}:1: malformed JSON" in error_line(capsys)
+
+
+def test_saving_a_retriever_again_keeps_the_files_a_user_added(tiny_bert_dir, tmp_path):
+    retriever = Retriever.from_pretrained(tiny_bert_dir)
+    retriever.save(tmp_path / "final")
+    (tmp_path / "final" / "NOTES.md").write_text("run 3, the good one")
+    retriever.save(tmp_path / "final")
+    assert (tmp_path / "final" / "NOTES.md").read_text() == "run 3, the good one"
+    assert read_manifest(tmp_path / "final")["kind"] == "model"

@@ -316,6 +316,7 @@ def normalise_modes(directory: Path) -> None:
 def replaceable_file(path: str | Path, is_own_kind: Any, what: str, overwrite: bool = False) -> Path:
     """Refuse, before any work, an output file that exists and is not ``what`` (``is_own_kind(path)``)."""
     path = check_output_file(path)
+    remove_stale_temporaries(path)
     if path.is_file() and not overwrite and not is_own_kind(path):
         raise OutputPathError(
             path, f"exists and is not {what}; refusing to replace it: give a new path, or --overwrite"

@@ -22,9 +22,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from dreamir.artefacts import read_manifest, verify, write_manifest
+from dreamir.artefacts import artefact_directory, read_manifest, verify, write_manifest
 from dreamir.data.errors import DataFormatError, read_json_file, type_problem
-from dreamir.io import OutputPathError, atomic_path
 from dreamir.retriever.backbone import (
     add_compress_tokens,
     cap_length,
@@ -368,15 +367,12 @@ class Retriever(torch.nn.Module):
         return copy.deepcopy(self.backbone).merge_and_unload()
 
     def save(self, path: str | Path) -> Path:
-        """Write a sentence-transformers directory (LoRA merged) plus ``dreamir_retriever.json``, atomically."""
+        """Write a sentence-transformers directory (LoRA merged) plus ``dreamir_retriever.json``, as a whole,
+        with a manifest. Replaces only an earlier save (one from before manifests has ``dreamir_retriever.json``)
+        or an empty directory, never a directory of the user's own, and keeps the files a user added to it."""
         path = Path(path)
-        # Replace only an earlier save (or an empty directory), never a directory of the user's own.
-        earlier_save = path.is_dir() and ((path / CONFIG_FILE).is_file() or not any(path.iterdir()))
-        if path.is_dir() and not earlier_save:
-            raise OutputPathError(
-                path, f"is an existing directory without {CONFIG_FILE}; refusing to replace it with a model"
-            )
-        with atomic_path(path, replace_directory=earlier_save) as tmp:
+        earlier_save = (path / CONFIG_FILE).is_file()
+        with artefact_directory(path, "model", overwrite=earlier_save) as tmp:
             write_directory(tmp, self.merged_backbone(), self.tokenizer, self.config, self.embedding_dim)
             # The settings sentence-transformers has no place for (LoRA, cutting, EOS), for Retriever.load.
             settings = json.dumps(self.config.to_dict(), indent=2, ensure_ascii=False)

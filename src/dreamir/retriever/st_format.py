@@ -132,12 +132,12 @@ def write_directory(
     config: RetrieverConfig,
     embedding_dim: int,
 ) -> None:
-    """Write the sentence-transformers directory ``out`` (it must be new) for ``backbone`` (LoRA merged)."""
+    """Write the sentence-transformers directory ``out`` (new or empty) for ``backbone`` (LoRA merged)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling as StPooling
 
-    out.mkdir()
+    out.mkdir(exist_ok=True)
     old_max = tokenizer.model_max_length
     try:
         # So that plain HF / ST loaders truncate where we do.
