@@ -188,7 +188,9 @@ def verify(directory: str | Path, kinds: tuple[str, ...]) -> dict[str, Any] | No
     manifest = read_manifest(directory)
     if manifest is None:
         logger.warning(
-            "%s has no %s (written by an older dreamir): its files are not verified", directory, MANIFEST_FILE
+            "%s has no %s (written by an older dreamir): its files are not verified; write it again to add one",
+            directory,
+            MANIFEST_FILE,
         )
         return None
     if manifest["kind"] not in kinds:
