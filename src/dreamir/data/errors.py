@@ -79,7 +79,7 @@ def open_data_file(path: str | Path):
 
 
 def read_json_file(path: str | Path, expected: type = dict) -> Any:
-    """A JSON file's value, which must be a ``expected`` (dict or list); undecodable bytes, malformed JSON
+    """A JSON file's value, which must be an ``expected`` (dict or list); undecodable bytes, malformed JSON
     or another type is a DataFormatError naming the file (and the line)."""
     path = Path(path)
     try:
