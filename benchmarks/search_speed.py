@@ -94,8 +94,11 @@ def main() -> None:
     flat_build, flat = timed(lambda: FaissIndex(doc_ids, doc_embeddings, faiss_kind="flat"), 1)
     work = ROOT / "runs" / "search_speed"
     titles = [doc.title for doc in dataset.corpus.values()]
-    flat.save(
-        work / f"{name}-flat", {"model": args.model, "model_path": str(resolve_model(args.model))}, titles
+    flat.save(  # the benchmark's own scratch directory: also over one from before manifests
+        work / f"{name}-flat",
+        {"model": args.model, "model_path": str(resolve_model(args.model))},
+        titles,
+        overwrite=True,
     )
     # What `dreamir search` does: load the index and encode the query texts with the model it names.
     loaded = open_index(work / f"{name}-flat")

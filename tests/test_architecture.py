@@ -63,6 +63,15 @@ FORBIDDEN = {
     "adapt": ["dreamir.cli", "dreamir.quickstart"],
     **{name: [*_MODEL_LAYERS, *_ORCHESTRATION, "dreamir.data", "dreamir.datasets"] for name in _UTILITIES},
     "search": [*_MODEL_LAYERS, *_ORCHESTRATION, "dreamir.evaluation", "torch"],
+    # Manifests, fingerprints and the output rule, under every command that writes an artefact.
+    "artefacts": [
+        *_MODEL_LAYERS,
+        *_ORCHESTRATION,
+        "dreamir.search",
+        "dreamir.evaluation",
+        "dreamir.datasets",
+        "torch",
+    ],
     "progress": ["dreamir"],
     "indexing": ["dreamir.llm", "dreamir.objectives", "dreamir.trainer", *_ORCHESTRATION],
     "mteb_bridge": [*_MODEL_LAYERS, *_ORCHESTRATION],

@@ -12,6 +12,7 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
+from dreamir.artefacts import MANIFEST_FILE
 from dreamir.retriever import CONFIG_FILE, LoraSettings, Retriever, RetrieverConfig, pool
 from dreamir.retriever.dropout import ATTENTION_NAME as EAGER_ATTENTION
 from tests.tiny_models import make_tiny_bert, make_tiny_llama
@@ -122,6 +123,7 @@ def test_sentence_transformers_dir_keeps_its_tokenizer_as_saved(llama_dir: Path,
         tmp_path / "st"
     )
     (tmp_path / "st" / CONFIG_FILE).unlink()
+    (tmp_path / "st" / MANIFEST_FILE).unlink()  # from elsewhere: no dreamir manifest either
     r = Retriever.from_pretrained(tmp_path / "st")
     assert r.config.pooling == "last" and not r.config.ends_with_eos
     st_batch = SentenceTransformer(str(tmp_path / "st"), device="cpu").tokenize(TEXTS)
@@ -277,6 +279,7 @@ def test_config_read_back_from_sentence_transformers_files(bert_dir: Path, tmp_p
     )
     Retriever.from_pretrained(bert_dir, cfg).save(tmp_path / "st")
     (tmp_path / "st" / CONFIG_FILE).unlink()  # leave only what sentence-transformers wrote
+    (tmp_path / "st" / MANIFEST_FILE).unlink()
     assert Retriever.from_pretrained(tmp_path / "st").config == cfg
     model_config = tmp_path / "st" / "config_sentence_transformers.json"
     settings = json.loads(model_config.read_text())

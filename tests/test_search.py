@@ -114,7 +114,7 @@ def test_bad_index_directories_are_named(tmp_path):
     with pytest.raises(IndexFormatError, match="unknown index kind 'annoy'"):
         load_index(tmp_path)
     (tmp_path / "index.json").write_text("{not json")
-    with pytest.raises(DataFormatError, match=r"index\.json: malformed JSON"):
+    with pytest.raises(DataFormatError, match=r"index\.json:1: malformed JSON"):
         load_index(tmp_path)
 
 

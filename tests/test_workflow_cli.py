@@ -5,6 +5,7 @@ import json
 import pytest
 
 from dreamir.arguments import ModelArguments
+from dreamir.artefacts import MANIFEST_FILE
 from dreamir.cli import main
 from dreamir.data.beir import Document
 from dreamir.data.training import TrainingExample
@@ -23,6 +24,7 @@ def test_asking_for_last_token_pooling_appends_eos_even_to_a_foreign_model(tiny_
     # A mean-pooling sentence-transformers dir from elsewhere (no dreamir settings file).
     Retriever.from_pretrained(tiny_llama_dir, RetrieverConfig(pooling="mean")).save(tmp_path / "st")
     (tmp_path / "st" / CONFIG_FILE).unlink()
+    (tmp_path / "st" / MANIFEST_FILE).unlink()  # a foreign model has no dreamir manifest either
     as_saved = load_retriever(ModelArguments(retriever=str(tmp_path / "st")))
     assert as_saved.config.pooling == "mean" and not as_saved.config.ends_with_eos
     same = load_retriever(ModelArguments(retriever=str(tmp_path / "st"), pooling="mean", max_length=8))

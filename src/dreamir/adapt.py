@@ -34,6 +34,7 @@ import numpy as np
 
 from dreamir import precision as compute
 from dreamir.arguments import LLMArguments, ModelArguments, ObjectiveArguments, SamplingArguments
+from dreamir.artefacts import write_adapt_manifest
 from dreamir.candidates import BM25Index
 from dreamir.data.beir import Document, read_corpus
 from dreamir.data.corpus_examples import (
@@ -282,7 +283,7 @@ def prepare_examples(args: AdaptArguments, corpus: Mapping[str, Document], work:
     random.Random(args.seed).shuffle(examples)
     validation, train = split_by_source(examples, built.source_of, args.validation_examples)
     index = BM25Index.from_corpus(corpus)
-    hits = index.search([e.query for e in train], k=args.num_candidates + 1)
+    hits = index.search([e.query for e in train], k=args.num_candidates + 1, pad_to_k=True)
     train = with_pseudo_gold(
         train,
         [[d for d, _ in h] for h in hits],
@@ -725,6 +726,7 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
     }
     write_json_atomic(out / "report.json", report)
     write_text_atomic(out / "report.md", render_report(report))
+    write_adapt_manifest(out, args, corpus)
     _say(
         f"validation success@10: {report['validation']['start']:.3f} at the start, "
         f"{report['validation']['best']:.3f} at step {report['validation']['best_step']} (kept) -> {out / 'model'}"

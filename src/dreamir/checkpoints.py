@@ -4,13 +4,14 @@ checkpoint was trained with (so a resume with other settings is refused instead 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from dreamir.io import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -24,17 +25,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from: corrupt, or trained with other settings."""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(directory: Path) -> None:
     """Record the checksum of every file in ``directory`` (written last, inside the atomic write)."""
-    files = {p.name: _sha256(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
+    files = {
+        p.name: file_sha256(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST
+    }
     (directory / MANIFEST).write_text(json.dumps({"sha256": files}, indent=2) + "\n", encoding="utf-8")
 
 
@@ -52,7 +47,7 @@ def problem_with(directory: Path, required: str) -> str | None:
     for name, checksum in expected.items():
         if not (directory / name).is_file():
             return f"{name} is missing"
-        if _sha256(directory / name) != checksum:
+        if file_sha256(directory / name) != checksum:
             return f"{name} does not match its checksum (truncated or corrupted)"
     return None
 

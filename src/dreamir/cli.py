@@ -11,10 +11,12 @@ Every command also reads ``--config FILE.json``: its keys are option names (``ba
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
+import difflib
 import logging
 import sys
 import traceback
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Any
 
 from transformers import HfArgumentParser
 
-from dreamir.data.errors import DataFormatError
+from dreamir.data.errors import DataFormatError, read_json_file, type_problem
 from dreamir.progress import configure_progress
 
 
@@ -348,26 +350,54 @@ def _with_positionals(command: Command, argv: list[str]) -> list[str]:
     return [*result, *argv[leading:]]
 
 
-def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    """Set the parser's defaults from ``--config FILE`` (options the file names are no longer required)."""
+def _apply_config(parser: ArgumentParser, argv: list[str]) -> None:
+    """Set the parser's defaults from ``--config FILE`` (options the file names are no longer required).
+
+    The file's values are not parsed as the command line's are, so each is checked against its option's
+    type here: a float for an integer option is an error naming the file and the option, and a string for a
+    list option (``"queries": "white matter"``) is one item, not a list of its letters."""
     prefix = argparse.ArgumentParser(add_help=False)
     prefix.add_argument("--config")
     known, _ = prefix.parse_known_args(argv)
     if known.config is None:
         return
     path = Path(known.config)
-    values = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(values, dict):
-        raise DataFormatError(path, 1, "config", "expected a JSON object of option names and values")
-    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    values = read_json_file(path)
+    # A boolean has two actions (--x and --no-x) for one value: both get the file's value.
+    actions: dict[str, list[argparse.Action]] = {}
+    for action in parser._actions:
+        if action.dest not in ("help", "config"):
+            actions.setdefault(action.dest, []).append(action)
+    types = {
+        f.name: typing.get_type_hints(cls)[f.name]
+        for cls in parser.dataclass_types
+        for f in dataclasses.fields(cls)
+    }
     for key, value in values.items():
         name = key.replace("-", "_")
         if name not in actions:
             raise DataFormatError(
-                path, 1, key, f"unknown option (see dreamir {parser.prog.split()[-1]} --help)"
+                path, None, key, f"unknown option (see dreamir {parser.prog.split()[-1]} --help)"
             )
-        actions[name].required = False
-        actions[name].default = value
+        if isinstance(value, str) and typing.get_origin(types.get(name)) is list:
+            value = [value]
+        problem = type_problem(value, types[name]) if name in types else None
+        if problem:
+            raise DataFormatError(path, None, key, problem)
+        for action in actions[name]:
+            action.required = False
+            action.default = value
+
+
+def _unknown_arguments(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """``unknown option --bach-size (did you mean --batch-size?)``, the way the command spells its options."""
+    options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    word = unknown[0]
+    if not word.startswith("-"):
+        return f"unexpected argument {word!r} (see {parser.prog} --help)"
+    close = difflib.get_close_matches(word.split("=")[0], options, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else f" (see {parser.prog} --help)"
+    return f"unknown option {word}{hint}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -388,7 +418,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = command_parser(command)
         rest = _with_positionals(command, rest)
         _apply_config(parser, rest)
-        *built, _options_file = parser.parse_args_into_dataclasses(rest, look_for_args_file=False)
+        *built, _options_file, unknown = parser.parse_args_into_dataclasses(
+            rest, look_for_args_file=False, return_remaining_strings=True
+        )
+        if unknown:
+            raise ValueError(_unknown_arguments(parser, unknown))
         configure_progress(all(getattr(b, "show_progress", True) for b in built))
         code = command.run(*built)
         return int(code or 0)

@@ -15,7 +15,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from dreamir.io import OutputPathError, atomic_path, read_log_rows
+from dreamir.artefacts import (
+    artefact_directory,
+    check_output_directory,
+    command_record,
+    model_fingerprint,
+    write_manifest,
+)
+from dreamir.data.errors import read_json_file
+from dreamir.io import read_log_rows
 from dreamir.models import MINILM, SMOLLM2, resolve_model
 from dreamir.retriever import CONFIG_FILE, Retriever, RetrieverConfig
 
@@ -42,6 +50,10 @@ class ExportArguments:
     eval_dir: str = field(
         default="runs/eval", metadata={"help": "where `dreamir eval` wrote results to quote in the card"}
     )
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "write into an --out directory that is not an export (its other files kept)"},
+    )
 
 
 def load_for_export(args: ExportArguments) -> Retriever:
@@ -52,7 +64,7 @@ def load_for_export(args: ExportArguments) -> Retriever:
     from peft import PeftModel
     from transformers import AutoModel, AutoTokenizer
 
-    adapter = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    adapter = read_json_file(path / ADAPTER_CONFIG)
     base_name = args.base_model or adapter.get("base_model_name_or_path")
     if not base_name:
         raise ValueError(f"{path / ADAPTER_CONFIG}: no base_model_name_or_path; give --base-model")
@@ -68,15 +80,18 @@ def load_for_export(args: ExportArguments) -> Retriever:
 
 
 def export_model(args: ExportArguments) -> Path:
-    out = Path(args.out)
-    earlier = out.is_dir() and (out / CONFIG_FILE).is_file() and (out / CARD_FILE).is_file()
-    if out.exists() and not earlier and not (out.is_dir() and not any(out.iterdir())):
-        raise OutputPathError(out, "exists and is not an earlier export; refusing to replace it")
+    """Write the export as a whole, with a manifest (the source model's fingerprint, every file's checksum);
+    only a new or empty directory or an earlier export is replaced, and the files a user added are kept."""
+    out = check_output_directory(args.out, "export", args.overwrite)  # before loading the model
     retriever = load_for_export(args)
-    provenance = read_provenance(resolve_model(args.model), Path(args.eval_dir))
-    with atomic_path(out, replace_directory=out.is_dir()) as tmp:
+    source = resolve_model(args.model)
+    provenance = read_provenance(source, Path(args.eval_dir))
+    with artefact_directory(out, "export", args.overwrite) as tmp:
         retriever.save(tmp)
         (tmp / CARD_FILE).write_text(model_card(args.model, retriever, provenance), encoding="utf-8")
+        write_manifest(
+            tmp, "export", command=command_record("export", args), model=model_fingerprint(args.model, source)
+        )
     return out
 
 

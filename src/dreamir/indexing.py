@@ -17,11 +17,23 @@ from typing import Any, Literal
 
 import numpy as np
 
+from dreamir.artefacts import (
+    ArtefactError,
+    artefact_directory,
+    check_corpus,
+    check_output_directory,
+    command_record,
+    corpus_fingerprint,
+    directory_sha256,
+    model_fingerprint,
+    replaceable_file,
+    write_manifest,
+)
 from dreamir.data.beir import BeirDataset, Document, load_beir, read_corpus
 from dreamir.data.training import TrainingExample, read_training_file, validate_against_corpus
-from dreamir.evaluation import compute_metrics
+from dreamir.evaluation import METRICS, compute_metrics
 from dreamir.guards import check_finite_embeddings
-from dreamir.io import OutputPathError, check_output_file, write_json_atomic
+from dreamir.io import write_json_atomic
 from dreamir.models import MINILM, resolve_model
 from dreamir.options import at_least
 from dreamir.retriever import Retriever
@@ -35,7 +47,7 @@ from dreamir.search import (
     mine_candidates,
     read_index_info,
 )
-from dreamir.search.base import TITLES_FILE
+from dreamir.search.base import read_titles, verify_index
 from dreamir.search.runs import write_trec_run
 from dreamir.similarity import SIMILARITIES
 
@@ -78,6 +90,10 @@ class IndexArguments:
     batch_size: int = field(default=64, metadata={"help": "texts per encoding batch"})
     threads: int | None = field(default=2, metadata={"help": "CPU threads for encoding"})
     show_progress: bool = field(default=True, metadata={"help": "progress while encoding"})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "write into an --out directory that is not an index (its other files kept)"},
+    )
 
     def __post_init__(self) -> None:
         at_least(self, 1, "hnsw_m", "ef_construction", "ef_search", "batch_size", "threads")
@@ -116,23 +132,23 @@ def dense_index(
 
 
 def build_index(args: IndexArguments) -> tuple[SearchIndex, dict[str, Any]]:
-    """Encode the corpus once and save the index with the model's name and the settings."""
-    out = Path(args.out)
-    replaceable = (
-        not out.exists() or (out / "index.json").is_file() or (out.is_dir() and not any(out.iterdir()))
-    )
-    if not replaceable:  # before the slow encoding, not after it
-        raise OutputPathError(
-            out, "exists and is not an index written by `dreamir index`; refusing to replace it"
-        )
+    """Encode the corpus once and save the index with the model's name and the settings; its manifest
+    records the model's and the corpus's fingerprints."""
+    out = check_output_directory(args.out, "index", args.overwrite)  # before the slow encoding
     _set_threads(args.threads)
     corpus = _corpus(args.corpus)
+    model_dir = None if args.model == "bm25" else resolve_model(args.model)
+    provenance = {
+        "command": command_record("index", args),
+        "model": model_fingerprint(args.model, model_dir),
+        "corpus": corpus_fingerprint(corpus),
+    }
     started = time.perf_counter()
     metadata: dict[str, Any] = {"model": args.model, "corpus": str(Path(args.corpus).resolve())}
-    if args.model == "bm25":
+    if model_dir is None:
         index: SearchIndex = BM25Index.from_corpus(corpus, show_progress=args.show_progress)
     else:
-        path = resolve_model(args.model)
+        path = model_dir
         retriever = load_encoder(args.model)
         embeddings = encode_corpus(retriever, corpus, args.batch_size, args.show_progress)
         hnsw = {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
@@ -140,19 +156,37 @@ def build_index(args: IndexArguments) -> tuple[SearchIndex, dict[str, Any]]:
         index = dense_index(list(corpus), embeddings, args.faiss, None, similarity, **hnsw)
         metadata.update(model_path=str(path.resolve()), retriever=retriever.config.to_dict())
     metadata["build_seconds"] = round(time.perf_counter() - started, 3)
-    index.save(args.out, metadata, titles=[doc.title for doc in corpus.values()])
-    return index, read_index_info(args.out)
+    titles = [doc.title for doc in corpus.values()]
+    index.save(out, metadata, titles=titles, provenance=provenance, overwrite=args.overwrite)
+    return index, read_index_info(out)
+
+
+def index_model(directory: str | Path) -> str:
+    """The model an index was built with: 'bm25', or the retriever directory that encodes its queries."""
+    info = read_index_info(directory)
+    if info["kind"] == "bm25":
+        return "bm25"
+    model = info.get("model_path") or info.get("model")
+    if not model:
+        raise ArtefactError(Path(directory) / "index.json", "field 'model': missing, cannot encode queries")
+    return model
 
 
 def open_index(directory: str | Path, batch_size: int = 64) -> SearchIndex:
-    """An index with the query encoder it was built with (its model is loaded for dense indexes)."""
-    info = read_index_info(directory)
-    if info["kind"] == "bm25":
-        return load_index(directory)
-    model = info.get("model_path") or info.get("model")
-    if not model:
-        raise ValueError(f"{directory}/index.json: field 'model': missing, cannot encode queries")
-    return load_index(directory, query_encoder(load_encoder(model), batch_size))
+    """An index with the query encoder it was built with (its model is loaded for dense indexes), refused
+    when that model's files changed since the index was built."""
+    index = load_index(directory)  # verified first: a damaged index.json is named as such
+    model = index_model(directory)
+    if model == "bm25":
+        return index
+    recorded = (getattr(index, "manifest", None) or {}).get("model") or {}
+    if recorded.get("sha256") and recorded["sha256"] != directory_sha256(resolve_model(model)):
+        raise ArtefactError(
+            directory,
+            f"was built with another version of the model at {model} (its files changed since): rebuild it",
+        )
+    index.encode_queries = query_encoder(load_encoder(model), batch_size)
+    return index
 
 
 # ---- searching -------------------------------------------------------------------------------------------
@@ -167,17 +201,20 @@ class SearchArguments:
 
     def __post_init__(self) -> None:
         at_least(self, 1, "k", "threads")
+        if isinstance(self.queries, str):  # one query given as a string (e.g. in --config), not its letters
+            self.queries = [self.queries]
         if not self.queries:
             raise ValueError("give at least one query text")
+        blank = next((i for i, query in enumerate(self.queries) if not query.strip()), None)
+        if blank is not None:
+            raise ValueError(f"query {blank + 1} is empty: give a query text")
 
 
 def search(args: SearchArguments) -> list[dict[str, Any]]:
     """Each query with its hits: ``{"query", "hits": [{"id", "score", "title"}]}``."""
     _set_threads(args.threads)
     index = open_index(args.index)
-    titles_file = Path(args.index) / TITLES_FILE
-    titles = json.loads(titles_file.read_text(encoding="utf-8")) if titles_file.is_file() else []
-    title_of = dict(zip(index.doc_ids, titles, strict=False))
+    title_of = dict(zip(index.doc_ids, read_titles(args.index, len(index.doc_ids)), strict=True))
     hits = index.search(args.queries, args.k)
     return [
         {
@@ -237,7 +274,13 @@ def default_eval_dir(model: str, dataset_name: str, split: str) -> Path:
 @dataclass
 class EvalArguments:
     beir: str = field(metadata={"help": "BEIR-layout directory (corpus.jsonl, queries.jsonl, qrels/)"})
-    model: str = field(default=MINILM, metadata={"help": "'bm25', a packaged name or a saved retriever"})
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": f"'bm25', a packaged name or a saved retriever (default: {MINILM}, or with --index the "
+            "index's own model; another one is refused)"
+        },
+    )
     split: str = field(default="test", metadata={"help": "qrels split (qrels/<split>.tsv)"})
     engine: Literal["dreamir", "mteb"] = field(
         default="dreamir",
@@ -247,7 +290,9 @@ class EvalArguments:
         default=None, metadata={"help": "search this index (from `dreamir index` on the same corpus) instead"}
     )
     batch_size: int = field(default=64, metadata={"help": "texts per encoding batch"})
-    out: str | None = field(default=None, metadata={"help": "also write the metrics here as JSON"})
+    out: str | None = field(
+        default=None, metadata={"help": "also write the metrics here as JSON (a new file or an earlier one)"}
+    )
     out_dir: str | None = field(
         default=None,
         metadata={
@@ -256,6 +301,12 @@ class EvalArguments:
     )
     threads: int | None = field(default=2, metadata={"help": "CPU threads"})
     show_progress: bool = field(default=True, metadata={"help": "progress while encoding"})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "replace an --out file, or write into an --out-dir, that `dreamir eval` did not write"
+        },
+    )
 
     def __post_init__(self) -> None:
         at_least(self, 1, "batch_size", "threads")
@@ -263,25 +314,88 @@ class EvalArguments:
             raise ValueError("--engine mteb evaluates a dense retriever: not with bm25 or --index")
 
 
+def _is_metrics_file(path: Path) -> bool:
+    """A file ``dreamir eval --out`` wrote: a JSON object of the metrics, nothing else."""
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and set(metrics) == set(METRICS)
+
+
+def _model_of_index(args: EvalArguments) -> tuple[str, str | None]:
+    """The name and directory of the index's model, which ``--model`` (when given) must be: scoring one
+    model's index in another's name would record a result that is not its."""
+    assert args.index is not None
+    verify_index(args.index)  # before its index.json is trusted to name the model
+    built_with = index_model(args.index)
+    name = read_index_info(args.index).get("model", built_with)
+    same = args.model in (None, name, built_with) or (
+        "bm25" not in (args.model, built_with)
+        and directory_sha256(resolve_model(args.model)) == directory_sha256(resolve_model(built_with))
+    )
+    if not same:
+        raise ArtefactError(
+            args.index, f"was built with the model {name}, not --model {args.model} (leave --model out)"
+        )
+    return name, None if built_with == "bm25" else built_with
+
+
 def run_evaluation(args: EvalArguments) -> dict[str, Any]:
-    """Evaluate, write metrics.json and run.trec under the output directory, return the summary."""
-    if args.out:
-        check_output_file(args.out)  # before the slow evaluation, not after it
-    _set_threads(args.threads)
+    """Evaluate and write metrics.json and run.trec together (one directory, renamed into place whole,
+    with a manifest), return the summary."""
+    if args.out:  # before the slow evaluation, not after it
+        replaceable_file(
+            args.out, _is_metrics_file, "a metrics file written by `dreamir eval --out`", args.overwrite
+        )
+    model, model_path = _model_of_index(args) if args.index else (args.model or MINILM, None)
+    if model_path is None and model != "bm25":
+        model_path = str(resolve_model(model).resolve())
     dataset = load_beir(args.beir, args.split)
     name = Path(args.beir).resolve().name
-    out_dir = (
-        Path(args.out_dir) if args.out_dir else default_eval_dir(args.index or args.model, name, args.split)
-    )
-    check_output_file(out_dir / "metrics.json")
+    out_dir = Path(args.out_dir) if args.out_dir else default_eval_dir(args.index or model, name, args.split)
+    check_output_directory(out_dir, "eval", args.overwrite)
+    _set_threads(args.threads)
+    with artefact_directory(out_dir, "eval", args.overwrite) as tmp:
+        summary = _evaluate(args, model, model_path, dataset, name, tmp)
+        run = summary.pop("run")
+        if summary.get("mteb_result"):  # where it will be once the directory is in place
+            summary["mteb_result"] = str(out_dir / Path(summary["mteb_result"]).relative_to(tmp))
+        write_json_atomic(tmp / "metrics.json", summary)
+        write_trec_run(run, tmp / "run.trec", tag=re.sub(r"\s+", "_", Path(model).name or "dreamir"))
+        write_manifest(
+            tmp,
+            "eval",
+            command=command_record("eval", args),
+            model=model_fingerprint(model, Path(model_path) if model_path else None),
+            corpus=corpus_fingerprint(dataset.corpus),
+        )
+    if args.out:
+        write_json_atomic(args.out, summary["metrics"])
+    summary["out_dir"] = str(out_dir)
+    return summary
+
+
+def _evaluate(
+    args: EvalArguments, model: str, model_path: str | None, dataset: BeirDataset, name: str, out_dir: Path
+) -> dict[str, Any]:
+    """The summary metrics.json holds, with the run under "run" (mteb writes its files into ``out_dir``)."""
     started = time.perf_counter()
     extra: dict[str, Any] = {}
     if args.index:
-        metrics, run = evaluate_index(dataset, open_index(args.index, args.batch_size))
-    elif args.model == "bm25":
+        index = open_index(args.index, args.batch_size)
+        check_corpus(
+            args.index,
+            getattr(index, "manifest", None),
+            index.doc_ids,
+            dataset.corpus,
+            Path(args.beir) / "corpus.jsonl",
+        )
+        metrics, run = evaluate_index(dataset, index)
+    elif model == "bm25":
         metrics, run = evaluate_index(dataset, BM25Index.from_corpus(dataset.corpus))
     else:
-        retriever = load_encoder(args.model)
+        retriever = load_encoder(model)
         encode_queries = query_encoder(retriever, args.batch_size)
 
         def encode_documents(texts: list[str]) -> np.ndarray:
@@ -292,25 +406,25 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
         if args.engine == "mteb":
             from dreamir.mteb_bridge import RetrieverEncoder, evaluate_with_mteb
 
-            encoder = RetrieverEncoder.for_retriever(args.model, retriever, encode_queries, encode_documents)
+            encoder = RetrieverEncoder.for_retriever(model, retriever, encode_queries, encode_documents)
             evaluation = evaluate_with_mteb(encoder, dataset, name, out_dir, args.split, args.show_progress)
             metrics, run = evaluation.metrics, evaluation.run
             extra.update(mteb_task=evaluation.task, mteb_result=str(evaluation.result_file))
         else:
             embeddings = check_finite_embeddings(
                 np.asarray(encode_documents([doc.full_text for doc in dataset.corpus.values()])),
-                f"{args.model}: document embeddings",
+                f"{model}: document embeddings",
             )
             metrics, run = evaluate_index(
                 dataset,
                 ExactIndex(list(dataset.corpus), embeddings, encode_queries, retriever.config.similarity),
             )
-    summary = {
+    return {
         "dataset": name,
         "beir": str(Path(args.beir).resolve()),
         "split": args.split,
-        "model": args.model,
-        "model_path": None if args.model == "bm25" else str(resolve_model(args.model).resolve()),
+        "model": model,
+        "model_path": model_path,
         "index": args.index,
         "engine": args.engine,
         "queries": len(dataset.queries),
@@ -318,13 +432,8 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
         "metrics": metrics,
         "seconds": round(time.perf_counter() - started, 1),
         **extra,
+        "run": run,
     }
-    write_json_atomic(out_dir / "metrics.json", summary)
-    write_trec_run(run, out_dir / "run.trec", tag=re.sub(r"\s+", "_", Path(args.model).name or "dreamir"))
-    if args.out:
-        write_json_atomic(args.out, metrics)
-    summary["out_dir"] = str(out_dir)
-    return summary
 
 
 def format_evaluation(summary: dict[str, Any]) -> str:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 class OutputPathError(ValueError):
@@ -34,6 +39,47 @@ def check_output_file(path: str | Path) -> Path:
     if blocking is not None:
         raise OutputPathError(path, f"cannot be created: {blocking} is a file, not a directory")
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _temporaries(path: Path) -> list[Path]:
+    """The hidden siblings ``atomic_path`` makes for ``path`` (``.NAME.`` and mkdtemp's 8 characters) that
+    hold nothing but its own entries (the new version, the old one moved aside, or the temporary of a write
+    nested inside it): anything else of that name is left alone."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[A-Za-z0-9_]{8}")
+    if not path.parent.is_dir():
+        return []
+    return [
+        sibling
+        for sibling in path.parent.iterdir()
+        if pattern.fullmatch(sibling.name)
+        and sibling.is_dir()
+        and not sibling.is_symlink()
+        and all(
+            entry.name in (path.name, path.name + ".old") or pattern.fullmatch(entry.name)
+            for entry in sibling.iterdir()
+        )
+    ]
+
+
+def remove_stale_temporaries(path: str | Path) -> None:
+    """Clean what a killed write of ``path`` left behind. A kill between atomic_path's two renames leaves
+    ``path`` missing and the previous version in the temporary: it is put back, not deleted."""
+    path = Path(path)
+    for temporary in _temporaries(path):
+        previous = temporary / (path.name + ".old")
+        if previous.exists() and not path.exists():
+            logger.warning("restoring %s, moved aside by an interrupted write", path)
+            os.replace(previous, path)
+        logger.info("removing %s, left by an interrupted write", temporary)
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 @contextlib.contextmanager

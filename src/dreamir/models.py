@@ -37,13 +37,34 @@ class PickleWeightsError(ValueError):
     """A model directory whose weights exist only as pickle files, which the user has not allowed."""
 
 
+class WeightsFileError(ValueError):
+    """A weights file that cannot be read (truncated, empty or not safetensors at all)."""
+
+
+def check_safetensors_files(directory: Path) -> None:
+    """Open every safetensors file's header (which also checks the file holds all the bytes it announces),
+    so a damaged file is one message naming it, not a traceback from deep inside the loader."""
+    from safetensors import safe_open
+
+    for path in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="numpy"):
+                pass
+        except Exception as error:  # safetensors raises its own error type, or OSError
+            raise WeightsFileError(
+                f"{path}: cannot be read as safetensors, truncated or not a safetensors file ({error})"
+            ) from None
+
+
 def use_safetensors(model_dir: str | Path) -> bool | None:
     """The ``use_safetensors`` argument of ``from_pretrained`` for a local directory: True (safetensors
     only) unless ``DREAMIR_ALLOW_PICKLE=1``, then None (transformers' default: safetensors first, else the
-    pickle file). A directory with only pickle weights is refused here with a message naming it."""
+    pickle file). A directory with only pickle weights, or a damaged safetensors file, is refused here
+    with a message naming it."""
+    directory = Path(model_dir)
+    check_safetensors_files(directory)
     if os.environ.get(ALLOW_PICKLE_ENV) == "1":
         return None
-    directory = Path(model_dir)
     if not any(directory.glob("*.safetensors")) and not any(directory.glob("*.safetensors.index.json")):
         pickles = sorted(p.name for p in directory.glob("*.bin")) + sorted(
             p.name for p in directory.glob("*.pt*")

@@ -8,10 +8,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from dreamir.artefacts import DESCRIPTION, MANIFEST_FILE, verify
 from dreamir.data.beir import read_corpus, read_qrels, read_queries
 from dreamir.data.errors import DataFormatError, EmptyFileError
 from dreamir.data.training import read_training_file
 from dreamir.llm.heads import HeadSet
+from dreamir.search import load_index
 
 MAX_PROBLEMS_PER_FILE = 100
 
@@ -33,14 +35,17 @@ def _every_problem(path: Path, read: Callable[[Path], Any]) -> tuple[list[str], 
                 return problems, read(copy)
             except EmptyFileError as error:
                 # Every line was rejected above: those are the problems, not the emptiness that follows.
-                return (problems or [str(error)]), None
+                return (problems or [str(EmptyFileError(path, error.reason))]), None
             except DataFormatError as error:
                 problems.append(str(DataFormatError(path, error.line, error.field, error.reason)))
                 if error.line is None:
                     return problems, None
                 lines[error.line - 1] = b"\n"
             except (UnicodeDecodeError, ValueError) as error:
-                problems.append(f"{path}: {error}")
+                # The message names the scratch copy: name the user's file instead.
+                problems.append(
+                    f"{path}: {str(error).replace(str(copy) + ': ', '').replace(str(copy), str(path))}"
+                )
                 return problems, None
     problems.append(f"{path}: stopped after {MAX_PROBLEMS_PER_FILE} problems")
     return problems, None
@@ -89,10 +94,24 @@ def validate_beir_directory(directory: Path) -> list[str]:
     return problems
 
 
+def validate_artefact(directory: Path) -> list[str]:
+    """An index, export, evaluation or adapted model: every file against its manifest's checksum (and an
+    index loaded, which checks its ids, titles and vectors)."""
+    try:
+        manifest = verify(directory, tuple(DESCRIPTION))
+        if manifest and manifest["kind"] == "index":
+            load_index(directory)
+    except ValueError as error:
+        return [str(error)]
+    return []
+
+
 def validate_paths(paths: Iterable[str | Path]) -> list[str]:
     problems: list[str] = []
     for path in map(Path, paths):
-        if path.is_dir():
+        if path.is_dir() and (path / MANIFEST_FILE).is_file():
+            problems += validate_artefact(path)
+        elif path.is_dir():
             problems += validate_beir_directory(path)
         elif not path.exists():
             problems.append(f"{path}: no such file or directory")

@@ -128,6 +128,14 @@ def read_qrels(
 def load_beir(directory: str | Path, split: str = "test") -> BeirDataset:
     """Load a BEIR dataset; only queries judged in ``split`` are kept, the corpus is kept whole."""
     directory = Path(directory)
+    if not directory.is_dir():
+        reason = "is a file" if directory.exists() else "does not exist"
+        raise DataFormatError(
+            directory,
+            None,
+            None,
+            f"{reason}: expected a BEIR directory (corpus.jsonl, queries.jsonl, qrels/)",
+        )
     qrels_path = directory / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         available = sorted(p.stem for p in (directory / "qrels").glob("*.tsv"))

@@ -7,9 +7,10 @@ so each format reports problems the same way.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import types
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin
 
 
 class DataFormatError(ValueError):
@@ -42,12 +43,107 @@ class EmptyFileError(DataFormatError):
         return (type(self), (self.path, self.reason))
 
 
+# Byte-order marks of the encodings a text file saved by another tool is most often in, instead of UTF-8.
+_OTHER_ENCODINGS = {
+    b"\xff\xfe\x00\x00": "UTF-32",
+    b"\x00\x00\xfe\xff": "UTF-32",
+    b"\xff\xfe": "UTF-16",
+    b"\xfe\xff": "UTF-16",
+}
+
+
+def _other_encoding(start: bytes) -> str | None:
+    """The encoding the first bytes of a file show, when it is not UTF-8 (UTF-16/32, by their mark or the
+    zero bytes between ASCII characters)."""
+    for mark, name in _OTHER_ENCODINGS.items():
+        if start.startswith(mark):
+            return name
+    if len(start) >= 4 and start[1::2].count(0) > len(start) // 4 and 0 not in start[::2][:2]:
+        return "UTF-16"
+    return None
+
+
 def open_data_file(path: str | Path):
-    """Open a data file for reading bytes; a directory given instead is a DataFormatError naming it."""
+    """Open a data file for reading bytes; a directory given instead, or a file in UTF-16 or UTF-32, is a
+    DataFormatError naming it (one message, instead of one per line)."""
     path = Path(path)
     if path.is_dir():
         raise DataFormatError(path, None, None, "is a directory, expected a file")
-    return path.open("rb")
+    handle = path.open("rb")
+    encoding = _other_encoding(handle.read(64))
+    handle.seek(0)
+    if encoding:
+        handle.close()
+        raise DataFormatError(path, None, None, f"is encoded in {encoding}, not UTF-8: save it as UTF-8")
+    return handle
+
+
+def read_json_file(path: str | Path, expected: type = dict) -> Any:
+    """A JSON file's value, which must be an ``expected`` (dict or list); undecodable bytes, malformed JSON
+    or another type is a DataFormatError naming the file (and the line)."""
+    path = Path(path)
+    try:
+        with open_data_file(path) as handle:
+            raw = handle.read()
+    except OSError as error:
+        raise DataFormatError(path, None, None, f"cannot be read ({error.strerror or error})") from None
+    try:
+        value = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as error:
+        raise DataFormatError(path, None, None, f"not valid UTF-8 ({error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise DataFormatError(
+            path, error.lineno, None, f"malformed JSON: {error.msg} (column {error.colno})"
+        ) from None
+    if not isinstance(value, expected):
+        kind = {dict: "object", list: "list"}.get(expected, expected.__name__)
+        raise DataFormatError(path, None, None, f"expected a JSON {kind}, got {_json_name(value)}")
+    return value
+
+
+def _json_name(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
+    return "null" if value is None else names.get(type(value), "an object")
+
+
+def type_problem(value: Any, annotation: Any) -> str | None:
+    """Why a JSON value does not fit a type annotation (int, float, bool, str, None, Literal, list[X] and
+    unions of them), or None when it does (or the annotation is not one of these). ``True`` is not an
+    integer here, nor ``2.0``: JSON says which the file meant."""
+    if _fits(value, annotation):
+        return None
+    return f"expected {_describe(annotation)}, got {json.dumps(value)} ({_json_name(value)})"
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is Literal:
+        return any(type(value) is type(arg) and value == arg for arg in args)
+    if origin in (list, Sequence, tuple):
+        return isinstance(value, list) and (not args or all(_fits(v, args[0]) for v in value))
+    checks = {
+        type(None): lambda v: v is None,
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }
+    check = checks.get(annotation)
+    return True if check is None else check(value)
+
+
+def _describe(annotation: Any) -> str:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is Literal:
+        return "one of " + ", ".join(json.dumps(arg) for arg in args)
+    if origin in (list, Sequence, tuple):
+        return "a list" + (f" of {_describe(args[0])}" if args else "")
+    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
 def decode_line(raw: bytes, path: str | Path, line_number: int) -> str:

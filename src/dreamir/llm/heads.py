@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig
 
-from dreamir.data.errors import DataFormatError
+from dreamir.data.errors import DataFormatError, read_json_file
 from dreamir.io import write_json_atomic
 from dreamir.llm.frozen import FrozenLLM
 from dreamir.models import CACHE_MARKER, PACKAGED_MODELS, resolve_model
@@ -63,19 +63,7 @@ class HeadSet:
         path = Path(path)
         if path.is_dir():
             raise DataFormatError(path, None, None, "is a directory, expected a head file (JSON)")
-        try:
-            # utf-8-sig: a byte-order mark is accepted, as in the JSONL loaders.
-            data = json.loads(path.read_bytes().decode("utf-8-sig"))
-        except OSError as error:
-            raise DataFormatError(path, None, None, f"cannot be read ({error.strerror or error})") from None
-        except UnicodeDecodeError as error:
-            raise DataFormatError(path, None, None, f"not valid UTF-8 ({error.reason})") from None
-        except json.JSONDecodeError as error:
-            raise DataFormatError(
-                path, error.lineno, None, f"malformed JSON: {error.msg} (column {error.colno})"
-            ) from None
-        if not isinstance(data, dict):
-            raise DataFormatError(path, None, None, f"expected a JSON object, got {type(data).__name__}")
+        data = read_json_file(path)  # a byte-order mark is accepted, as in the JSONL loaders
         model = data.get("model")
         if not isinstance(model, str) or not model.strip():
             raise DataFormatError(path, None, "model", "expected the LLM's name (a non-empty string)")

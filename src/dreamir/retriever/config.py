@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, get_args
 
+from dreamir.data.errors import DataFormatError, type_problem
 from dreamir.similarity import Similarity, check_similarity
 
 logger = logging.getLogger(__name__)
@@ -78,9 +81,26 @@ class RetrieverConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RetrieverConfig:
+    def from_dict(cls, d: Mapping[str, Any], source: str | Path = CONFIG_FILE) -> RetrieverConfig:
+        """The settings in ``d`` (read from ``source``), each of its field's type, or a DataFormatError
+        naming the file and the field."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             logger.warning("Ignoring unknown RetrieverConfig keys: %s", sorted(unknown))
-        return cls(**{k: v for k, v in d.items() if k in known})
+        settings = {k: v for k, v in d.items() if k in known}
+        _check_types(settings, cls, source)
+        if isinstance(settings.get("lora"), Mapping):
+            _check_types(settings["lora"], LoraSettings, source, "lora.")
+        try:
+            return cls(**settings)
+        except (TypeError, ValueError) as error:
+            raise DataFormatError(source, None, None, str(error)) from None
+
+
+def _check_types(settings: Mapping[str, Any], cls: type, source: str | Path, prefix: str = "") -> None:
+    hints = typing.get_type_hints(cls)
+    for name, value in settings.items():
+        problem = type_problem(value, hints[name]) if name in hints else None
+        if problem:
+            raise DataFormatError(source, None, prefix + name, problem)

@@ -22,7 +22,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from dreamir.io import OutputPathError, atomic_path
+from dreamir.artefacts import artefact_directory, read_manifest, verify, write_manifest
+from dreamir.data.errors import DataFormatError, read_json_file, type_problem
 from dreamir.retriever.backbone import (
     add_compress_tokens,
     cap_length,
@@ -36,6 +37,16 @@ from dreamir.retriever.dropout import attention_dropout, use_fast_dropout
 from dreamir.retriever.st_format import local_dir, read_directory, write_directory
 from dreamir.similarity import similarity_matrix
 
+# Sizes in a Hugging Face config.json that must be whole numbers (a string there fails deep in the model).
+_HF_CONFIG_INTEGERS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "vocab_size",
+)
 # Texts tokenised at once by ``encode`` before length-sorting: big enough to sort well, small enough
 # that the Python token lists stay modest for huge corpora.
 _ENCODE_CHUNK = 16384
@@ -133,11 +144,21 @@ class Retriever(torch.nn.Module):
         defaults.
         """
         root = Path(path_or_dir)
-        model_dir, _ = read_directory(local_dir(root))
-        config = config if config is not None else cls.read_config(root)
-        hf_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-        backbone = load_backbone(model_dir, hf_config, config.num_layers, dtype)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        if read_manifest(local_dir(root)) is not None:
+            verify(root, ("model", "export"))
+        _check_hf_config(root / "config.json")
+        try:
+            model_dir, _ = read_directory(root)
+            config = config if config is not None else cls.read_config(root)
+            _check_hf_config(model_dir / "config.json")
+            hf_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+            backbone = load_backbone(model_dir, hf_config, config.num_layers, dtype)
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        except (TypeError, KeyError, AttributeError, IndexError, RuntimeError) as error:
+            # A file of the directory holds what the loaders do not expect: name it, not a traceback.
+            raise DataFormatError(
+                root, None, None, f"cannot be loaded as a retriever ({type(error).__name__}: {error})"
+            ) from None
         if config.max_length > cap_length(config.max_length, hf_config):
             config = dataclasses.replace(config, max_length=cap_length(config.max_length, hf_config))
         model = cls(backbone, tokenizer, config)
@@ -149,7 +170,7 @@ class Retriever(torch.nn.Module):
         weights (``max_length`` is capped to the backbone's positions only when the model is loaded)."""
         root = local_dir(path_or_dir)
         if (root / CONFIG_FILE).is_file():
-            return RetrieverConfig.from_dict(json.loads((root / CONFIG_FILE).read_text(encoding="utf-8")))
+            return RetrieverConfig.from_dict(read_json_file(root / CONFIG_FILE), root / CONFIG_FILE)
         return read_directory(root)[1] or RetrieverConfig()
 
     @classmethod
@@ -346,17 +367,26 @@ class Retriever(torch.nn.Module):
         return copy.deepcopy(self.backbone).merge_and_unload()
 
     def save(self, path: str | Path) -> Path:
-        """Write a sentence-transformers directory (LoRA merged) plus ``dreamir_retriever.json``, atomically."""
+        """Write a sentence-transformers directory (LoRA merged) plus ``dreamir_retriever.json``, as a whole,
+        with a manifest. Replaces only an earlier save (one from before manifests has ``dreamir_retriever.json``)
+        or an empty directory, never a directory of the user's own, and keeps the files a user added to it."""
         path = Path(path)
-        # Replace only an earlier save (or an empty directory), never a directory of the user's own.
-        earlier_save = path.is_dir() and ((path / CONFIG_FILE).is_file() or not any(path.iterdir()))
-        if path.is_dir() and not earlier_save:
-            raise OutputPathError(
-                path, f"is an existing directory without {CONFIG_FILE}; refusing to replace it with a model"
-            )
-        with atomic_path(path, replace_directory=earlier_save) as tmp:
+        earlier_save = (path / CONFIG_FILE).is_file()
+        with artefact_directory(path, "model", overwrite=earlier_save) as tmp:
             write_directory(tmp, self.merged_backbone(), self.tokenizer, self.config, self.embedding_dim)
             # The settings sentence-transformers has no place for (LoRA, cutting, EOS), for Retriever.load.
             settings = json.dumps(self.config.to_dict(), indent=2, ensure_ascii=False)
             (tmp / CONFIG_FILE).write_text(settings + "\n", encoding="utf-8")
+            write_manifest(tmp, "model")  # every file's checksum, verified when it is loaded
         return path
+
+
+def _check_hf_config(path: Path) -> None:
+    """config.json is a JSON object whose sizes are integers (named with the file, not a traceback)."""
+    if not path.is_file():
+        return  # transformers says what is missing
+    config = read_json_file(path)
+    for name in _HF_CONFIG_INTEGERS:
+        problem = type_problem(config[name], int | None) if name in config else None
+        if problem:
+            raise DataFormatError(path, None, name, problem)

@@ -21,6 +21,7 @@ from typing import Any
 
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from dreamir.data.errors import read_json_file
 from dreamir.retriever.backbone import cap_length
 from dreamir.retriever.config import Pooling, RetrieverConfig
 from dreamir.similarity import SIMILARITIES
@@ -48,7 +49,7 @@ def read_directory(root: Path) -> tuple[Path, RetrieverConfig | None]:
     modules_file = root / "modules.json"
     if not modules_file.is_file():
         return root, None
-    modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    modules = read_json_file(modules_file, list)
     model_dir = root
     pooling: Pooling | None = None
     compress_tokens = RetrieverConfig.compress_tokens
@@ -64,26 +65,26 @@ def read_directory(root: Path) -> tuple[Path, RetrieverConfig | None]:
             normalize = True
         elif module["type"] == _COMPRESS_MODULE:
             pooling = "compress"
-            compress_config = json.loads((module_dir / "config.json").read_text(encoding="utf-8"))
+            compress_config = read_json_file(module_dir / "config.json")
             compress_tokens = int(compress_config["compress_tokens"])
         else:
             raise ValueError(f"unsupported sentence-transformers module {module['type']!r} in {root}")
 
     st_cfg_file = model_dir / "sentence_bert_config.json"
-    st_cfg = json.loads(st_cfg_file.read_text(encoding="utf-8")) if st_cfg_file.is_file() else {}
+    st_cfg = read_json_file(st_cfg_file) if st_cfg_file.is_file() else {}
     if st_cfg.get("do_lower_case"):
         logger.warning("%s sets do_lower_case, which Retriever does not apply", root)
     max_length = st_cfg.get("max_seq_length")
     if max_length is None:
         # Newer ST versions keep the limit only in the tokenizer (capped by the position table).
         tok_cfg_file = model_dir / "tokenizer_config.json"
-        tok_cfg = json.loads(tok_cfg_file.read_text(encoding="utf-8")) if tok_cfg_file.is_file() else {}
+        tok_cfg = read_json_file(tok_cfg_file) if tok_cfg_file.is_file() else {}
         max_length = tok_cfg.get("model_max_length") or RetrieverConfig.max_length
         hf_cfg = AutoConfig.from_pretrained(model_dir, local_files_only=True)
         max_length = cap_length(int(min(max_length, 10**9)), hf_cfg)
 
     model_cfg_file = root / _MODEL_CONFIG_FILE
-    model_cfg = json.loads(model_cfg_file.read_text(encoding="utf-8")) if model_cfg_file.is_file() else {}
+    model_cfg = read_json_file(model_cfg_file) if model_cfg_file.is_file() else {}
     prompts: dict[str, str] = model_cfg.get("prompts") or {}
     # sentence-transformers' own default when a directory names none.
     similarity = model_cfg.get("similarity_fn_name") or "cosine"
@@ -131,12 +132,12 @@ def write_directory(
     config: RetrieverConfig,
     embedding_dim: int,
 ) -> None:
-    """Write the sentence-transformers directory ``out`` (it must be new) for ``backbone`` (LoRA merged)."""
+    """Write the sentence-transformers directory ``out`` (new or empty) for ``backbone`` (LoRA merged)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling as StPooling
 
-    out.mkdir()
+    out.mkdir(exist_ok=True)
     old_max = tokenizer.model_max_length
     try:
         # So that plain HF / ST loaders truncate where we do.

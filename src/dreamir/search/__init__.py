@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dreamir.search.base import Hits, IndexFormatError, Run, SearchIndex, read_index_info
+from dreamir.search.base import Hits, IndexFormatError, Run, SearchIndex, read_index_info, verify_index
 from dreamir.search.bm25 import BM25Index, bm25_run, mine_candidates
 from dreamir.search.dense import DenseIndex, ExactIndex, FaissIndex, QueryEncoder, exact_search
 
@@ -14,13 +14,16 @@ _KINDS: dict[str, type[SearchIndex]] = {cls.kind: cls for cls in (BM25Index, Exa
 
 def load_index(directory: str | Path, encode_queries: QueryEncoder | None = None) -> SearchIndex:
     """Any index written by ``SearchIndex.save``; dense ones search texts with ``encode_queries``."""
+    manifest = verify_index(
+        directory
+    )  # checksums first: a damaged index.json is a damaged file, not bad JSON
     kind = read_index_info(directory)["kind"]
     if kind not in _KINDS:
         raise IndexFormatError(directory, f"unknown index kind {kind!r} (known: {', '.join(_KINDS)})")
     if kind == BM25Index.kind:
-        return BM25Index.load(directory)
+        return BM25Index.load(directory, manifest=manifest)
     dense: type[DenseIndex] = _KINDS[kind]  # type: ignore[assignment]
-    return dense.load(directory, encode_queries)
+    return dense.load(directory, encode_queries, manifest=manifest)
 
 
 __all__ = [

@@ -8,10 +8,10 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from dreamir.data.errors import DataFormatError
-from dreamir.io import atomic_path
+from dreamir.artefacts import artefact_directory, verify, write_manifest
+from dreamir.data.errors import DataFormatError, read_json_file, type_problem
 
 INDEX_FILE = "index.json"
 DOC_IDS_FILE = "doc_ids.json"
@@ -21,6 +21,26 @@ TITLES_FILE = "titles.json"
 Hits = list[list[tuple[str, float]]]
 # {query_id: {doc_id: score}}, what pytrec_eval and TREC run files hold.
 Run = dict[str, dict[str, float]]
+# The fields of index.json and their types (checked when read, so an edited file is named, not a traceback).
+INFO_FIELDS: dict[str, Any] = {
+    "kind": str,
+    "documents": int,
+    "model": str,
+    "model_path": str,
+    "corpus": str,
+    "similarity": str,
+    "dimension": int,
+    "faiss": Literal["flat", "hnsw"],
+    "hnsw_m": int,
+    "ef_construction": int,
+    "ef_search": int,
+    "method": str,
+    "k1": float,
+    "b": float,
+    "stemmer": str | None,
+    "stopwords": str | None,
+    "build_seconds": float,
+}
 
 
 class IndexFormatError(DataFormatError):
@@ -70,22 +90,32 @@ class SearchIndex(ABC):
         directory: str | Path,
         metadata: Mapping[str, Any] | None = None,
         titles: Sequence[str] | None = None,
+        *,
+        provenance: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
     ) -> Path:
-        """Write the index atomically; ``metadata`` (e.g. the model that encoded it) joins index.json and
-        ``titles`` (one per document, for display) go to titles.json."""
+        """Write the index as a whole (see dreamir.artefacts: a new directory, or one holding an earlier
+        index); ``metadata`` (e.g. the model that encoded it) joins index.json, ``titles`` (one per document,
+        for display) go to titles.json and ``provenance`` (command, model, corpus) to the manifest."""
         if titles is not None and len(titles) != len(self.doc_ids):
             raise ValueError(f"{len(titles)} titles but {len(self.doc_ids)} documents")
         directory = Path(directory)
-        earlier = (directory / INDEX_FILE).is_file()
-        with atomic_path(directory, replace_directory=earlier) as tmp:
-            tmp.mkdir()
+        with artefact_directory(directory, "index", overwrite) as tmp:
             self._save_files(tmp)
             (tmp / DOC_IDS_FILE).write_text(json.dumps(self.doc_ids, ensure_ascii=False), encoding="utf-8")
             if titles is not None:
                 (tmp / TITLES_FILE).write_text(json.dumps(list(titles), ensure_ascii=False), encoding="utf-8")
             info = {"kind": self.kind, "documents": len(self.doc_ids), **self.settings(), **(metadata or {})}
             (tmp / INDEX_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", "utf-8")
+            write_manifest(tmp, "index", **(provenance or {}))
         return directory
+
+
+def verify_index(directory: str | Path) -> dict[str, Any] | None:
+    """Every file of the index matches its checksum (its manifest, None for an index older than manifests)."""
+    if not (Path(directory) / INDEX_FILE).is_file():
+        raise IndexFormatError(directory, f"no {INDEX_FILE}: not an index written by `dreamir index`")
+    return verify(directory, ("index",))
 
 
 def read_index_info(directory: str | Path) -> dict[str, Any]:
@@ -93,23 +123,50 @@ def read_index_info(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / INDEX_FILE
     if not path.is_file():
         raise IndexFormatError(directory, f"no {INDEX_FILE}: not an index written by `dreamir index`")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise IndexFormatError(path, f"malformed JSON: {error.msg} (line {error.lineno})") from None
-    if not isinstance(info, dict) or not isinstance(info.get("kind"), str):
-        raise IndexFormatError(path, "field 'kind': expected the index kind (a string)")
+    info = read_json_file(path)
+    if "kind" not in info:
+        raise DataFormatError(path, None, "kind", "missing (the index kind)")
+    for name, annotation in INFO_FIELDS.items():
+        problem = type_problem(info[name], annotation) if name in info else None
+        if problem:
+            raise DataFormatError(path, None, name, problem)
     return info
 
 
 def read_doc_ids(directory: str | Path) -> list[str]:
+    """doc_ids.json: distinct strings (a repeated id would return one document for another)."""
     path = Path(directory) / DOC_IDS_FILE
     if not path.is_file():
         raise IndexFormatError(directory, f"no {DOC_IDS_FILE}")
-    doc_ids = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(doc_ids, list) or not all(isinstance(i, str) for i in doc_ids):
-        raise IndexFormatError(path, "expected a JSON list of document ids (strings)")
+    doc_ids = read_json_file(path, list)
+    seen: dict[str, int] = {}
+    for position, doc_id in enumerate(doc_ids):
+        if not isinstance(doc_id, str):
+            raise DataFormatError(
+                path, None, f"[{position}]", f"expected a document id (a string), got {doc_id!r}"
+            )
+        if doc_id in seen:
+            raise DataFormatError(
+                path, None, f"[{position}]", f"duplicate document id {doc_id!r} (also at [{seen[doc_id]}])"
+            )
+        seen[doc_id] = position
     return doc_ids
+
+
+def read_titles(directory: str | Path, documents: int) -> list[str]:
+    """titles.json (one string per document; none when the index has no titles file)."""
+    path = Path(directory) / TITLES_FILE
+    if not path.is_file():
+        return [""] * documents
+    titles = read_json_file(path, list)
+    if len(titles) != documents:
+        raise IndexFormatError(path, f"{len(titles)} titles but {documents} document ids")
+    problem = next((i for i, title in enumerate(titles) if not isinstance(title, str)), None)
+    if problem is not None:
+        raise DataFormatError(
+            path, None, f"[{problem}]", f"expected a title (a string), got {titles[problem]!r}"
+        )
+    return titles
 
 
 def hits_from_arrays(doc_ids: Sequence[str], indices: Any, scores: Any) -> Hits:

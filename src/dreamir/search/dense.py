@@ -7,7 +7,7 @@ models; ``search_vectors`` takes query vectors directly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -22,6 +22,7 @@ from dreamir.search.base import (
     hits_from_arrays,
     read_doc_ids,
     read_index_info,
+    verify_index,
 )
 from dreamir.similarity import SIMILARITIES, prepare
 
@@ -141,26 +142,67 @@ class DenseIndex(SearchIndex):
         return {"similarity": self.similarity, "dimension": self.dimension}
 
     @classmethod
-    def load(cls, directory: str | Path, encode_queries: QueryEncoder | None = None) -> DenseIndex:
+    def load(
+        cls,
+        directory: str | Path,
+        encode_queries: QueryEncoder | None = None,
+        *,
+        manifest: Mapping[str, Any] | bool | None = False,
+    ) -> DenseIndex:
+        """The index in ``directory``, its files verified against their checksums (unless the caller did,
+        passing the ``manifest`` verify_index returned) and its vectors finite."""
+        if manifest is False:
+            manifest = verify_index(directory)
         info = read_index_info(directory)
         if info["kind"] != cls.kind:
             raise IndexFormatError(directory, f"holds a {info['kind']!r} index, not a {cls.kind!r} index")
+        if info.get("similarity", "cosine") not in SIMILARITIES:
+            raise IndexFormatError(
+                Path(directory) / "index.json", f"field 'similarity': one of {SIMILARITIES} expected"
+            )
         index = cls.__new__(cls)
         index.doc_ids = read_doc_ids(directory)
         index.similarity = info.get("similarity", "cosine")
         index.encode_queries = encode_queries
-        index._load_files(Path(directory), info)
-        index.dimension = int(info["dimension"])
+        index.manifest = manifest
+        vectors = index._load_files(Path(directory), info)
+        _check_stored_vectors(vectors, len(index.doc_ids), Path(directory) / index.files[0])
+        index.dimension = int(vectors.shape[1])
+        if info.get("dimension", index.dimension) != index.dimension:
+            raise IndexFormatError(
+                Path(directory) / "index.json",
+                f"field 'dimension': {info['dimension']}, but the stored vectors have {index.dimension}",
+            )
         return index
 
-    def _load_files(self, directory: Path, info: dict[str, Any]) -> None:
+    # The file holding the vectors (named in messages).
+    files: ClassVar[tuple[str, ...]]
+
+    def _load_files(self, directory: Path, info: dict[str, Any]) -> np.ndarray:
+        """Read the index's own files; return the stored vectors (checked by the caller)."""
         raise NotImplementedError
+
+
+def _check_stored_vectors(vectors: np.ndarray, documents: int, path: Path) -> None:
+    """Refuse stored vectors that do not match the ids or are not finite (a NaN row would silently drop
+    its document from every ranking)."""
+    if vectors.ndim != 2 or vectors.shape[0] != documents:
+        raise IndexFormatError(
+            path, f"holds vectors of shape {vectors.shape}, but there are {documents} document ids"
+        )
+    rows = ~np.isfinite(vectors).all(axis=1)
+    if rows.any():
+        raise IndexFormatError(
+            path,
+            f"{int(rows.sum())} of {documents} stored vectors hold NaN or infinite values (first: row {int(rows.argmax())})",
+        )
 
 
 class ExactIndex(DenseIndex):
     """Every document scored for every query (numpy): the reference the approximate indexes are checked against."""
 
     kind = "exact"
+    files = (EMBEDDINGS_FILE,)
 
     def _build(self, vectors: np.ndarray) -> None:
         self.vectors = vectors
@@ -171,15 +213,19 @@ class ExactIndex(DenseIndex):
     def _save_files(self, directory: Path) -> None:
         np.save(directory / EMBEDDINGS_FILE, self.vectors)
 
-    def _load_files(self, directory: Path, info: dict[str, Any]) -> None:
+    def _load_files(self, directory: Path, info: dict[str, Any]) -> np.ndarray:
         path = directory / EMBEDDINGS_FILE
         if not path.is_file():
             raise IndexFormatError(directory, f"no {EMBEDDINGS_FILE}")
-        self.vectors = np.load(path, allow_pickle=False)
-        if self.vectors.shape[0] != len(self.doc_ids):
+        try:
+            self.vectors = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise IndexFormatError(path, f"cannot be read as a numpy array ({error})") from None
+        if not np.issubdtype(self.vectors.dtype, np.floating):
             raise IndexFormatError(
-                path, f"{self.vectors.shape[0]} vectors but {len(self.doc_ids)} document ids"
+                path, f"holds {self.vectors.dtype} values, expected floating-point vectors"
             )
+        return self.vectors
 
 
 class FaissIndex(DenseIndex):
@@ -187,6 +233,7 @@ class FaissIndex(DenseIndex):
     approximate; ``hnsw_m`` links per node, ``ef_construction``/``ef_search`` the build/search beam)."""
 
     kind = "faiss"
+    files = (FAISS_FILE,)
 
     def __init__(
         self,
@@ -231,14 +278,36 @@ class FaissIndex(DenseIndex):
 
         faiss.write_index(self.index, str(directory / FAISS_FILE))
 
-    def _load_files(self, directory: Path, info: dict[str, Any]) -> None:
+    def _load_files(self, directory: Path, info: dict[str, Any]) -> np.ndarray:
         import faiss
 
         path = directory / FAISS_FILE
         if not path.is_file():
             raise IndexFormatError(directory, f"no {FAISS_FILE}")
-        self.faiss_kind = info.get("faiss", "flat")
+        try:
+            self.index = faiss.read_index(str(path))
+        except Exception as error:  # FAISS raises RuntimeError with a C++ trace for any unreadable file
+            cause = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+            raise IndexFormatError(
+                path, f"cannot be read by FAISS (truncated or not a FAISS index: {cause})"
+            ) from None
+        # What the file holds decides, and index.json must agree (a flat index has no HNSW settings).
+        stored = "hnsw" if isinstance(self.index, faiss.IndexHNSW) else "flat"
+        if not isinstance(self.index, faiss.IndexHNSW | faiss.IndexFlat):
+            raise IndexFormatError(
+                path, f"holds a {type(self.index).__name__}, not a flat or HNSW FAISS index"
+            )
+        if info.get("faiss", "flat") != stored:
+            raise IndexFormatError(
+                directory / "index.json",
+                f"field 'faiss': says {info.get('faiss', 'flat')!r}, but {FAISS_FILE} holds a {stored} index",
+            )
+        self.faiss_kind = stored
         self.hnsw = {key: int(info[key]) for key in ("hnsw_m", "ef_construction", "ef_search") if key in info}
-        self.index = faiss.read_index(str(path))
-        if self.index.ntotal != len(self.doc_ids):
-            raise IndexFormatError(path, f"{self.index.ntotal} vectors but {len(self.doc_ids)} document ids")
+        if stored == "hnsw":
+            self.hnsw.setdefault("ef_search", int(self.index.hnsw.efSearch))
+        return (
+            self.index.reconstruct_n(0, self.index.ntotal)
+            if self.index.ntotal
+            else np.zeros((0, self.index.d), "float32")
+        )
