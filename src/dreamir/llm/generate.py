@@ -3,7 +3,6 @@ dtype dreamir.precision chooses."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from transformers import (
     AutoTokenizer,
     DynamicCache,
     LogitsProcessorList,
+    StaticCache,
     TemperatureLogitsWarper,
     TopPLogitsWarper,
 )
@@ -159,25 +159,41 @@ class QueryGenerator:
     ) -> list[list[int]]:
         """Generate a reply for each suffix, every one continuing the shared prefix's cache.
 
-        The suffixes are left-padded after the prefix ([prefix][pads][suffix]); the pads are masked and
-        the positions skip them, so each row computes what it would alone.
+        The suffixes are left-padded after the prefix ([prefix][pads][suffix][reply]); the pads are masked
+        and the positions skip them, so each row computes what it would alone. The keys and values live in
+        one preallocated cache written in place: a growing cache would copy all of them, shared prefix
+        included, at every generated token, which on a CPU costs more than the token's own computation.
         """
         settings = self.settings
         rows, width = len(suffixes), max(len(s) for s in suffixes)
         input_ids = torch.full((rows, width), self.tokenizer.pad_token_id, dtype=torch.long)
-        suffix_mask = torch.zeros(rows, width, dtype=torch.long)
+        suffix_mask = torch.zeros(rows, width, dtype=torch.bool)
         for row, ids in enumerate(suffixes):
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            suffix_mask[row, width - len(ids) :] = 1
-        attention_mask = torch.cat([torch.ones(rows, shared_length, dtype=torch.long), suffix_mask], dim=1)
-        positions = (shared_length + suffix_mask.cumsum(1) - 1).clamp(min=shared_length)
-        cache = copy.deepcopy(shared_cache)
-        cache.batch_repeat_interleave(rows)
+            suffix_mask[row, width - len(ids) :] = True
+        positions = (shared_length + suffix_mask.long().cumsum(1) - 1).clamp(min=shared_length)
+        slots = shared_length + width + settings.max_new_tokens
+        cache = StaticCache(config=self.model.config, max_cache_len=slots)
+        for layer, shared in zip(cache.layers, shared_cache.layers, strict=True):
+            expand = (rows, -1, -1, -1)
+            layer.update(shared.keys.expand(expand), shared.values.expand(expand))
+        # Which slots hold a real key: the prefix, the suffix's tokens (not its pads), each reply token once
+        # written. A query at slot i sees the real keys at slots <= i.
+        written = torch.zeros(rows, slots, dtype=torch.bool)
+        written[:, :shared_length] = True
+        written[:, shared_length : shared_length + width] = suffix_mask
+        slot_index = torch.arange(slots)
+
+        def mask_for(query_slots: torch.Tensor) -> torch.Tensor:
+            causal = slot_index[None, :] <= query_slots[:, None]  # [queries, slots]
+            return written[:, None, None, :] & causal[None, None]  # [rows, 1, queries, slots]
+
+        query_slots = torch.arange(shared_length, shared_length + width)
         # Only the last position's logits are read: the output projection over the whole vocabulary at
         # every prompt position would be about a fifth of the prompt's cost.
         logits = self.model(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=mask_for(query_slots),
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
@@ -185,26 +201,20 @@ class QueryGenerator:
         ).logits[:, -1]
         next_position = shared_length + suffix_mask.sum(1)
         stop = torch.tensor(sorted(self._stop_ids))
+        finished = torch.zeros(rows, dtype=torch.bool)
         replies: list[list[int]] = [[] for _ in range(rows)]
-        # The rows still generating, as indices into ``replies``: a row that has finished leaves the
-        # batch (and its cache), so the rest do not carry it to the longest reply.
-        active = torch.arange(rows)
         for step in range(settings.max_new_tokens):
             token = self._pick(logits.float())
-            for row, value in zip(active.tolist(), token.tolist(), strict=True):
-                replies[row].append(value)
-            going = ~torch.isin(token, stop)
-            if not bool(going.any()) or step == settings.max_new_tokens - 1:
+            for row in (~finished).nonzero().flatten().tolist():
+                replies[row].append(int(token[row]))
+            finished |= torch.isin(token, stop)
+            if bool(finished.all()) or step == settings.max_new_tokens - 1:
                 break
-            if not bool(going.all()):
-                keep = going.nonzero().flatten()
-                cache.batch_select_indices(keep)
-                active, token = active[keep], token[keep]
-                attention_mask, next_position = attention_mask[keep], next_position[keep]
-            attention_mask = torch.cat([attention_mask, torch.ones(len(active), 1, dtype=torch.long)], dim=1)
+            slot = shared_length + width + step
+            written[:, slot] = True
             logits = self.model(
                 input_ids=token[:, None],
-                attention_mask=attention_mask,
+                attention_mask=mask_for(torch.tensor([slot])),
                 position_ids=next_position[:, None],
                 past_key_values=cache,
                 use_cache=True,
