@@ -270,18 +270,18 @@ def diagnose(
 def print_table(name: str, result: dict) -> None:
     print(f"\n{name}: {result['examples']} examples, heads {result['heads']}")
     header = (
-        f"{'pool':<9} {'teacher':<18} {'top-1':>6} {'mass':>6} {'right|R wrong':>14} {'wrong|R right':>14}"
+        f"{'pool':<15} {'teacher':<18} {'top-1':>6} {'mass':>6} {'right|R wrong':>14} {'wrong|R right':>14}"
     )
     print(header)
     for pool, summary in result["pools"].items():
         label = f"{pool} ({summary['mean_pool_size']:.1f})"
         for teacher, row in summary["teachers"].items():
             print(
-                f"{label:<9} {teacher:<18} {row['gold_top1']:6.3f} {row['gold_mass']:6.3f} "
+                f"{label:<15} {teacher:<18} {row['gold_top1']:6.3f} {row['gold_mass']:6.3f} "
                 f"{row['right_where_retriever_wrong']:14.3f} {row['wrong_where_retriever_right']:14.3f}"
             )
             label = ""
-        print(f"{'':<9} target loss at uniform p {summary['target_loss_at_uniform']:.3f} nats")
+        print(f"{'':<15} target loss at uniform p {summary['target_loss_at_uniform']:.3f} nats")
 
 
 def main() -> None:
