@@ -78,6 +78,8 @@ def test_in_batch_prompts_hold_every_candidate_of_the_batch_once(tiny_bert_dir, 
     assert len(expected) == 6 and batch.candidate_mask.all()
     for row in batch.document_ids:
         assert Counter(map(tuple, row)) == expected
+    # The rows read the same cached documents: their keys and values are held once, not once per row.
+    assert llm._prefix_cache(batch).keys.shape[1] == 1
     # p is a distribution over the whole pool, and the one the retriever's scores give.
     assert probs.shape == (3, 6)
     torch.testing.assert_close(probs.sum(-1), torch.ones(3), atol=1e-6, rtol=0)

@@ -1,5 +1,9 @@
 """DREAM: the retriever's distribution over candidates is written into the frozen LLM's query-focused heads,
-and the LLM's next-token loss on the target is the retriever's loss. No relevance labels are used."""
+and the LLM's next-token loss on the target is the retriever's loss. No relevance labels are used.
+
+With ``dream_candidates="batch"`` a query's prompt holds every distinct candidate of the batch (its own and the
+other queries'), and p is the softmax over all of them: the LLM's judgement then also pushes away passages
+that do not help this query, not only its own BM25 neighbours."""
 
 from __future__ import annotations
 

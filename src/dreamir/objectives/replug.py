@@ -1,6 +1,11 @@
 """REPLUG-LSR, the LM-supervised baseline: the frozen LLM scores each candidate alone,
 q_k = softmax_k(log P_LLM(target | d_k, query) / beta), and the retriever's p is pulled towards q with
-KL(q || p). Label-free, same frozen LLM, one no-grad LLM pass per candidate (batched)."""
+KL(q || p). Label-free, same frozen LLM, one no-grad LLM pass per candidate (batched).
+
+For a fair comparison with DREAM's in-batch candidates, ``replug_candidates="batch"`` gives q and p the very
+pool ``dream_candidates="batch"`` gives DREAM (every distinct candidate of the batch). Its cost then grows
+with the pool: one pass per (query, pool passage), B x P per step where DREAM reads B prompts (each judgement
+is computed once and kept, so a pair seen again costs nothing)."""
 
 from __future__ import annotations
 
