@@ -38,15 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from compare import Settings, prepare  # benchmarks/compare.py: its Factbook data and head file
 from torch import Tensor
 
 from dreamir import precision as compute
 from dreamir.adapt import AdaptArguments, prepare_examples, read_derived
-from dreamir.arguments import HeadSelectionArguments
 from dreamir.data.beir import Document
 from dreamir.data.corpus_examples import with_pseudo_gold
 from dreamir.data.training import TrainingExample, read_training_file
-from dreamir.datasets.factbook import build_factbook
 from dreamir.io import write_json_atomic
 from dreamir.llm.frozen import FrozenLLM
 from dreamir.llm.heads import HeadSet
@@ -55,7 +54,7 @@ from dreamir.models import MINILM, SMOLLM2, resolve_model
 from dreamir.objectives import DreamLoss, ReplugLoss, TrainingInstance
 from dreamir.retriever import Retriever
 from dreamir.search.bm25 import BM25Index
-from dreamir.workflow import load_corpus, select_heads
+from dreamir.workflow import load_corpus
 
 POOL_SIZES = (8, 16, 32)
 IN_BATCH = "in-batch"
@@ -76,28 +75,20 @@ class LabelledSet:
 
 # ---- examples -------------------------------------------------------------------------------------------
 def factbook_set(args: argparse.Namespace) -> LabelledSet:
-    work = Path(args.work)
-    data = work / "factbook"
-    if not (data / "meta.json").exists():
-        build_factbook(data, seed=args.seed)
+    """compare.py's Factbook data and head file under --work (built there once, reused from there)."""
+    settings = Settings(
+        work=args.work,
+        num_heads=args.num_heads,
+        calibration_examples=args.calibration_examples,
+        seed=args.seed,
+        document_layout=args.document_layout,
+        # compare.py scores heads only for DREAM: not when a head file is given.
+        objectives="replug" if args.heads else "dream",
+    )
+    data, _, heads = prepare(settings)
     corpus = load_corpus(data)
-    # compare.py's names: its Factbook head file is reused with --work runs/compare.
-    default = "heads_qr_parallel.json" if args.document_layout == "parallel" else "heads_qr.json"
-    heads = Path(args.heads) if args.heads else work / default
-    if not heads.exists():
-        select_heads(
-            HeadSelectionArguments(
-                calibration=str(data / "calibration.jsonl"),
-                corpus=str(data),
-                out=str(heads),
-                top_k=max(args.num_heads, 64),
-                max_examples=args.calibration_examples,
-                document_layout=args.document_layout,
-                seed=args.seed,
-                show_progress=False,
-            )
-        )
     examples = [e for e in read_training_file(data / "train.jsonl")[200:] if e.gold_id in corpus]
+    heads = Path(args.heads) if args.heads else heads
     return LabelledSet("factbook", _sample(examples, args), corpus, {}, heads, max_target_tokens=16)
 
 
