@@ -13,10 +13,13 @@ Times, on SmolLM2-135M with K candidates of (up to) 128 tokens and a target of a
       same precision (the default step in training),
   (d') (d) with the retriever in the other precision, only where bf16 is native (elsewhere emulated bf16
       would take tens of times longer and say nothing about a real run),
-  (e) the document cache's build rate: the same candidates encoded once (--precision, batches of 8) and stored.
-(a), (b), (d) and (d') include the retriever's forward and backward (all-MiniLM-L6-v2; float32 in (a) and
+  (e) the document cache's build rate: the same candidates encoded once (--precision, batches of 8) and stored,
+  (f) (d) with in-batch candidates (--dream-candidates batch): every prompt holds every distinct candidate of
+      the batch (batch size x K here, none shared) and p covers all of them; the same documents are read from
+      the cache, the suffix attends to more cached keys.
+(a), (b), (d), (d') and (f) include the retriever's forward and backward (all-MiniLM-L6-v2; float32 in (a) and
 (b)) in training mode, as the trainer runs it (dropout on; on a CPU eager attention). The steps are
-interleaved: each batch goes through (a), (b), (c), the retriever alone, (d) and (d') in turn, so that all
+interleaved: each batch goes through (a), (b), (c), the retriever alone, (d), (d') and (f) in turn, so that all
 of them meet the process in the same state. The processor (its vector instruction set, whether bf16 is
 native) and every dtype are printed and recorded. Peak memory is the growth of the heap in use (glibc mallinfo2,
 sampled every 5 ms) over its level before each measurement on CPU, or torch.cuda.max_memory_allocated on a
@@ -183,13 +186,16 @@ def main() -> None:
     build = builder.cache_documents(documents)
     del builder
 
-    def cached_objective(retriever_precision: str) -> DreamLoss:
+    def cached_objective(retriever_precision: str, candidates: str = "own") -> DreamLoss:
         """(d) with the retriever at this precision: a fresh LLM instance whose memory is empty, so every
         entry is read from the shards on disk (as in a long run)."""
         cached_llm = FrozenLLM(
             llm.model, llm.tokenizer, llm.heads, **parallel, document_cache_dir=cache_dir.name
         )
-        return DreamLoss(retriever, cached_llm, retriever_precision=retriever_precision).train()
+        loss = DreamLoss(
+            retriever, cached_llm, retriever_precision=retriever_precision, candidates=candidates
+        )
+        return loss.train()
 
     def step(reuse_prefix: bool, batch, loss=objective):
         loss.reuse_prefix = reuse_prefix
@@ -215,12 +221,14 @@ def main() -> None:
     other = "float32" if dtype == "bfloat16" else "bfloat16"
     retriever_dtypes = [dtype, other] if compute.native_bf16(device) else [dtype]
     cached = {p: cached_objective(p) for p in retriever_dtypes}
+    in_batch = cached_objective(dtype, "batch")  # (f)
     steps = {
         "reference": lambda i, b: step(False, b),
         "optimized": lambda i, b: step(True, b),
         "floor": floor_in(llm),
         "retriever": retriever_only,
         **{f"cached_{p}": (lambda i, b, loss=loss: step(True, b, loss)) for p, loss in cached.items()},
+        "cached_in_batch": lambda i, b: step(True, b, in_batch),
     }
     if dtype != "float32":
         steps["floor_same_dtype"] = floor_in(FrozenLLM(llm.model, llm.tokenizer, precision=dtype))
@@ -254,6 +262,7 @@ def main() -> None:
     # (d): the retriever in the run's dtype, as `dreamir train` runs it by default; (d') the other one.
     cached_s, cached_mem = measured[f"cached_{dtype}"]
     other_s, other_mem = measured.get(f"cached_{other}", (float("nan"), 0))
+    in_batch_s, in_batch_mem = measured["cached_in_batch"]
     # (d) divided by a floor of its own dtype family (c' where bf16, c where float32).
     same_floor_s = measured["floor_same_dtype"][0] if dtype != "float32" else floor_s
     cache_dir.cleanup()
@@ -274,6 +283,10 @@ def main() -> None:
         "cached_over_floor": cached_s / same_floor_s,
         "cached_over_float32_floor": cached_s / floor_s,
         "cached_speedup_over_optimized": optimized_s / cached_s,
+        "cached_in_batch_s": in_batch_s,
+        "cached_in_batch_over_cached": in_batch_s / cached_s,
+        "cached_in_batch_peak_mb": in_batch_mem / 2**20,
+        "in_batch_pool_size": len({d.doc_id for x in batches[0] for d in x.documents}),
         "cache_build_docs_per_s": build.documents_per_second,
         "cache_bytes_per_doc": build.bytes_per_document,
         "cache_documents_built": build.documents,
@@ -319,6 +332,10 @@ def main() -> None:
     print(
         f"(e) cache build {build.documents} documents at {build.documents_per_second:.1f} docs/s, "
         f"{build.bytes_per_document / 2**20:.2f} MiB/document"
+    )
+    print(
+        f"(f) (d) with in-batch candidates ({result['in_batch_pool_size']} per prompt) median {in_batch_s:7.3f} s   "
+        f"peak +{result['cached_in_batch_peak_mb']:8.1f} MB   f/d = {result['cached_in_batch_over_cached']:.2f}"
     )
     print(f"cached_over_floor d/c = {result['cached_over_floor']:.2f}   (goal <= 0.3; both {dtype})")
     if dtype != "float32":

@@ -18,11 +18,13 @@ from dreamir.checkpoints import CheckpointError
 from dreamir.data.sampling import SamplingArguments
 from dreamir.data.training import TrainingExample
 from dreamir.llm.frozen import FrozenLLM
+from dreamir.llm.prompt import PromptSettings
 from dreamir.objectives import DreamLoss, InfoNCELoss
 from dreamir.retriever import Retriever, RetrieverConfig
 from dreamir.trainer import Trainer, TrainingArguments
 from tests.test_dream_objective import CORPUS, EXAMPLES
 
+# "dream-batch": in-batch candidates (the pool of every process's queries).
 # "dream-uneven": targets of very different lengths, so each process's mean covers another number of tokens.
 UNEVEN_EXAMPLES = [
     TrainingExample(e.query, e.target + " is the capital" * (3 * i), e.candidate_ids, gold_id=e.gold_id)
@@ -53,6 +55,12 @@ def build(objective: str, bert_dir: str, llama_dir: str):
             module.p = 0.0
     if objective == "infonce":
         return InfoNCELoss(retriever)
+    if objective == "dream-batch":
+        # In-batch candidates in the layout they are meant for: every process's queries' candidates in
+        # every prompt, read from the document cache.
+        parallel = PromptSettings(document_layout="parallel")
+        llm = FrozenLLM.from_pretrained(llama_dir, heads=[(0, 1), (1, 2)], prompt=parallel)
+        return DreamLoss(retriever, llm, candidates="batch")
     return DreamLoss(retriever, FrozenLLM.from_pretrained(llama_dir, heads=[(0, 1), (1, 2)]))
 
 

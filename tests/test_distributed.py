@@ -70,8 +70,9 @@ def _assert_close(a: dict, b: dict, atol: float) -> None:
         torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=name)
 
 
-# dream-uneven: targets of unequal lengths, so the processes' means cover unequal token counts.
-@pytest.mark.parametrize("objective", ["infonce", "dream", "dream-uneven"])
+# dream-uneven: targets of unequal lengths, so the processes' means cover unequal token counts;
+# dream-batch: in-batch candidates, whose pool holds every process's candidates.
+@pytest.mark.parametrize("objective", ["infonce", "dream", "dream-uneven", "dream-batch"])
 def test_two_processes_with_batch_b_step_like_one_process_with_batch_2b(
     objective, tmp_path, tiny_bert_dir, tiny_llama_dir
 ):
@@ -81,8 +82,8 @@ def test_two_processes_with_batch_b_step_like_one_process_with_batch_2b(
     one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4)
     assert [r["grad_norm"] for r in two] == pytest.approx([r["grad_norm"] for r in one], rel=1e-3)
-    if objective == "infonce":
-        # In-batch negatives are gathered: both see the pool one process with the whole batch builds.
+    if objective in ("infonce", "dream-batch"):
+        # In-batch candidates are gathered: both see the pool one process with the whole batch builds.
         assert [r["pool_size"] for r in two] == [r["pool_size"] for r in one]
     before = load_file(Path(tiny_bert_dir) / "model.safetensors")
     after = _weights(tmp_path / "one")

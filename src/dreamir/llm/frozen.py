@@ -210,6 +210,10 @@ class FrozenLLM(FrozenCausalLM):
         unique = list({tuple(d): d for row in batch.document_ids for d in row}.values())
         entries = dict(zip(map(tuple, unique), self.documents.get(batch.prefix_ids, unique), strict=True))
         rows = [[entries[tuple(d)] for d in row] for row in batch.document_ids]
+        if all(row == batch.document_ids[0] for row in batch.document_ids[1:]):
+            # Every row reads the same documents (in-batch candidates: the batch's pool): one copy of their
+            # keys and values, broadcast over the rows by the attention, instead of one copy per row.
+            rows = rows[:1]
         keys, values = stack_document_keys_values(batch, self._prefix_entry(batch.prefix_ids), rows)
         dtype = self.documents.dtype
         return ConstantPrefix(keys.to(self.device, dtype), values.to(self.device, dtype))

@@ -69,7 +69,8 @@ class DocumentMassProbe:
 class ConstantPrefix:
     """Keys and values of everything before a forward's own tokens, [layers, B, kv_heads, P, head_dim]
     each, computed without autograd (a document cache, a no-grad pass): the attention reads them as they
-    are, without a transformers cache that would concatenate them with the new keys in every layer."""
+    are, without a transformers cache that would concatenate them with the new keys in every layer. B is 1
+    when every row has the same prefix (broadcast over the rows)."""
 
     keys: Tensor
     values: Tensor
@@ -160,8 +161,11 @@ def _select_heads_kv(tensor: Tensor, heads: Tensor, groups: int) -> Tensor:
 
 
 def _after_prefix(prefix: Tensor | None, tensor: Tensor) -> Tensor:
-    """``tensor`` (keys or values) after the prefix's, along the sequence."""
-    return tensor if prefix is None else torch.cat([prefix.to(tensor.dtype), tensor], dim=2)
+    """``tensor`` (keys or values) after the prefix's, along the sequence (a prefix shared by every row,
+    batch dimension 1, is repeated for each)."""
+    if prefix is None:
+        return tensor
+    return torch.cat([prefix.to(tensor.dtype).expand(tensor.shape[0], -1, -1, -1), tensor], dim=2)
 
 
 def dream_attention(

@@ -6,20 +6,37 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
+from dreamir import distributed
 from dreamir import precision as compute
+from dreamir.data.beir import Document
 from dreamir.data.sampling import TrainingInstance
 from dreamir.precision import Precision as RetrieverPrecision
 from dreamir.retriever import Retriever
 
-__all__ = ["LoadLLM", "Objective", "ObjectiveOutput", "RetrieverPrecision", "Temperature", "TrainingInstance"]
+__all__ = [
+    "CANDIDATE_SOURCES",
+    "CandidateSource",
+    "LoadLLM",
+    "Objective",
+    "ObjectiveOutput",
+    "RetrieverPrecision",
+    "Temperature",
+    "TrainingInstance",
+]
 
 # Loads the frozen LLM for an objective: (head file or None, number of its top heads or None, injection mode).
 LoadLLM = Callable[[str | None, int | None, str], Any]
+
+# Which candidates a query's distribution p covers: its own K, or every distinct candidate of the batch
+# (with several processes, of the whole batch all of them hold), so that the teacher also speaks about
+# passages shown to other queries.
+CandidateSource = Literal["own", "batch"]
+CANDIDATE_SOURCES: tuple[str, ...] = ("own", "batch")
 
 
 @dataclass
@@ -117,6 +134,40 @@ class Objective(nn.Module):
             offset += count
         return scores, mask
 
+    def scored_candidates(
+        self, instances: list[TrainingInstance], source: CandidateSource
+    ) -> tuple[list[TrainingInstance], Tensor, Tensor]:
+        """The instances with the candidates their p covers, the scores [B, K] and the mask of real
+        candidates: ``own`` keeps every query's own candidates (``candidate_scores``), ``batch`` gives every
+        query the batch's pool (``in_batch_scores``)."""
+        if source == "batch":
+            return self.in_batch_scores(instances)
+        if source != "own":
+            raise ValueError(f"candidates must be one of {CANDIDATE_SOURCES}, got {source!r}")
+        return instances, *self.candidate_scores(instances)
+
+    def in_batch_scores(
+        self, instances: list[TrainingInstance]
+    ) -> tuple[list[TrainingInstance], Tensor, Tensor]:
+        """In-batch candidates: the pool is every distinct candidate (by document id, in order of first
+        appearance) of the batch's queries, and of every process's queries when several run, so that N
+        processes with batch B see the pool one process with batch N * B sees. Returns the instances with
+        the pool as their candidates (the gold's index into it, where it is there), the scores [B, P] of
+        every query against the whole pool and the mask (all true). Each pool passage is embedded once."""
+        local = list({d.doc_id: d for i in instances for d in i.documents}.values())
+        with self.retriever_autocast():
+            queries = self.embed([i.query for i in instances], is_query=True)
+            documents = self.embed([d.full_text for d in local], is_query=False)
+        pool = local
+        if distributed.current().count > 1:
+            documents, pool = _whole_batch_pool(documents, local)
+        scores = self.similarity(queries, documents)
+        position = {d.doc_id: k for k, d in enumerate(pool)}
+        pooled = [
+            TrainingInstance(i.query, i.target, pool, position.get(_gold_id(i)), i.gold) for i in instances
+        ]
+        return pooled, scores, torch.ones_like(scores, dtype=torch.bool)
+
     def candidate_distribution(self, scores: Tensor, mask: Tensor) -> Tensor:
         """p = softmax_k(s_k / tau) over the real candidates."""
         return torch.softmax((scores / self.temperature.value).masked_fill(~mask, float("-inf")), dim=-1)
@@ -147,3 +198,23 @@ class Objective(nn.Module):
         gold = torch.stack([probs[b, g] for b, g in rows]).detach()
         ranks = [int((probs[b] > probs[b, g]).sum()) for b, g in rows]
         return {"p_gold": float(gold.mean()), "gold_top1": sum(r == 0 for r in ranks) / len(ranks)}
+
+
+def _gold_id(instance: TrainingInstance) -> str | None:
+    if instance.gold is not None:
+        return instance.gold.doc_id
+    return instance.documents[instance.gold_index].doc_id if instance.gold_index is not None else None
+
+
+def _whole_batch_pool(embeddings: Tensor, documents: list[Document]) -> tuple[Tensor, list[Document]]:
+    """Every process's pool passages (this process's rows keeping their gradient), deduplicated in rank
+    order of first appearance: the pool one process holding every process's queries builds."""
+    rows, _ = distributed.gather_rows(embeddings)
+    pieces = distributed.gather_objects(documents)
+    keep, pool, seen = [], [], set()
+    for row, document in enumerate(d for piece in pieces for d in piece):
+        if document.doc_id not in seen:
+            seen.add(document.doc_id)
+            keep.append(row)
+            pool.append(document)
+    return rows[keep], pool

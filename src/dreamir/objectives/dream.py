@@ -1,5 +1,9 @@
 """DREAM: the retriever's distribution over candidates is written into the frozen LLM's query-focused heads,
-and the LLM's next-token loss on the target is the retriever's loss. No relevance labels are used."""
+and the LLM's next-token loss on the target is the retriever's loss. No relevance labels are used.
+
+With ``dream_candidates="batch"`` a query's prompt holds every distinct candidate of the batch (its own and the
+other queries'), and p is the softmax over all of them: the LLM's judgement then also pushes away passages
+that do not help this query, not only its own BM25 neighbours."""
 
 from __future__ import annotations
 
@@ -8,7 +12,14 @@ from typing import Any, Literal
 
 from dreamir.distributed import share_of_mean
 from dreamir.llm.frozen import FrozenLLM
-from dreamir.objectives.base import LoadLLM, Objective, ObjectiveOutput, RetrieverPrecision, TrainingInstance
+from dreamir.objectives.base import (
+    CandidateSource,
+    LoadLLM,
+    Objective,
+    ObjectiveOutput,
+    RetrieverPrecision,
+    TrainingInstance,
+)
 from dreamir.options import at_least
 from dreamir.retriever import Retriever
 
@@ -26,6 +37,15 @@ class DreamOptions:
     )
     reference_step: bool = field(
         default=False, metadata={"help": "full-prompt step instead of the cached one (slower, same loss)"}
+    )
+    dream_candidates: CandidateSource = field(
+        default="own",
+        metadata={
+            "help": "own: a query's prompt holds its own K candidates; batch: every distinct candidate of the "
+            "batch (all processes' queries), p the softmax over all of them, so the LLM's judgement also "
+            "pushes away passages shown to other queries. In the parallel layout with the document cache "
+            "this costs attention over more cached keys, not more documents read"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -45,12 +65,14 @@ class DreamLoss(Objective):
         learn_temperature: bool = False,
         retriever_precision: RetrieverPrecision = "float32",
         reuse_prefix: bool = True,
+        candidates: CandidateSource = "own",
     ) -> None:
         super().__init__(retriever, temperature, learn_temperature, retriever_precision)
         if not llm.heads:
             raise ValueError("DREAM needs at least one selected head to inject into")
         self.llm = llm
         self.reuse_prefix = reuse_prefix
+        self.candidates = candidates
 
     @classmethod
     def from_options(
@@ -59,10 +81,16 @@ class DreamLoss(Objective):
         if options.heads is None:
             raise ValueError("DREAM needs --heads (a head file from `dreamir heads`)")
         llm = load_llm(options.heads, options.num_heads, options.injection_mode)
-        return cls(retriever, llm, reuse_prefix=not options.reference_step, **common)
+        return cls(
+            retriever,
+            llm,
+            reuse_prefix=not options.reference_step,
+            candidates=options.dream_candidates,
+            **common,
+        )
 
     def forward(self, instances: list[TrainingInstance]) -> ObjectiveOutput:
-        scores, mask = self.candidate_scores(instances)
+        instances, scores, mask = self.scored_candidates(instances, self.candidates)
         probs = self.candidate_distribution(scores, mask)
         prompts = [
             self.llm.encode(i.query, [(d.title, d.text) for d in i.documents], i.target) for i in instances
@@ -74,4 +102,6 @@ class DreamLoss(Objective):
             batch.target_tokens
         )
         logs = {"entropy": self.entropy(probs), **self.gold_logs(probs, instances), **self.temperature_logs()}
+        if self.candidates == "batch":
+            logs["pool_size"] = float(scores.shape[1])
         return ObjectiveOutput(loss, logs)

@@ -1,6 +1,11 @@
 """REPLUG-LSR, the LM-supervised baseline: the frozen LLM scores each candidate alone,
 q_k = softmax_k(log P_LLM(target | d_k, query) / beta), and the retriever's p is pulled towards q with
-KL(q || p). Label-free, same frozen LLM, one no-grad LLM pass per candidate (batched)."""
+KL(q || p). Label-free, same frozen LLM, one no-grad LLM pass per candidate (batched).
+
+For a fair comparison with DREAM's in-batch candidates, ``replug_candidates="batch"`` gives q and p the very
+pool ``dream_candidates="batch"`` gives DREAM (every distinct candidate of the batch). Its cost then grows
+with the pool: one pass per (query, pool passage), B x P per step where DREAM reads B prompts (each judgement
+is computed once and kept, so a pair seen again costs nothing)."""
 
 from __future__ import annotations
 
@@ -10,7 +15,14 @@ from typing import Any
 import torch
 
 from dreamir.llm.frozen import FrozenLLM
-from dreamir.objectives.base import LoadLLM, Objective, ObjectiveOutput, RetrieverPrecision, TrainingInstance
+from dreamir.objectives.base import (
+    CandidateSource,
+    LoadLLM,
+    Objective,
+    ObjectiveOutput,
+    RetrieverPrecision,
+    TrainingInstance,
+)
 from dreamir.options import positive
 from dreamir.retriever import Retriever
 
@@ -21,6 +33,14 @@ class ReplugOptions:
 
     replug_beta: float = field(
         default=1.0, metadata={"help": "temperature of the LLM's target distribution q (replug)"}
+    )
+    replug_candidates: CandidateSource = field(
+        default="own",
+        metadata={
+            "help": "own: q and p over a query's own K candidates; batch: over the batch's pool of distinct "
+            "candidates, as --dream-candidates batch (the same pool for a fair comparison; one LLM pass per "
+            "query and pool passage, B x P per step, where DREAM reads one prompt per query)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -41,11 +61,13 @@ class ReplugLoss(Objective):
         retriever_precision: RetrieverPrecision = "float32",
         beta: float = 1.0,
         llm_batch_size: int = 8,
+        candidates: CandidateSource = "own",
     ) -> None:
         super().__init__(retriever, temperature, learn_temperature, retriever_precision)
         self.llm = llm
         self.beta = beta
         self.llm_batch_size = llm_batch_size
+        self.candidates = candidates
         # The LLM's judgement of a (query, document, target) never changes: compute it once.
         self._log_likelihood: dict[tuple[str, str, str], float] = {}
 
@@ -53,7 +75,13 @@ class ReplugLoss(Objective):
     def from_options(
         cls, retriever: Retriever, options: ReplugOptions, load_llm: LoadLLM, **common: Any
     ) -> ReplugLoss:
-        return cls(retriever, load_llm(None, None, "preserve"), beta=options.replug_beta, **common)
+        return cls(
+            retriever,
+            load_llm(None, None, "preserve"),
+            beta=options.replug_beta,
+            candidates=options.replug_candidates,
+            **common,
+        )
 
     @torch.no_grad()
     def target_log_likelihood(self, instances: list[TrainingInstance]) -> torch.Tensor:
@@ -83,7 +111,7 @@ class ReplugLoss(Objective):
         return result
 
     def forward(self, instances: list[TrainingInstance]) -> ObjectiveOutput:
-        scores, mask = self.candidate_scores(instances)
+        instances, scores, mask = self.scored_candidates(instances, self.candidates)
         log_p = torch.log_softmax((scores / self.temperature.value).masked_fill(~mask, float("-inf")), -1)
         q = torch.softmax(self.target_log_likelihood(instances).to(scores.device) / self.beta, -1)
         # KL(q || p) = sum q (log q - log p); empty slots have q = 0 and contribute nothing.
@@ -93,4 +121,6 @@ class ReplugLoss(Objective):
         logs = {"entropy": self.entropy(p), "target_entropy": self.entropy(q), **self.temperature_logs()}
         logs.update(self.gold_logs(p, instances))
         logs.update({f"target_{k}": v for k, v in self.gold_logs(q, instances).items()})
+        if self.candidates == "batch":
+            logs["pool_size"] = float(scores.shape[1])
         return ObjectiveOutput(kl, logs)
