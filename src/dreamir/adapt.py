@@ -422,16 +422,18 @@ class PseudoGoldValidator:
         self.gold_rows += [row[s] for s in titled]
         self.gold_texts += [corpus[s].text for s in titled]
         self.num_titles = len(titled)
+        # A pseudo-gold is most often a searched passage itself (genq): each distinct text is encoded once
+        # and the searched passages and the golds are read from those rows.
+        self.distinct_texts = list(dict.fromkeys(self.doc_texts + self.gold_texts))
+        row_of = {text: row for row, text in enumerate(self.distinct_texts)}
+        self.doc_text_rows = [row_of[t] for t in self.doc_texts]
+        self.gold_text_rows = [row_of[t] for t in self.gold_texts]
         self.best = (float("-inf"), float("-inf"))
 
     def measure(self) -> dict[str, float]:
         queries = _encode(self.retriever, self.queries, True, self.max_length, self.precision)
-        # A pseudo-gold is most often a searched passage itself (genq): each text is encoded once.
-        texts = list(dict.fromkeys(self.doc_texts + self.gold_texts))
-        row_of = {text: row for row, text in enumerate(texts)}
-        encoded = _encode(self.retriever, texts, False, self.max_length, self.precision)
-        docs = encoded[[row_of[t] for t in self.doc_texts]]
-        golds = encoded[[row_of[t] for t in self.gold_texts]]
+        encoded = _encode(self.retriever, self.distinct_texts, False, self.max_length, self.precision)
+        docs, golds = encoded[self.doc_text_rows], encoded[self.gold_text_rows]
         result = {f"val_{k}": v for k, v in pseudo_gold_success(queries, docs, self.gold_rows, golds).items()}
         if self.num_titles:
             titles = slice(len(self.queries) - self.num_titles, None)

@@ -162,7 +162,7 @@ class QueryGenerator:
         The suffixes are left-padded after the prefix ([prefix][pads][suffix][reply]); the pads are masked
         and the positions skip them, so each row computes what it would alone. The keys and values live in
         one preallocated cache written in place: a growing cache would copy all of them, shared prefix
-        included, at every generated token, which on a CPU costs more than the token's own computation.
+        included, at every generated token (about 6% of generation measured at two threads on AVX2).
         """
         settings = self.settings
         rows, width = len(suffixes), max(len(s) for s in suffixes)
