@@ -12,8 +12,12 @@ from safetensors.torch import load_file
 
 from dreamir import cli
 from dreamir.arguments import LLMArguments, ModelArguments, ObjectiveArguments
+from dreamir.data.beir import load_beir
+from dreamir.evaluation import compute_metrics
 from dreamir.objectives import OBJECTIVES, DreamOptions, options_classes
 from dreamir.retriever import Retriever
+from dreamir.search import fuse_runs
+from dreamir.search.runs import read_trec_run
 from dreamir.workflow import build_objective, load_retriever
 from tests.test_adapt import make_corpus, write_corpus
 from tests.test_dream_objective import CORPUS, EXAMPLES
@@ -134,8 +138,14 @@ def test_the_quickstart_path_runs_through_the_cli_on_tiny_models(
     assert cli.main([*argv, "--llm", tiny_llama_dir, "--threads", "1", "--no-show-progress"]) == 0
     assert seen[0].retriever == tiny_bert_dir and seen[0].corpus == str(beir) and seen[0].threads == 1
     results = json.loads((tmp_path / "q" / "results.json").read_text())
-    assert set(results["beir"]) == {"bm25", "base", "adapted"}
+    assert set(results["beir"]) == {"bm25", "base", "adapted", "bm25+base", "bm25+adapted"}
     assert all(0 <= m["ndcg@10"] <= 1 for m in results["beir"].values())
+    # The hybrid rows are BM25's and the dense model's kept runs, fused (what `dreamir eval --hybrid` does).
+    runs = {
+        name: read_trec_run(tmp_path / "q" / "eval" / f"beir-{name}.trec") for name in ("bm25", "adapted")
+    }
+    fused = compute_metrics(load_beir(beir).qrels, fuse_runs(runs["bm25"], runs["adapted"]))
+    assert results["beir"]["bm25+adapted"] == pytest.approx(fused, rel=1e-12)
     assert (tmp_path / "q" / "adapt" / "model" / "modules.json").exists()
 
 

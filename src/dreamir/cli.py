@@ -233,16 +233,17 @@ COMMANDS = [
     ),
     Command(
         "eval",
-        "score a retriever (or bm25) on a BEIR directory's queries and qrels: nDCG@10, Recall@100, MRR@10;\n"
-        "prints them and writes metrics.json and run.trec (top 100 per query) to --out-dir",
+        "score a retriever (or bm25, or with --hybrid both fused) on a BEIR directory's queries and qrels:\n"
+        "nDCG@10, Recall@100, MRR@10; prints them and writes metrics.json and run.trec (top 100 per\n"
+        "query) to --out-dir",
         _indexing_arguments("EvalArguments"),
         run_eval,
     ),
     Command(
         "index",
         "encode a corpus once and save it as a search index for `dreamir search`: FAISS flat (exact) by\n"
-        "default, HNSW, exact numpy, or BM25; writes index.json, doc_ids.json, titles.json and the\n"
-        "vectors to --out",
+        "default, HNSW, exact numpy, or BM25 (--hybrid: BM25 beside the dense index, rankings fused);\n"
+        "writes index.json, doc_ids.json, titles.json and the vectors to --out",
         _indexing_arguments("IndexArguments"),
         run_index,
         positional=("model", "corpus"),

@@ -24,7 +24,15 @@ _PYTREC_MEASURES = {"ndcg@10": "ndcg_cut_10", "recall@100": "recall_100"}
 
 Qrels = Mapping[str, Mapping[str, int]]
 # exact_search and Run moved to dreamir.search; importing them from here keeps working.
-__all__ = ["METRICS", "Run", "compute_metrics", "evaluate_bm25", "evaluate_encoder", "exact_search"]
+__all__ = [
+    "METRICS",
+    "Run",
+    "compute_metrics",
+    "encoder_run",
+    "evaluate_bm25",
+    "evaluate_encoder",
+    "exact_search",
+]
 
 
 def _trec_ranking(scored: Mapping[str, float]) -> list[str]:
@@ -79,7 +87,20 @@ def evaluate_encoder(
     similarity: Similarity = "cosine",
 ) -> dict[str, float]:
     """Encode ``dataset`` with the two callables, search exactly by ``similarity`` and score with
-    compute_metrics.
+    compute_metrics."""
+    return compute_metrics(
+        dataset.qrels, encoder_run(dataset, encode_queries, encode_documents, k, similarity)
+    )
+
+
+def encoder_run(
+    dataset: BeirDataset,
+    encode_queries: Callable[[list[str]], np.ndarray],
+    encode_documents: Callable[[list[str]], np.ndarray],
+    k: int = 100,
+    similarity: Similarity = "cosine",
+) -> Run:
+    """Every query's exact top ``k`` by ``similarity``, ``{query_id: {doc_id: score}}``.
 
     Documents are encoded as ``Document.full_text`` (title + " " + text), the BEIR convention.
     """
@@ -87,8 +108,7 @@ def evaluate_encoder(
     doc_ids = list(dataset.corpus)
     query_embeddings = np.asarray(encode_queries([dataset.queries[query_id] for query_id in query_ids]))
     doc_embeddings = np.asarray(encode_documents([dataset.corpus[doc_id].full_text for doc_id in doc_ids]))
-    run = exact_search(query_embeddings, doc_embeddings, query_ids, doc_ids, k=k, similarity=similarity)
-    return compute_metrics(dataset.qrels, run)
+    return exact_search(query_embeddings, doc_embeddings, query_ids, doc_ids, k=k, similarity=similarity)
 
 
 def evaluate_bm25(dataset: BeirDataset, k: int = 100) -> dict[str, float]:

@@ -2,7 +2,8 @@
 indexes of :mod:`dreamir.search`.
 
 An index directory remembers the model that encoded it (``index.json``), so ``search`` encodes queries with
-the same model; the documents' titles are kept beside the index for display.
+the same model; the documents' titles are kept beside the index for display. ``--hybrid`` adds BM25 to a
+dense model and fuses the two rankings (reciprocal rank fusion by default, see dreamir.search.fusion).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from dreamir.search import (
     BM25Index,
     ExactIndex,
     FaissIndex,
+    FusionMethod,
+    HybridIndex,
     Run,
     SearchIndex,
     load_index,
@@ -48,11 +51,25 @@ from dreamir.search import (
     read_index_info,
 )
 from dreamir.search.base import read_titles, verify_index
+from dreamir.search.fusion import DENSE_WEIGHT, check_fusion
 from dreamir.search.runs import write_trec_run
 from dreamir.similarity import SIMILARITIES
 
 IndexKind = Literal["flat", "hnsw", "exact"]
 INDEX_HELP = "flat: FAISS exact inner product; hnsw: FAISS graph (fast, approximate); exact: numpy"
+HYBRID_HELP = "also rank with BM25 and fuse the two rankings (--fusion)"
+FUSION_HELP = (
+    "how hybrid rankings are fused: rrf (reciprocal rank fusion, needs no score scale) or interpolation "
+    "(weighted sum of min-max normalised scores, --fusion-weight)"
+)
+WEIGHT_HELP = "the dense model's weight in the fusion, BM25 gets 1 - weight (rrf at 0.5: plain RRF)"
+
+
+def _check_fusion_options(hybrid: bool, fusion: str | None, weight: float | None, model: str | None) -> None:
+    """Fusion options only with a hybrid search, and a hybrid search only with a dense model."""
+    if hybrid and model == "bm25":
+        raise ValueError("--hybrid fuses BM25 with a dense model: give --model a retriever, not bm25")
+    check_fusion(fusion or "rrf", DENSE_WEIGHT if weight is None else weight, 0)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -84,6 +101,9 @@ class IndexArguments:
             "help": f"score of a query and a document, one of {SIMILARITIES} (default: the model's own)"
         },
     )
+    hybrid: bool = field(default=False, metadata={"help": HYBRID_HELP})
+    fusion: FusionMethod = field(default="rrf", metadata={"help": FUSION_HELP})
+    fusion_weight: float = field(default=DENSE_WEIGHT, metadata={"help": WEIGHT_HELP})
     hnsw_m: int = field(default=32, metadata={"help": "hnsw: graph links per document"})
     ef_construction: int = field(default=200, metadata={"help": "hnsw: candidate list while building"})
     ef_search: int = field(default=128, metadata={"help": "hnsw: candidate list while searching (>= k)"})
@@ -99,6 +119,7 @@ class IndexArguments:
         at_least(self, 1, "hnsw_m", "ef_construction", "ef_search", "batch_size", "threads")
         if self.similarity is not None and self.similarity not in SIMILARITIES:
             raise ValueError(f"--similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        _check_fusion_options(self.hybrid, self.fusion, self.fusion_weight, self.model)
 
 
 def load_encoder(model: str) -> Retriever:
@@ -154,6 +175,9 @@ def build_index(args: IndexArguments) -> tuple[SearchIndex, dict[str, Any]]:
         hnsw = {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
         similarity = args.similarity or retriever.config.similarity
         index = dense_index(list(corpus), embeddings, args.faiss, None, similarity, **hnsw)
+        if args.hybrid:
+            lexical = BM25Index.from_corpus(corpus, show_progress=args.show_progress)
+            index = HybridIndex(lexical, index, args.fusion, args.fusion_weight)
         metadata.update(model_path=str(path.resolve()), retriever=retriever.config.to_dict())
     metadata["build_seconds"] = round(time.perf_counter() - started, 3)
     titles = [doc.title for doc in corpus.values()]
@@ -195,6 +219,12 @@ class SearchArguments:
     index: str = field(metadata={"help": "index directory written by `dreamir index`"})
     queries: list[str] = field(default_factory=list, metadata={"help": "query texts"})
     k: int = field(default=10, metadata={"help": "hits per query", "aliases": ["-k"]})
+    fusion: FusionMethod | None = field(
+        default=None, metadata={"help": "hybrid index: fuse this way instead of the index's own --fusion"}
+    )
+    fusion_weight: float | None = field(
+        default=None, metadata={"help": "hybrid index: " + WEIGHT_HELP + " (default: the index's own)"}
+    )
     json: bool = field(default=False, metadata={"help": 'one JSON object per query: {"query", "hits"}'})
     threads: int | None = field(default=2, metadata={"help": "CPU threads for encoding the queries"})
     show_progress: bool = field(default=True, metadata={"help": "progress while loading the model"})
@@ -208,12 +238,28 @@ class SearchArguments:
         blank = next((i for i, query in enumerate(self.queries) if not query.strip()), None)
         if blank is not None:
             raise ValueError(f"query {blank + 1} is empty: give a query text")
+        _check_fusion_options(False, self.fusion, self.fusion_weight, None)
+
+
+def with_fusion(
+    index: SearchIndex, directory: str | Path, method: FusionMethod | None, weight: float | None
+) -> SearchIndex:
+    """A hybrid index fused as asked (its own settings where None); fusion options are refused for any
+    other kind, which has nothing to fuse."""
+    if method is None and weight is None:
+        return index
+    if not isinstance(index, HybridIndex):
+        raise ValueError(
+            f"--fusion and --fusion-weight apply to hybrid indexes; {directory} is a {index.kind} index "
+            "(build one with `dreamir index --hybrid`)"
+        )
+    return index.with_fusion(method, weight)
 
 
 def search(args: SearchArguments) -> list[dict[str, Any]]:
     """Each query with its hits: ``{"query", "hits": [{"id", "score", "title"}]}``."""
     _set_threads(args.threads)
-    index = open_index(args.index)
+    index = with_fusion(open_index(args.index), args.index, args.fusion, args.fusion_weight)
     title_of = dict(zip(index.doc_ids, read_titles(args.index, len(index.doc_ids)), strict=True))
     hits = index.search(args.queries, args.k)
     return [
@@ -289,6 +335,13 @@ class EvalArguments:
     index: str | None = field(
         default=None, metadata={"help": "search this index (from `dreamir index` on the same corpus) instead"}
     )
+    hybrid: bool = field(default=False, metadata={"help": HYBRID_HELP})
+    fusion: FusionMethod | None = field(
+        default=None, metadata={"help": FUSION_HELP + " (default: rrf, or a hybrid --index's own)"}
+    )
+    fusion_weight: float | None = field(
+        default=None, metadata={"help": WEIGHT_HELP + f" (default: {DENSE_WEIGHT})"}
+    )
     batch_size: int = field(default=64, metadata={"help": "texts per encoding batch"})
     out: str | None = field(
         default=None, metadata={"help": "also write the metrics here as JSON (a new file or an earlier one)"}
@@ -310,8 +363,13 @@ class EvalArguments:
 
     def __post_init__(self) -> None:
         at_least(self, 1, "batch_size", "threads")
-        if self.engine == "mteb" and (self.model == "bm25" or self.index):
-            raise ValueError("--engine mteb evaluates a dense retriever: not with bm25 or --index")
+        if self.engine == "mteb" and (self.model == "bm25" or self.index or self.hybrid):
+            raise ValueError("--engine mteb evaluates a dense retriever: not with bm25, --index or --hybrid")
+        if self.hybrid and self.index:
+            raise ValueError("--hybrid builds BM25 beside the model; an --index is searched as it was built")
+        _check_fusion_options(self.hybrid, self.fusion, self.fusion_weight, self.model)
+        if (self.fusion or self.fusion_weight is not None) and not (self.hybrid or self.index):
+            raise ValueError("--fusion and --fusion-weight apply to a hybrid evaluation: add --hybrid")
 
 
 def _is_metrics_file(path: Path) -> bool:
@@ -353,7 +411,8 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
         model_path = str(resolve_model(model).resolve())
     dataset = load_beir(args.beir, args.split)
     name = Path(args.beir).resolve().name
-    out_dir = Path(args.out_dir) if args.out_dir else default_eval_dir(args.index or model, name, args.split)
+    slug = f"{model}-hybrid" if args.hybrid else args.index or model
+    out_dir = Path(args.out_dir) if args.out_dir else default_eval_dir(slug, name, args.split)
     check_output_directory(out_dir, "eval", args.overwrite)
     _set_threads(args.threads)
     with artefact_directory(out_dir, "eval", args.overwrite) as tmp:
@@ -391,6 +450,9 @@ def _evaluate(
             dataset.corpus,
             Path(args.beir) / "corpus.jsonl",
         )
+        index = with_fusion(index, args.index, args.fusion, args.fusion_weight)
+        if isinstance(index, HybridIndex):
+            extra["fusion"] = _fusion_record(index)
         metrics, run = evaluate_index(dataset, index)
     elif model == "bm25":
         metrics, run = evaluate_index(dataset, BM25Index.from_corpus(dataset.corpus))
@@ -415,10 +477,18 @@ def _evaluate(
                 np.asarray(encode_documents([doc.full_text for doc in dataset.corpus.values()])),
                 f"{model}: document embeddings",
             )
-            metrics, run = evaluate_index(
-                dataset,
-                ExactIndex(list(dataset.corpus), embeddings, encode_queries, retriever.config.similarity),
+            index: SearchIndex = ExactIndex(
+                list(dataset.corpus), embeddings, encode_queries, retriever.config.similarity
             )
+            if args.hybrid:
+                index = HybridIndex(
+                    BM25Index.from_corpus(dataset.corpus),
+                    index,
+                    args.fusion or "rrf",
+                    DENSE_WEIGHT if args.fusion_weight is None else args.fusion_weight,
+                )
+                extra["fusion"] = _fusion_record(index)
+            metrics, run = evaluate_index(dataset, index)
     return {
         "dataset": name,
         "beir": str(Path(args.beir).resolve()),
@@ -436,9 +506,17 @@ def _evaluate(
     }
 
 
+def _fusion_record(index: HybridIndex) -> dict[str, Any]:
+    return {"method": index.method, "weight": index.weight, "rrf_k": index.rrf_k, "depth": index.depth}
+
+
 def format_evaluation(summary: dict[str, Any]) -> str:
     metrics = ", ".join(f"{name} {value:.4f}" for name, value in summary["metrics"].items())
     searched = f" (index {summary['index']})" if summary.get("index") else ""
+    if summary.get("fusion"):
+        fusion = summary["fusion"]
+        how = f"{fusion['method']}, dense weight {fusion['weight']}"
+        searched += f" fused with bm25 ({how})"
     return (
         f"{summary['dataset']} {summary['split']} ({summary['queries']} queries, {summary['documents']} documents), "
         f"model {summary['model']}{searched}, {summary['engine']} engine: {metrics}\n"

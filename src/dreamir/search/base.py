@@ -40,6 +40,10 @@ INFO_FIELDS: dict[str, Any] = {
     "stemmer": str | None,
     "stopwords": str | None,
     "build_seconds": float,
+    "fusion": Literal["rrf", "interpolation"],
+    "fusion_weight": float,
+    "rrf_k": float,
+    "fusion_depth": int,
 }
 
 
@@ -101,14 +105,23 @@ class SearchIndex(ABC):
             raise ValueError(f"{len(titles)} titles but {len(self.doc_ids)} documents")
         directory = Path(directory)
         with artefact_directory(directory, "index", overwrite) as tmp:
-            self._save_files(tmp)
-            (tmp / DOC_IDS_FILE).write_text(json.dumps(self.doc_ids, ensure_ascii=False), encoding="utf-8")
-            if titles is not None:
-                (tmp / TITLES_FILE).write_text(json.dumps(list(titles), ensure_ascii=False), encoding="utf-8")
-            info = {"kind": self.kind, "documents": len(self.doc_ids), **self.settings(), **(metadata or {})}
-            (tmp / INDEX_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", "utf-8")
+            self.write_files(tmp, metadata, titles)
             write_manifest(tmp, "index", **(provenance or {}))
         return directory
+
+    def write_files(
+        self, directory: Path, metadata: Mapping[str, Any] | None = None, titles: Sequence[str] | None = None
+    ) -> None:
+        """The index's files, doc_ids.json, titles.json and index.json into the existing, empty
+        ``directory`` (no manifest: ``save`` writes it over them, a hybrid index over both its parts)."""
+        self._save_files(directory)
+        (directory / DOC_IDS_FILE).write_text(json.dumps(self.doc_ids, ensure_ascii=False), encoding="utf-8")
+        if titles is not None:
+            (directory / TITLES_FILE).write_text(
+                json.dumps(list(titles), ensure_ascii=False), encoding="utf-8"
+            )
+        info = {"kind": self.kind, "documents": len(self.doc_ids), **self.settings(), **(metadata or {})}
+        (directory / INDEX_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 
 def verify_index(directory: str | Path) -> dict[str, Any] | None:
