@@ -1,8 +1,10 @@
 """Dependencies point one way: CLI -> {adapt, quickstart} -> workflow -> arguments -> trainer -> objectives ->
 {retriever, frozen LLM} -> data, with small leaf modules (io, options, distributed, stages, ...) under all;
-search knows no model, and the commands around it (indexing, export, mteb bridge) know no training."""
+search knows no model, and the commands around it (indexing, export, mteb bridge) know no training; inside the
+adapt package, the pipeline -> the stages -> their arguments."""
 
 import ast
+import graphlib
 from pathlib import Path
 
 import pytest
@@ -82,12 +84,18 @@ FORBIDDEN = {
 
 
 def _imports(path: Path) -> set[str]:
+    """The modules a file imports, by absolute name: relative imports resolved against the file's package,
+    and ``from package import name`` counted as ``package.name`` too (the name may be a submodule)."""
+    package = ["dreamir", *path.relative_to(PACKAGE).parent.parts]
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -102,7 +110,42 @@ def test_component_does_not_import_upwards(component):
     for file in files:
         for name in _imports(file):
             for banned in FORBIDDEN[component]:
-                assert not (name == banned or name.startswith(banned + ".")), f"{file.name} imports {name}"
+                assert not (name == banned or name.startswith(banned + ".")), (
+                    f"{file.relative_to(PACKAGE)} imports {name}"
+                )
+
+
+# `dreamir adapt` is a package of one module a stage; only these two may import the pipeline (which runs
+# the stages in order), and no stage imports the package itself (its __init__ imports the pipeline).
+ADAPT_ENTRIES = {"__init__", "pipeline"}
+
+
+def _adapt_modules() -> dict[str, Path]:
+    return {path.stem: path for path in sorted((PACKAGE / "adapt").glob("*.py"))}
+
+
+def test_adapt_stages_do_not_import_the_pipeline():
+    stages = {name: path for name, path in _adapt_modules().items() if name not in ADAPT_ENTRIES}
+    assert {"arguments", "examples", "heads", "training", "report"} <= set(stages)
+    for name, path in stages.items():
+        for imported in _imports(path):
+            assert imported != "dreamir.adapt", f"adapt/{name}.py imports the package dreamir.adapt"
+            assert not (
+                imported == "dreamir.adapt.pipeline" or imported.startswith("dreamir.adapt.pipeline.")
+            ), f"adapt/{name}.py imports dreamir.adapt.pipeline: only {sorted(ADAPT_ENTRIES)} may"
+
+
+def test_adapt_modules_import_each_other_without_a_cycle():
+    modules = _adapt_modules()
+    imported = {name: _imports(path) for name, path in modules.items()}
+    graph = {
+        name: {
+            other for other in modules if other != "__init__" and f"dreamir.adapt.{other}" in imported[name]
+        }
+        for name in modules
+    }
+    list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError naming the cycle
+    assert not graph["arguments"], f"adapt/arguments.py, under every stage, imports {graph['arguments']}"
 
 
 def test_every_module_has_its_place():

@@ -1,0 +1,171 @@
+"""`dreamir adapt`'s options (``AdaptArguments``) and the settings a resumed run must share with its
+checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dreamir import precision as compute
+from dreamir.data.corpus_examples import CorpusExampleSettings
+from dreamir.models import MINILM, SMOLLM2
+from dreamir.objectives import OBJECTIVES
+from dreamir.options import at_least, positive
+from dreamir.precision import PRECISION_HELP, Precision
+
+
+@dataclass
+class AdaptArguments:
+    corpus: str = field(
+        metadata={
+            "help": "your corpus: a BEIR-layout directory (only its corpus.jsonl is read) or a corpus.jsonl; "
+            "may be given as the first word: dreamir adapt DIR"
+        }
+    )
+    out: str = field(
+        metadata={
+            "help": "output directory: model/ (the adapted retriever, sentence-transformers), report.md, "
+            "report.json, curves.png, and work/ (the stages, reused when the command is run again)"
+        }
+    )
+    retriever: str = field(default=MINILM, metadata={"help": "packaged retriever name or local directory"})
+    retriever_layers: int | None = field(default=None, metadata={"help": "cut the retriever to N layers"})
+    lora: bool = field(
+        default=False, metadata={"help": "train LoRA adapters (rank 16) instead of all weights"}
+    )
+    llm: str = field(default=SMOLLM2, metadata={"help": "the frozen LLM (judge, and generator for genq)"})
+    objective: str = field(
+        default="dream",
+        metadata={
+            "help": "dream; infonce (pseudo-gold as positive), replug and autoregembed-ic (label-free, needs a "
+            "retriever of the LLM's width, e.g. smollm2-135m-instruct) are baselines",
+            "choices": list(OBJECTIVES),
+        },
+    )
+    # genq: above ict on both corpora measured (docs/experiments.md, "Generated queries against inverse cloze").
+    recipe: Literal["ict", "genq"] = field(
+        default="genq",
+        metadata={
+            "help": "genq: the LLM writes the query (short titled passages: their title); ict: a sentence of "
+            "a passage is the query"
+        },
+    )
+    max_passages: int | None = field(
+        default=None,
+        metadata={
+            "help": "passages sampled to make examples from (default: ict 1000; genq as many as the training "
+            "budget and the validation read, a fifth more for dropped queries)"
+        },
+    )
+    examples_per_passage: int = field(default=1, metadata={"help": "examples made from each passage"})
+    target_words: int = field(default=32, metadata={"help": "words of text the LLM must predict"})
+    ict_target: Literal["kept", "removed"] = field(
+        default="kept",
+        metadata={"help": "ict: the target's sentences kept in the pseudo-gold passage or removed from it"},
+    )
+    short_passage_titles: bool = field(
+        default=True,
+        metadata={
+            "help": "genq: a passage under 3 sentences with a title gives its title as the query, as in ict, "
+            "instead of a generated one (--no-short-passage-titles generates for every passage)"
+        },
+    )
+    query_instruction: str | None = field(
+        default=None, metadata={"help": "genq: the instruction asking for a query (default: a search query)"}
+    )
+    query_examples: str | None = field(
+        default=None,
+        metadata={
+            "help": 'genq: JSONL of worked examples shown to the generator, one {"passage", "query"} '
+            "per line: a few queries of the kind your corpus is searched with (default: three from "
+            "unrelated fields)"
+        },
+    )
+    validation_examples: int = field(default=200, metadata={"help": "examples held out for validation"})
+    validation_docs: int = field(
+        default=3000, metadata={"help": "corpus passages the validation searches (all when fewer)"}
+    )
+    validate_every: int | None = field(
+        default=None, metadata={"help": "steps between validations; default: max_steps / 5"}
+    )
+    num_candidates: int = field(default=8, metadata={"help": "candidates per training example (BM25 top-K)"})
+    force_pseudo_gold: bool = field(
+        default=True,
+        metadata={"help": "put the pseudo-gold passage among the candidates when BM25 misses it"},
+    )
+    refresh_every: int = field(
+        default=0, metadata={"help": "re-mine candidates with the current retriever every N steps (0: never)"}
+    )
+    refresh_after: int = field(default=0, metadata={"help": "first step at which candidates are re-mined"})
+    heads: str | None = field(
+        default=None, metadata={"help": "head file; default: scored on the generated examples"}
+    )
+    num_heads: int = field(default=16, metadata={"help": "query-focused heads DREAM injects into"})
+    head_examples: int = field(default=32, metadata={"help": "training examples the heads are scored on"})
+    max_steps: int = field(default=80, metadata={"help": "optimiser steps"})
+    batch_size: int = field(default=4, metadata={"help": "examples per optimiser step"})
+    learning_rate: float = field(default=2e-5, metadata={"help": "AdamW peak learning rate"})
+    temperature: float = field(
+        default=0.05, metadata={"help": "softmax temperature tau over candidate scores"}
+    )
+    max_target_tokens: int = field(default=32, metadata={"help": "target tokens the LLM must predict"})
+    train_max_length: int | None = field(
+        default=128,
+        metadata={"help": "retriever tokens per text while training (all-MiniLM-L6-v2 was trained at 128)"},
+    )
+    precision: Precision = field(
+        default="auto",
+        metadata={
+            "help": "compute dtype of every stage (generation, the frozen LLM, the retriever's training, "
+            "validation and mining encodes; float32 weights and optimiser). " + PRECISION_HELP
+        },
+    )
+    # Parallel: a cheaper step (median 1.3x on SciFact, 1.8x on the Factbook corpus: each passage is read
+    # about once, so the saving is attention over one passage instead of all K); on those two corpora its
+    # adapted models were level with the sequential layout's on average (docs/experiments.md).
+    document_layout: Literal["sequential", "parallel"] = field(
+        default="parallel", metadata={"help": "how the frozen LLM reads the candidates (see docs/method.md)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seeds sampling, splits, training and validation"})
+    threads: int | None = field(default=2, metadata={"help": "CPU threads torch may use"})
+    show_progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "max_passages", "examples_per_passage", "target_words", "validation_examples")
+        at_least(self, 1, "validation_docs", "validate_every", "num_candidates", "num_heads", "head_examples")
+        at_least(self, 1, "max_steps", "batch_size", "max_target_tokens", "train_max_length", "threads")
+        at_least(self, 1, "retriever_layers")
+        at_least(self, 0, "refresh_every", "refresh_after")
+        positive(self, "learning_rate", "temperature")
+
+    def passages_to_sample(self) -> int:
+        if self.max_passages is not None:
+            return self.max_passages
+        if self.recipe == "ict":
+            return 1000  # examples cost nothing to make; more than the budget reads
+        # Generation costs about a second per passage on a CPU: write only what training and validation read.
+        needed = self.max_steps * self.batch_size + self.validation_examples
+        return math.ceil(1.2 * needed / self.examples_per_passage)
+
+    def example_settings(self) -> CorpusExampleSettings:
+        return CorpusExampleSettings(
+            recipe=self.recipe,
+            max_passages=self.passages_to_sample(),
+            examples_per_passage=self.examples_per_passage,
+            target_words=self.target_words,
+            ict_target=self.ict_target,
+            short_passage_titles=self.short_passage_titles,
+            seed=self.seed,
+        )
+
+
+def run_settings(args: AdaptArguments) -> dict:
+    """What a resumed training run must share with the checkpoint it resumes from."""
+    ignored = {"out", "corpus", "threads", "show_progress", "validate_every", "validation_docs"}
+    settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in ignored}
+    # The dtype it resolves to here, not "auto": a run resumed on a processor of another kind is refused
+    # instead of silently continuing in another dtype.
+    settings["precision"] = compute.resolve(args.precision)
+    return settings

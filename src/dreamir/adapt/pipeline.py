@@ -1,0 +1,138 @@
+"""The command: every stage in order, each written atomically under ``OUT/work`` and skipped when its output
+exists (the stages: the package's docstring, ``dreamir/adapt/__init__.py``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from dreamir.adapt.arguments import AdaptArguments
+from dreamir.adapt.examples import prepare_examples, read_derived
+from dreamir.adapt.heads import select_heads_label_free
+from dreamir.adapt.report import plot_head_attention_before_after, render_report
+from dreamir.adapt.training import build_trainer
+from dreamir.adapt.validation import VALIDATION_METRIC
+from dreamir.artefacts import write_adapt_manifest
+from dreamir.data.beir import read_corpus
+from dreamir.data.corpus_examples import read_query_examples
+from dreamir.data.training import read_training_file
+from dreamir.io import atomic_path, read_log_rows, write_json_atomic, write_text_atomic
+from dreamir.llm.frozen import FrozenLLM
+from dreamir.plots import plot_training_curves
+from dreamir.precision import describe_compute, machine_record
+from dreamir.retriever import CONFIG_FILE
+from dreamir.stages import Stages
+from dreamir.trainer import TrainerCallback
+from dreamir.workflow import set_threads
+
+
+def _say(message: str) -> None:
+    print(f"[dreamir adapt] {message}", flush=True)
+
+
+def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ()) -> dict:
+    """Run (or resume) every stage; ``extra_callbacks`` join the trainer's (benchmarks use it to measure
+    a labelled metric beside the label-free one)."""
+    set_threads(args.threads)
+    out = Path(args.out)
+    work = out / "work"
+    corpus_dir = Path(args.corpus)
+    corpus_file = corpus_dir / "corpus.jsonl" if corpus_dir.is_dir() else corpus_dir
+    if not corpus_file.exists():
+        raise FileNotFoundError(f"{corpus_file}: no corpus.jsonl (adapt reads a BEIR-layout directory)")
+    if args.query_examples:
+        read_query_examples(args.query_examples)  # a bad file fails now, naming its line, not hours later
+    stages = Stages(say=_say, seconds_file=work / "stages.json")
+    corpus = read_corpus(corpus_file)
+    if not corpus:
+        raise ValueError(f"{corpus_file}: the corpus is empty")
+    _say(f"{len(corpus)} passages in {corpus_file}")
+    machine = machine_record(all_stages=args.precision)
+    _say(f"compute: {describe_compute(machine)}")
+    meta_file = stages.run(
+        "examples",
+        work / "examples.json",
+        lambda: prepare_examples(args, corpus, work),
+        f"making training examples ({args.recipe}) from up to {args.passages_to_sample()} passages",
+    )
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    _say(f"{meta['train']} training and {meta['validation']} validation examples; dropped {meta['dropped']}")
+
+    derived, source_of = read_derived(work / "derived.jsonl")
+    train = read_training_file(work / "train.jsonl")
+    validation = read_training_file(work / "validation.jsonl")
+    full_corpus = {**corpus, **derived}
+
+    heads_file = Path(args.heads) if args.heads else work / "heads.json"
+
+    def score_heads() -> None:
+        heads = select_heads_label_free(args, train, full_corpus, heads_file)
+        _say(f"top heads (layer, head): {heads.top(args.num_heads)}")
+
+    if args.objective == "dream":
+        stages.run(
+            "heads",
+            heads_file,
+            score_heads,
+            f"scoring the heads of {args.llm} on {args.head_examples} examples (pseudo-gold, no labels)",
+        )
+
+    train_dir = work / "train"
+    trainer = build_trainer(
+        args, work, heads_file, train, validation, corpus, derived, source_of, extra_callbacks
+    )
+    result = stages.timed(
+        "training",
+        trainer.train,
+        f"training {args.retriever} with {args.objective} for {args.max_steps} steps of {args.batch_size}",
+    )
+
+    best = json.loads((train_dir / "best.json").read_text()) if (train_dir / "best.json").exists() else {}
+    # Replaces only a model an earlier run wrote there.
+    with atomic_path(out / "model", replace_directory=(out / "model" / CONFIG_FILE).exists()) as tmp:
+        shutil.copytree(train_dir / "best", tmp)
+    rows = read_log_rows(result.log_file)
+    curve = plot_training_curves(
+        {args.objective: result.log_file}, out / "curves.png", metrics=("loss", "p_gold", VALIDATION_METRIC)
+    )
+    head_picture = None
+    llm = getattr(trainer.objective, "llm", None)
+    if isinstance(llm, FrozenLLM) and llm.heads:
+        head_picture = stages.run(
+            "head attention",
+            train_dir / "head_attention.png",
+            lambda: plot_head_attention_before_after(args, llm, train, full_corpus, out / "model", train_dir),
+            "measuring the injected heads' share of the source passage before and after training",
+        )
+    baseline = json.loads((train_dir / "validation_step0.json").read_text())
+    report = {
+        "corpus": str(corpus_file),
+        "passages": len(corpus),
+        "settings": dataclasses.asdict(args),
+        "examples": meta,
+        "validation": {
+            "metric": VALIDATION_METRIC,
+            "start": baseline[VALIDATION_METRIC],
+            "best": best.get(VALIDATION_METRIC, baseline[VALIDATION_METRIC]),
+            "best_step": best.get("step", 0),
+            "by_step": {int(r["step"]): r[VALIDATION_METRIC] for r in rows if VALIDATION_METRIC in r},
+        },
+        "steps": result.steps,
+        "stage_seconds": stages.seconds,
+        # The processor and the dtype every stage computed in (generation, LLM, retriever, validation).
+        "machine": machine,
+        "model": str(out / "model"),
+        "curves": str(curve),
+        "head_attention": str(head_picture) if head_picture else None,
+    }
+    write_json_atomic(out / "report.json", report)
+    write_text_atomic(out / "report.md", render_report(report))
+    write_adapt_manifest(out, args, corpus)
+    _say(
+        f"validation success@10: {report['validation']['start']:.3f} at the start, "
+        f"{report['validation']['best']:.3f} at step {report['validation']['best_step']} (kept) -> {out / 'model'}"
+    )
+    return report
