@@ -66,6 +66,7 @@ from dreamir.models import MINILM, SMOLLM2
 from dreamir.objectives import options_classes
 from dreamir.plots import plot_training_curves
 from dreamir.stages import Stages
+from dreamir.trainer import RetrieverSnapshots
 from dreamir.workflow import (
     evaluate_model,
     load_corpus,
@@ -87,6 +88,12 @@ SETUPS = {
 # AutoRegEmbed's retriever: the raw backbone with compress pooling (its stages need the LLM's width).
 COMPRESS_SETUPS = {"raw": replace(SETUPS["raw"], pooling="compress")}
 AUTOREGEMBED = "autoregembed"
+# Objectives with another candidate pool: each query's prompt (DREAM) or pool (REPLUG-LSR) holds every distinct
+# candidate of the batch (issue 29's in-batch candidates); rows "<setup>/dream-batch", "<setup>/replug-batch".
+OBJECTIVE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dream-batch": ("dream", {"dream_candidates": "batch"}),
+    "replug-batch": ("replug", {"replug_candidates": "batch"}),
+}
 # Learning rates per set-up (full fine-tuning of a trained model vs fresh LoRA adapters); identical across
 # objectives so that only the objective differs.
 LEARNING_RATES = {"warm": 2e-5, "raw": 5e-4}
@@ -112,7 +119,9 @@ class Settings:
     threads: int = option(2, "CPU threads torch may use per system (the shared stages: threads x jobs)")
     setups: str = option("warm,raw", "retriever set-ups, comma-separated: warm, raw")
     objectives: str = option(
-        "dream,infonce,replug", "objectives, comma-separated; autoregembed: its two stages (raw set-up)"
+        "dream,infonce,replug",
+        "objectives, comma-separated; dream-batch, replug-batch: in-batch candidates; autoregembed: its two "
+        "stages (raw set-up)",
     )
     eval_scifact: bool = option(True, "also evaluate on SciFact")
     # The raw set-up's 6-layer decoder is ~2.3x slower to encode than all-MiniLM-L6-v2 (3 vs 1.3 min per
@@ -136,6 +145,9 @@ class Settings:
     # time, each with --threads threads; the shared stages (data, candidates, heads, BM25 and base
     # evaluations) are done first, once. Keep jobs x threads at the number of cores.
     jobs: int = option(1, "systems trained at once, each in its own process")
+    # Each run keeps its retriever at these steps (runs/<name>/snapshots/) and each is evaluated: the curve
+    # shows a peak the final model hides. Runs trained (and cached) without them are refused.
+    eval_steps: str = option("", "also evaluate every run at these steps, comma-separated (e.g. 100,250,500)")
 
 
 def prepare(settings: Settings) -> tuple[Path, Path, Path]:
@@ -146,7 +158,7 @@ def prepare(settings: Settings) -> tuple[Path, Path, Path]:
     train = candidates_file(settings, data, settings.num_candidates)
     parallel = settings.document_layout == "parallel"
     heads = work / ("heads_qr_parallel.json" if parallel else "heads_qr.json")
-    if "dream" not in settings.objectives.split(","):
+    if "dream" not in {base_objective(o)[0] for o in settings.objectives.split(",")}:
         return data, train, heads  # only DREAM reads the heads: not scored for nothing
     STAGES.run(
         "heads",
@@ -165,6 +177,20 @@ def prepare(settings: Settings) -> tuple[Path, Path, Path]:
         ),
     )
     return data, train, heads
+
+
+def base_objective(objective: str) -> tuple[str, dict[str, Any]]:
+    """The registered objective a row trains with and the options its variant sets."""
+    return OBJECTIVE_VARIANTS.get(objective, (objective, {}))
+
+
+def eval_steps(settings: Settings) -> list[int]:
+    steps = sorted({int(s) for s in settings.eval_steps.split(",") if s.strip()})
+    if any(not 0 < s < settings.steps for s in steps):
+        raise SystemExit(
+            f"--eval-steps must lie between 0 and --steps {settings.steps} (the final step is always evaluated)"
+        )
+    return steps
 
 
 def candidates_file(settings: Settings, data: Path, num_candidates: int) -> Path:
@@ -248,6 +274,12 @@ def train_system(
             "training": {**asdict(arguments), **asdict(sampling)},
         },
     )
+    snapshots = RetrieverSnapshots(eval_steps(settings), out / "snapshots")
+    missing = [s for s in snapshots.steps if not (snapshots.path(s) / "modules.json").exists()]
+    if missing and (final / "modules.json").exists():
+        raise SystemExit(
+            f"{out} was trained without snapshots at steps {sorted(missing)}; pass another --work"
+        )
     STAGES.run(
         f"train {name}",
         final / "modules.json",
@@ -260,6 +292,7 @@ def train_system(
             llm=system.llm,
             options=system.options,
             runtime=system.runtime,
+            callbacks=[snapshots],
         ),
     )
     # The logged step times, not a stopwatch around training: they also count the steps an interrupted
@@ -345,18 +378,46 @@ def system_arguments(
     return SystemArguments.from_flat({**base, **overrides})
 
 
-def report(settings: Settings, results: dict, train_seconds: dict, logs: dict, title: str) -> None:
+def evaluate_snapshots(
+    settings: Settings, name: str, final: Path, datasets: dict
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{dataset: {step: metrics}}`` of a run's snapshots (--eval-steps) and its final model."""
+    curve: dict[str, dict[str, dict[str, float]]] = {d: {} for d in datasets}
+    for step in eval_steps(settings):
+        path = RetrieverSnapshots([], final.parent / "snapshots").path(step)
+        for dataset_name, metrics in evaluate_system(settings, f"{name}@{step}", str(path), datasets).items():
+            curve[dataset_name][str(step)] = metrics
+    for dataset_name, metrics in evaluate_system(settings, name, str(final), datasets).items():
+        curve[dataset_name][str(settings.steps)] = metrics
+    return curve
+
+
+def report(
+    settings: Settings,
+    results: dict,
+    train_seconds: dict,
+    logs: dict,
+    title: str,
+    curves: dict | None = None,
+) -> None:
     table = {
         d: {s: {**m, "train_s": train_seconds.get(s, 0.0)} for s, m in systems.items()}
         for d, systems in results.items()
     }
     print(format_results_table(table))
+    for dataset_name, systems in (curves or {}).items():
+        for system, by_step in systems.items():
+            points = ", ".join(f"{step}: {m['ndcg@10']:.4f}" for step, m in by_step.items())
+            print(f"{dataset_name} {system} nDCG@10 by step: {points}")
     meta = {
         "settings": asdict(settings),
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {settings.jobs} x {settings.threads} threads, torch {torch.__version__}",
     }
-    write_json_atomic(settings.out, {"results": results, "train_seconds": train_seconds, "meta": meta})
+    document = {"results": results, "train_seconds": train_seconds, "meta": meta}
+    if curves:
+        document["by_step"] = curves
+    write_json_atomic(settings.out, document)
     if logs:
         png = Path(settings.out).with_name(Path(settings.out).stem + "_curves.png")
         # A system's LoRA seeds ("raw/dream/lora1") share its colour.
@@ -385,6 +446,7 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in datasets}
     train_seconds: dict[str, float] = {}
     logs: dict[str, Path] = {}
+    curves: dict[str, dict[str, dict]] = {name: {} for name in datasets}
 
     def record(system: str, metrics: dict) -> None:
         for dataset_name, values in metrics.items():
@@ -417,14 +479,18 @@ def main() -> None:
                     trained = train_autoregembed(settings, setup, (train, data, heads), lora_seed, suffix)
                 else:
                     name, system = f"{setup}-{objective}{suffix[0]}", f"{setup}/{objective}{suffix[1]}"
-                    system_args = system_arguments(settings, train, data, heads, objective=objective)
+                    trains, variant = base_objective(objective)
+                    system_args = system_arguments(settings, train, data, heads, objective=trains, **variant)
                     final, seconds = train_system(settings, name, setup, system_args, lora_seed=lora_seed)
                     trained = [(name, system, final, seconds)]
                 for name, system, final, seconds in trained:
                     train_seconds[system] = seconds
                     logs[system] = final.parent / "log.jsonl"
                     record(system, evaluate_system(settings, name, str(final), on))
-    report(settings, results, train_seconds, logs, "compare")
+                    if settings.eval_steps:
+                        for dataset_name, by_step in evaluate_snapshots(settings, name, final, on).items():
+                            curves[dataset_name][system] = by_step
+    report(settings, results, train_seconds, logs, "compare", curves if settings.eval_steps else None)
 
 
 def train_in_workers(settings: Settings, setup: str, lora_seeds: list[int]) -> None:

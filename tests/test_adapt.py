@@ -243,6 +243,7 @@ def test_adapt_end_to_end_reads_only_the_corpus_and_resumes(tmp_path, tiny_bert_
     assert 0 <= report["validation"]["best"] <= 1 and report["steps"] == 4
     assert json.loads((out / "work" / "heads.json").read_text())["settings"]["method"] == "qrhead-pseudo-gold"
     assert "validation" in (out / "report.md").read_text()
+    assert report["search"] is None  # ict: the pseudo-gold is not a corpus passage
     # The injected heads' share of the source passage, before and after, next to the checkpoints.
     picture = out / "work" / "train" / "head_attention.png"
     assert report["head_attention"] == str(picture) and (out / "work" / "train" / "checkpoints").is_dir()
@@ -291,6 +292,22 @@ def test_adapt_end_to_end_with_generated_queries(tmp_path, tiny_bert_dir, tiny_l
     assert generated and all(e.query.endswith(f"item {e.gold_id} here") for e in generated)
     assert all(e.gold_id in e.candidate_ids for e in train)
     assert (tmp_path / "out" / "model" / "modules.json").exists()
+    # The report's search rows: BM25, base, adapted and both fused, on the held-out generated queries.
+    search = report["search"]
+    validation_ids = [e.gold_id for e in read_training_file(tmp_path / "out" / "work" / "validation.jsonl")]
+    assert set(search["systems"]) == {"bm25", "base", "adapted", "bm25+base", "bm25+adapted"}
+    # Five held-out generated queries; the sixth held-out example is the titled record's title, whose
+    # pseudo-gold (the untitled passage) is not a corpus passage, so it is left out.
+    assert search["queries"] == 5 and search["passages"] == 31
+    # The base row, from ranked hit lists, equals the validation's own rank count on the same encodings
+    # (each held-out example has its own passage, and those passages come first among the searched ones).
+    start = np.load(tmp_path / "out" / "work" / "train" / "validation_step0.npz")
+    kept = [i for i, gold in enumerate(validation_ids) if gold in corpus]  # the record's gold is derived
+    assert len(kept) == 5
+    expected = pseudo_gold_success(start["queries"][kept], start["docs"], kept, start["golds"][kept])
+    assert search["systems"]["base"]["success@10"] == pytest.approx(expected["success@10"], rel=1e-12)
+    assert search["systems"]["base"]["mrr@10"] == pytest.approx(expected["mrr@10"], rel=1e-12)
+    assert "| bm25+adapted |" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_adapt_refreshes_candidates_with_the_retriever(tmp_path, tiny_bert_dir, tiny_llama_dir):

@@ -24,7 +24,7 @@ from dreamir.guards import NonFiniteError
 from dreamir.llm.heads import HeadSet
 from dreamir.objectives import InfoNCELoss
 from dreamir.retriever import Retriever, RetrieverConfig
-from dreamir.trainer import CHECKPOINTS, STATE_FILE, Trainer, TrainingArguments
+from dreamir.trainer import CHECKPOINTS, STATE_FILE, RetrieverSnapshots, Trainer, TrainingArguments
 from tests.test_dream_objective import CORPUS, EXAMPLES
 
 
@@ -325,3 +325,23 @@ def test_head_file_loader_raises_a_value_error_naming_the_file(content, position
             HeadSet.load(path)
         except ValueError as error:
             assert str(path) in str(error)
+
+
+def test_snapshots_keep_the_retriever_at_the_steps_asked_and_survive_a_resume(tiny_bert_dir, tmp_path):
+    snapshots = RetrieverSnapshots([2, 4, 6], tmp_path / "snapshots")
+    snapshots.path(4).mkdir(parents=True)  # as a run interrupted after saving step 4's snapshot left it
+    (snapshots.path(4) / "modules.json").write_text("kept")
+    objective = _objective(tiny_bert_dir)
+    Trainer(
+        objective, EXAMPLES, CORPUS, _args(tmp_path / "run"), sampling=SAMPLING, callbacks=[snapshots]
+    ).train()
+    assert (snapshots.path(4) / "modules.json").read_text() == "kept"
+    texts = [doc.full_text for doc in list(CORPUS.values())[:4]]
+
+    def encode(path: Path) -> torch.Tensor:
+        return torch.as_tensor(Retriever.from_pretrained(str(path)).eval().encode_documents(texts))
+
+    final = encode(tmp_path / "run" / "final")
+    assert torch.equal(encode(snapshots.path(6)), final)
+    assert not torch.allclose(encode(snapshots.path(2)), final)
+    assert sorted(p.name for p in snapshots.directory.iterdir()) == [f"step-00000{s}" for s in (2, 4, 6)]

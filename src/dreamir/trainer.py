@@ -98,6 +98,32 @@ class TrainerCallback(Protocol):
     def on_step_end(self, trainer: Trainer) -> dict[str, float]: ...
 
 
+class RetrieverSnapshots:
+    """Saves the retriever at the given steps as ``directory/step-NNNNNN`` (a sentence-transformers
+    directory each), so that a run's curve can be evaluated afterwards; a snapshot already there (written
+    before an interruption) is kept."""
+
+    def __init__(self, steps: Sequence[int], directory: str | Path) -> None:
+        self.steps = set(steps)
+        self.directory = Path(directory)
+
+    def path(self, step: int) -> Path:
+        return self.directory / f"step-{step:06d}"
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        pass
+
+    def on_step_end(self, trainer: Trainer) -> dict[str, float]:
+        target = self.path(trainer.step)
+        if (
+            trainer.step in self.steps
+            and trainer.processes.is_main
+            and not (target / "modules.json").exists()
+        ):
+            trainer.objective.retriever.save(target)
+        return {}
+
+
 class Trainer:
     def __init__(
         self,

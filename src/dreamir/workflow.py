@@ -42,7 +42,7 @@ from dreamir.objectives import Objective, objective_class, options_classes
 from dreamir.options import split_template
 from dreamir.retriever import LoraSettings, Retriever, RetrieverConfig
 from dreamir.search import bm25_run
-from dreamir.trainer import Trainer, TrainingResult
+from dreamir.trainer import Trainer, TrainerCallback, TrainingResult
 
 logger = logging.getLogger(__name__)
 
@@ -234,8 +234,10 @@ def train_retriever(
     llm: LLMArguments | None = None,
     options: Sequence[Any] = (),
     runtime: RuntimeArguments | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainingResult:
-    """Train the retriever with any registered objective; ``options``: objectives' own option instances."""
+    """Train the retriever with any registered objective; ``options``: objectives' own option instances;
+    ``callbacks``: hooks after every step (e.g. trainer.RetrieverSnapshots)."""
     sampling = sampling or SamplingArguments()
     llm = llm or LLMArguments()
     runtime = runtime or RuntimeArguments()
@@ -266,6 +268,7 @@ def train_retriever(
         sampling=sampling,
         run_settings=run_settings,
         run_setting_defaults=defaults,
+        callbacks=callbacks,
     )
     return trainer.train()
 

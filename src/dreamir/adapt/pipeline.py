@@ -12,9 +12,9 @@ from pathlib import Path
 from dreamir.adapt.arguments import AdaptArguments
 from dreamir.adapt.examples import prepare_examples, read_derived
 from dreamir.adapt.heads import select_heads_label_free
-from dreamir.adapt.report import plot_head_attention_before_after, render_report
+from dreamir.adapt.report import plot_head_attention_before_after, render_report, search_comparison
 from dreamir.adapt.training import build_trainer
-from dreamir.adapt.validation import VALIDATION_METRIC
+from dreamir.adapt.validation import VALIDATION_METRIC, PseudoGoldValidator
 from dreamir.artefacts import write_adapt_manifest
 from dreamir.data.beir import read_corpus
 from dreamir.data.corpus_examples import read_query_examples
@@ -107,6 +107,8 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
             lambda: plot_head_attention_before_after(args, llm, train, full_corpus, out / "model", train_dir),
             "measuring the injected heads' share of the source passage before and after training",
         )
+    validator = next(c for c in trainer.callbacks if isinstance(c, PseudoGoldValidator))
+    search = search_comparison(validator, corpus, train_dir)
     baseline = json.loads((train_dir / "validation_step0.json").read_text())
     report = {
         "corpus": str(corpus_file),
@@ -127,6 +129,7 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
         "model": str(out / "model"),
         "curves": str(curve),
         "head_attention": str(head_picture) if head_picture else None,
+        "search": search,
     }
     write_json_atomic(out / "report.json", report)
     write_text_atomic(out / "report.md", render_report(report))
@@ -135,4 +138,7 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
         f"validation success@10: {report['validation']['start']:.3f} at the start, "
         f"{report['validation']['best']:.3f} at step {report['validation']['best_step']} (kept) -> {out / 'model'}"
     )
+    if search:
+        found = ", ".join(f"{name} {m['success@10']:.3f}" for name, m in search["systems"].items())
+        _say(f"held-out queries finding their passage in the top 10: {found}")
     return report

@@ -8,16 +8,22 @@ import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from dreamir.adapt.encoding import encode
 from dreamir.adapt.examples import source_passage
 from dreamir.data.beir import Document
 from dreamir.data.training import TrainingExample
 from dreamir.evaluation import pseudo_gold_success
-from dreamir.io import read_log_rows, write_json_atomic
+from dreamir.io import atomic_path, read_log_rows, write_json_atomic
 from dreamir.retriever import Retriever
 from dreamir.trainer import Trainer
 
 VALIDATION_METRIC = "val_success@10"
+# The encodings behind the first measurement and behind the kept checkpoint's (queries, searched passages,
+# golds), beside the checkpoints: the report compares BM25, base, adapted and hybrid search on them.
+START_ENCODINGS = "validation_step0.npz"
+BEST_ENCODINGS = "best_encodings.npz"
 # With a hundred or so held-out examples success@10 moves in steps of 1%: MRR@10 breaks its ties.
 TIE_BREAKER = "val_mrr@10"
 
@@ -78,11 +84,18 @@ class PseudoGoldValidator:
         self.doc_text_rows = [row_of[t] for t in self.doc_texts]
         self.gold_text_rows = [row_of[t] for t in self.gold_texts]
         self.best = (float("-inf"), float("-inf"))
+        self.encodings: dict[str, np.ndarray] = {}
+
+    @property
+    def generated(self) -> slice:
+        """The held-out examples' own queries (the titles' queries follow them)."""
+        return slice(0, len(self.queries) - self.num_titles)
 
     def measure(self) -> dict[str, float]:
         queries = encode(self.retriever, self.queries, True, self.max_length, self.precision)
         encoded = encode(self.retriever, self.distinct_texts, False, self.max_length, self.precision)
         docs, golds = encoded[self.doc_text_rows], encoded[self.gold_text_rows]
+        self.encodings = {"queries": queries, "docs": docs, "golds": golds}
         result = {f"val_{k}": v for k, v in pseudo_gold_success(queries, docs, self.gold_rows, golds).items()}
         if self.num_titles:
             titles = slice(len(self.queries) - self.num_titles, None)
@@ -96,7 +109,9 @@ class PseudoGoldValidator:
         scores = [_rank_key(r) for r in rows if VALIDATION_METRIC in r and r["step"] <= trainer.step]
         baseline = trainer.output_dir / "validation_step0.json"
         if not baseline.exists():
-            write_json_atomic(baseline, self.measure())
+            result = self.measure()
+            self._save_encodings(trainer.output_dir / START_ENCODINGS)
+            write_json_atomic(baseline, result)
         scores.append(_rank_key(json.loads(baseline.read_text())))
         self.best = max(scores)
         if trainer.step == 0 and not self.best_dir.exists():
@@ -110,5 +125,10 @@ class PseudoGoldValidator:
         if _rank_key(result) >= self.best:
             self.best = _rank_key(result)
             self.retriever.save(self.best_dir)
+            self._save_encodings(self.best_dir.parent / BEST_ENCODINGS)
             write_json_atomic(self.best_dir.parent / "best.json", {"step": trainer.step, **result})
         return result
+
+    def _save_encodings(self, path: Path) -> None:
+        with atomic_path(path) as tmp, tmp.open("wb") as f:
+            np.savez(f, **self.encodings)
