@@ -12,7 +12,7 @@ from dreamir import precision as compute
 from dreamir.data.corpus_examples import CorpusExampleSettings
 from dreamir.models import MINILM, SMOLLM2
 from dreamir.objectives import OBJECTIVES
-from dreamir.options import at_least, positive
+from dreamir.options import at_least, non_negative, positive
 from dreamir.precision import PRECISION_HELP, Precision
 
 
@@ -111,6 +111,20 @@ class AdaptArguments:
         default=0.05, metadata={"help": "softmax temperature tau over candidate scores"}
     )
     max_target_tokens: int = field(default=32, metadata={"help": "target tokens the LLM must predict"})
+    dream_candidates: Literal["own", "batch"] = field(
+        default="own",
+        metadata={
+            "help": "dream: own, each query's prompt holds its K candidates; batch, every distinct candidate "
+            "of the batch (see `dreamir train --help`)"
+        },
+    )
+    anchor_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "dream: weight of KL(p_start || p), a penalty on p moving away from the starting "
+            "retriever's distribution over the candidates (0: none)"
+        },
+    )
     train_max_length: int | None = field(
         default=128,
         metadata={"help": "retriever tokens per text while training (all-MiniLM-L6-v2 was trained at 128)"},
@@ -139,6 +153,7 @@ class AdaptArguments:
         at_least(self, 1, "retriever_layers")
         at_least(self, 0, "refresh_every", "refresh_after")
         positive(self, "learning_rate", "temperature")
+        non_negative(self, "anchor_weight")
 
     def passages_to_sample(self) -> int:
         if self.max_passages is not None:

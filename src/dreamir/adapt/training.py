@@ -56,7 +56,14 @@ def build_trainer(
             # the step that reads them, not written to disk, and not built ahead for unread examples.
             document_layout=args.document_layout,
         ),
-        [DreamOptions(heads=str(heads_file), num_heads=args.num_heads)],
+        [
+            DreamOptions(
+                heads=str(heads_file),
+                num_heads=args.num_heads,
+                dream_candidates=args.dream_candidates,
+                anchor_weight=args.anchor_weight,
+            )
+        ],
     )
     training = TrainingArguments(
         output_dir=str(train_dir),

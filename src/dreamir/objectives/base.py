@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -108,10 +109,11 @@ class Objective(nn.Module):
         such context cast the float32 weights to bf16 once, not once per call."""
         return compute.autocast(self.retriever_precision, self.retriever.device)
 
-    def embed(self, texts: list[str], is_query: bool) -> Tensor:
-        """The retriever's embeddings with autograd, float32 whatever the precision."""
+    def embed(self, texts: list[str], is_query: bool, retriever: Retriever | None = None) -> Tensor:
+        """The retriever's (or ``retriever``'s) embeddings with autograd, float32 whatever the precision."""
         with self.retriever_autocast():
-            return self.retriever(texts, is_query=is_query, max_length=self.train_max_length).float()
+            encoder = retriever or self.retriever
+            return encoder(texts, is_query=is_query, max_length=self.train_max_length).float()
 
     def similarity(self, queries: Tensor, documents: Tensor) -> Tensor:
         """Scores [m, n] by the retriever's own similarity, the one evaluation and search use too."""
@@ -167,6 +169,36 @@ class Objective(nn.Module):
             TrainingInstance(i.query, i.target, pool, position.get(_gold_id(i)), i.gold) for i in instances
         ]
         return pooled, scores, torch.ones_like(scores, dtype=torch.bool)
+
+    def keep_starting_retriever(self) -> None:
+        """Freeze a copy of the retriever as it is now (before any step), for ``starting_scores``. Held
+        outside the module tree: it is no parameter, is never trained, saved or put in training mode."""
+        frozen = copy.deepcopy(self.retriever).eval().requires_grad_(False)
+        self._starting = (frozen,)
+
+    @torch.no_grad()
+    def starting_scores(self, instances: list[TrainingInstance], mask: Tensor) -> Tensor:
+        """The starting retriever's scores [B, K] of each instance's candidates (those ``scored_candidates``
+        returned: its own, or the batch's pool), zero where ``mask`` is false."""
+        (start,) = self._starting
+        queries = self.embed([i.query for i in instances], is_query=True, retriever=start)
+        distinct = list({d.doc_id: d for i in instances for d in i.documents}.values())
+        row = {d.doc_id: k for k, d in enumerate(distinct)}
+        documents = self.embed([d.full_text for d in distinct], is_query=False, retriever=start)
+        scores = torch.zeros(mask.shape, dtype=queries.dtype, device=queries.device)
+        for b, instance in enumerate(instances):
+            rows = torch.tensor([row[d.doc_id] for d in instance.documents], device=queries.device)
+            scores[b, : len(rows)] = self.similarity(queries[b : b + 1], documents[rows])[0]
+        return scores
+
+    def anchor_divergence(self, instances: list[TrainingInstance], probs: Tensor, mask: Tensor) -> Tensor:
+        """KL(p_start || p), averaged over queries: how far p over these candidates has moved from the
+        starting retriever's distribution at the current temperature (0 before the first step). A penalty on
+        it keeps what the starting retriever knew about passages the LLM's judgement does not speak for."""
+        logits = self.starting_scores(instances, mask) / self.temperature.value.detach()
+        start = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
+        terms = torch.xlogy(start, start) - torch.xlogy(start, probs.clamp_min(1e-30))
+        return terms.masked_fill(~mask, 0.0).sum(-1).mean()
 
     def candidate_distribution(self, scores: Tensor, mask: Tensor) -> Tensor:
         """p = softmax_k(s_k / tau) over the real candidates."""

@@ -20,7 +20,7 @@ from dreamir.objectives.base import (
     RetrieverPrecision,
     TrainingInstance,
 )
-from dreamir.options import at_least
+from dreamir.options import at_least, non_negative
 from dreamir.retriever import Retriever
 
 
@@ -48,8 +48,18 @@ class DreamOptions:
         },
     )
 
+    anchor_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of KL(p_start || p), the distance of p over the candidates from the starting "
+            "retriever's own distribution, added to DREAM's loss so that training keeps what the retriever "
+            "knew (0: no anchor)"
+        },
+    )
+
     def __post_init__(self) -> None:
         at_least(self, 1, "num_heads")
+        non_negative(self, "anchor_weight")
 
 
 class DreamLoss(Objective):
@@ -66,6 +76,7 @@ class DreamLoss(Objective):
         retriever_precision: RetrieverPrecision = "float32",
         reuse_prefix: bool = True,
         candidates: CandidateSource = "own",
+        anchor_weight: float = 0.0,
     ) -> None:
         super().__init__(retriever, temperature, learn_temperature, retriever_precision)
         if not llm.heads:
@@ -73,6 +84,9 @@ class DreamLoss(Objective):
         self.llm = llm
         self.reuse_prefix = reuse_prefix
         self.candidates = candidates
+        self.anchor_weight = anchor_weight
+        if anchor_weight:
+            self.keep_starting_retriever()
 
     @classmethod
     def from_options(
@@ -86,6 +100,7 @@ class DreamLoss(Objective):
             llm,
             reuse_prefix=not options.reference_step,
             candidates=options.dream_candidates,
+            anchor_weight=options.anchor_weight,
             **common,
         )
 
@@ -102,6 +117,10 @@ class DreamLoss(Objective):
             batch.target_tokens
         )
         logs = {"entropy": self.entropy(probs), **self.gold_logs(probs, instances), **self.temperature_logs()}
+        if self.anchor_weight:
+            divergence = self.anchor_divergence(instances, probs, mask)
+            logs.update(dream_loss=float(loss.detach()), anchor_kl=float(divergence.detach()))
+            loss = loss + self.anchor_weight * divergence
         if self.candidates == "batch":
             logs["pool_size"] = float(scores.shape[1])
         return ObjectiveOutput(loss, logs)
