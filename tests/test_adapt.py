@@ -243,6 +243,10 @@ def test_adapt_end_to_end_reads_only_the_corpus_and_resumes(tmp_path, tiny_bert_
     assert 0 <= report["validation"]["best"] <= 1 and report["steps"] == 4
     assert json.loads((out / "work" / "heads.json").read_text())["settings"]["method"] == "qrhead-pseudo-gold"
     assert "validation" in (out / "report.md").read_text()
+    rates, seconds = report["throughput"], report["stage_seconds"]
+    assert rates["steps_per_s"] == pytest.approx(4 / seconds["training"], rel=1e-12)
+    assert rates["candidates_per_s"] == pytest.approx(rates["steps_per_s"] * 2 * 4, rel=1e-12)
+    assert rates["passages_per_s_examples"] == pytest.approx(30 / seconds["examples"], rel=1e-12)
     assert report["search"] is None  # ict: the pseudo-gold is not a corpus passage
     # The injected heads' share of the source passage, before and after, next to the checkpoints.
     picture = out / "work" / "train" / "head_attention.png"
@@ -262,6 +266,7 @@ def test_adapt_end_to_end_reads_only_the_corpus_and_resumes(tmp_path, tiny_bert_
     log_lines = (out / "work" / "train" / "log.jsonl").read_text()
     again = adapt(args)
     assert again["validation"] == report["validation"]
+    assert "steps_per_s" not in again["throughput"]  # no step was run this time
     assert (out / "work" / "train" / "log.jsonl").read_text() == log_lines
 
 

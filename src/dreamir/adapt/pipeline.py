@@ -33,6 +33,22 @@ def _say(message: str) -> None:
     print(f"[dreamir adapt] {message}", flush=True)
 
 
+def throughput(
+    args: AdaptArguments, meta: dict, seconds: dict[str, float], rows: list[dict], steps_run: int
+) -> dict[str, float]:
+    """Passages the examples stage read per second (generation, for genq), and training's steps and
+    candidates read by the LLM per second (validation included) over the steps this invocation ran."""
+    rates = {}
+    if seconds.get("examples"):
+        rates["passages_per_s_examples"] = meta["passages_sampled"] / seconds["examples"]
+    if seconds.get("training") and steps_run:
+        per_query = [r["pool_size"] for r in rows[-steps_run:] if "pool_size" in r]
+        candidates = sum(per_query) / len(per_query) if per_query else args.num_candidates
+        rates["steps_per_s"] = steps_run / seconds["training"]
+        rates["candidates_per_s"] = steps_run * args.batch_size * candidates / seconds["training"]
+    return rates
+
+
 def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ()) -> dict:
     """Run (or resume) every stage; ``extra_callbacks`` join the trainer's (benchmarks use it to measure
     a labelled metric beside the label-free one)."""
@@ -124,6 +140,7 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
         },
         "steps": result.steps,
         "stage_seconds": stages.seconds,
+        "throughput": throughput(args, meta, stages.seconds, rows, result.steps - result.resumed_from),
         # The processor and the dtype every stage computed in (generation, LLM, retriever, validation).
         "machine": machine,
         "model": str(out / "model"),

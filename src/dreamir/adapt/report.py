@@ -98,6 +98,18 @@ def _success(hits: Hits, gold: Sequence[str]) -> dict[str, float]:
     }
 
 
+def _throughput_line(rates: dict[str, float]) -> str:
+    parts = []
+    if "passages_per_s_examples" in rates:
+        parts.append(f"examples {rates['passages_per_s_examples']:.2f} passages/s")
+    if "steps_per_s" in rates:
+        parts.append(
+            f"training {rates['steps_per_s']:.3f} steps/s, {rates['candidates_per_s']:.1f} candidates read/s "
+            "(validation included)"
+        )
+    return ", ".join(parts) or "nothing run this time (every stage reused)"
+
+
 def render_report(report: dict) -> str:
     v, e = report["validation"], report["examples"]
     lines = [
@@ -112,6 +124,7 @@ def render_report(report: dict) -> str:
         f"the corpus): {v['start']:.3f} before training, best {v['best']:.3f} at step {v['best_step']} (kept)",
         "- by step: " + ", ".join(f"{s}: {x:.3f}" for s, x in sorted(v["by_step"].items())),
         "- stage seconds: " + ", ".join(f"{k} {s:.0f}" for k, s in report["stage_seconds"].items()),
+        "- throughput: " + _throughput_line(report.get("throughput") or {}),
         f"- compute: {describe_compute(report['machine'])}",
         f"- model: `{report['model']}`; curves: `{report['curves']}`",
     ]
