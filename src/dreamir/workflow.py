@@ -31,7 +31,7 @@ from dreamir.arguments import (
 from dreamir.candidates import BM25Index, mine_candidates
 from dreamir.data.beir import BeirDataset, Document, read_corpus
 from dreamir.data.training import TrainingExample, read_training_file, validate_against_corpus
-from dreamir.evaluation import evaluate_bm25, evaluate_encoder
+from dreamir.evaluation import compute_metrics, encoder_run
 from dreamir.guards import check_finite_embeddings
 from dreamir.io import check_output_file
 from dreamir.llm.frozen import FrozenLLM
@@ -41,6 +41,8 @@ from dreamir.models import resolve_model
 from dreamir.objectives import Objective, objective_class, options_classes
 from dreamir.options import split_template
 from dreamir.retriever import LoraSettings, Retriever, RetrieverConfig
+from dreamir.search.base import Run
+from dreamir.search.bm25 import bm25_run
 from dreamir.trainer import Trainer, TrainingResult
 
 logger = logging.getLogger(__name__)
@@ -293,10 +295,16 @@ def cache_candidates(
 def evaluate_model(
     model: str, dataset: BeirDataset, batch_size: int = 64, show_progress: bool = True
 ) -> dict:
+    return compute_metrics(dataset.qrels, model_run(model, dataset, batch_size, show_progress))
+
+
+def model_run(model: str, dataset: BeirDataset, batch_size: int = 64, show_progress: bool = True) -> Run:
+    """The run evaluate_model scores (score it per query with dreamir.evaluation.per_query_metrics): each
+    query's top 100 by BM25 (``model`` "bm25") or by the retriever."""
     if model == "bm25":
-        return evaluate_bm25(dataset)
+        return bm25_run(dataset, k=100)
     retriever = Retriever.from_pretrained(resolve_model(model)).eval()
-    return evaluate_encoder(
+    return encoder_run(
         dataset,
         lambda texts: check_finite_embeddings(
             retriever.encode_queries(texts, batch_size=batch_size, show_progress=show_progress),
