@@ -8,12 +8,24 @@ held-out Factbook questions; no Factbook question is used in training).
 
     python benchmarks/adapt.py --quick    # smoke run: few steps, Factbook only
     python benchmarks/adapt.py            # the tables in docs/experiments.md
+    python benchmarks/adapt.py --seeds 0,1,2 --out results/adapt_seeds.json   # a gain told from noise
+    python benchmarks/adapt.py --quick --seeds 0,1   # smoke run of the seeds protocol
 
 Every run is `dreamir adapt` with its defaults unless an option here says otherwise; the first objective's
 examples are copied to the others, so all train on the very same examples and candidates. For DREAM on
 each corpus, the labelled nDCG@10 is also measured at every validation step (never used for training or
 for choosing the checkpoint) to show how well the label-free signal tracks it. Writes results/adapt.json
 and results/adapt_curves.png; every stage is cached under --work, so an interrupted run resumes.
+
+With more than one seed (--seeds) it runs the seeds protocol instead: one objective (DREAM unless
+--objectives names another), one adapt run per seed, each seed drawing its own passages, held-out
+validation split and training order (the evaluation data stays the same: --data-seed fixes the Factbook
+task). The base and every seed's adapted model are scored per query (cached under --work/eval), and the
+nDCG@10 gain over the base gets a paired bootstrap 95% interval: each query's gain averaged over the seeds,
+the queries resampled with replacement. Writes results/adapt_seeds.json, for each corpus
+{"base", "seeds": {seed: metrics}, "mean", "gain_ci95": [low, high], "settings"}. Seed N runs in
+WORK/CORPUS/seeds/OBJECTIVE-seedN, apart from the comparison's runs (WORK/CORPUS/OBJECTIVE; with one seed
+N other than 0, WORK/CORPUS/OBJECTIVE-seedN).
 """
 
 from __future__ import annotations
@@ -32,13 +44,19 @@ from dreamir.adapt import TIE_BREAKER, VALIDATION_METRIC, AdaptArguments, adapt
 from dreamir.cli import ArgumentParser
 from dreamir.data.beir import BeirDataset, load_beir
 from dreamir.datasets.factbook import build_factbook
-from dreamir.evaluation import evaluate_encoder, format_results_table
+from dreamir.evaluation import (
+    evaluate_encoder,
+    format_results_table,
+    mean_metrics,
+    paired_bootstrap_gain,
+    per_query_metrics,
+)
 from dreamir.io import read_log_rows, write_json_atomic
 from dreamir.models import MINILM, SMOLLM2
 from dreamir.plots import plot_training_curves
 from dreamir.stages import Stages
 from dreamir.trainer import Trainer
-from dreamir.workflow import evaluate_model, read_json
+from dreamir.workflow import evaluate_model, read_json, retrieval_run
 
 STAGES = Stages()
 # Objectives whose frozen decoder reads the retriever's states: a retriever of the LLM's width (compare.py's
@@ -56,12 +74,26 @@ def option(default: Any, help: str) -> Any:
 @dataclass
 class Settings:
     work: str = option("runs/adapt", "cache of every stage")
-    out: str = option("results/adapt.json", "results file; the curves go beside it")
+    out: str | None = option(
+        None,
+        "results file; the curves go beside it (default: results/adapt.json, results/adapt_seeds.json with "
+        "more than one seed)",
+    )
     beir: str = option("../shared/data/beir/scifact", "SciFact (BEIR layout)")
     datasets: str = option("scifact,factbook", "corpora to adapt to, comma-separated")
-    objectives: str = option(
-        "dream,infonce,replug", "objectives, comma-separated (autoregembed-ic: information compression)"
+    objectives: str | None = option(
+        None,
+        "objectives, comma-separated (autoregembed-ic: information compression); default: dream,infonce,"
+        "replug, or with more than one seed the one objective the seeds measure, dream",
     )
+    seeds: str = option(
+        "0",
+        "adapt seeds, comma-separated: each draws its own passages, held-out validation split and training "
+        "order; more than one runs the seeds protocol (per-query nDCG@10, paired bootstrap interval)",
+    )
+    data_seed: int = option(0, "seeds the Factbook task (corpus split, evaluation questions), for every seed")
+    resamples: int = option(10_000, "seeds protocol: bootstrap resamples of the queries")
+    bootstrap_seed: int = option(0, "seeds protocol: seeds the bootstrap")
     recipe: str | None = option(None, "how examples are made from a corpus: genq, ict (default: adapt's)")
     max_steps: int | None = option(None, "default: adapt's")
     max_passages: int | None = option(None, "default: adapt's")
@@ -69,6 +101,10 @@ class Settings:
     refresh_every: int | None = option(None, "default: adapt's")
     refresh_after: int | None = option(None, "default: adapt's")
     examples_per_passage: int | None = option(None, "default: adapt's")
+    validation_examples: int | None = option(None, "default: adapt's")
+    validation_docs: int | None = option(None, "default: adapt's")
+    validate_every: int | None = option(None, "default: adapt's")
+    head_examples: int | None = option(None, "default: adapt's")
     target_words: int | None = option(None, "default: adapt's")
     max_target_tokens: int | None = option(None, "default: adapt's")
     ict_target: str | None = option(None, "default: adapt's")
@@ -77,8 +113,9 @@ class Settings:
     precision: str | None = option(
         None, "compute dtype of every stage: auto, float32, bfloat16 (default: adapt's)"
     )
-    track_labelled: bool = option(True, "measure the labelled nDCG@10 at each validation (DREAM only)")
-    seed: int = option(0, "seeds every run")
+    track_labelled: bool = option(
+        True, "measure the labelled nDCG@10 at each validation (DREAM only; not in the seeds protocol)"
+    )
     threads: int = option(2, "CPU threads torch may use")
 
 
@@ -114,11 +151,21 @@ def corpus_dir(settings: Settings, name: str) -> Path:
     if name == "scifact":
         return Path(settings.beir)
     directory = Path(settings.work) / "factbook-data"
-    STAGES.run("factbook", directory / "meta.json", lambda: build_factbook(directory, seed=settings.seed))
+    STAGES.run(
+        "factbook", directory / "meta.json", lambda: build_factbook(directory, seed=settings.data_seed)
+    )
     return directory
 
 
-def adapt_arguments(settings: Settings, corpus: Path, out: Path, objective: str) -> AdaptArguments:
+def run_dir(settings: Settings, name: str, objective: str, seed: int, protocol: bool = False) -> Path:
+    """Each seed's own adapt directory, so each caches and resumes alone. The seeds protocol's runs are apart
+    from the comparison's (those of DREAM carry the labelled tracking, measured while they train)."""
+    if protocol:
+        return Path(settings.work) / name / "seeds" / f"{objective}-seed{seed}"
+    return Path(settings.work) / name / (objective if seed == 0 else f"{objective}-seed{seed}")
+
+
+def adapt_arguments(settings: Settings, corpus: Path, out: Path, objective: str, seed: int) -> AdaptArguments:
     overrides = {
         k: getattr(settings, k)
         for k in (
@@ -129,6 +176,10 @@ def adapt_arguments(settings: Settings, corpus: Path, out: Path, objective: str)
             "refresh_every",
             "refresh_after",
             "examples_per_passage",
+            "validation_examples",
+            "validation_docs",
+            "validate_every",
+            "head_examples",
             "target_words",
             "max_target_tokens",
             "ict_target",
@@ -144,7 +195,7 @@ def adapt_arguments(settings: Settings, corpus: Path, out: Path, objective: str)
         corpus=str(corpus),
         out=str(out),
         objective=objective,
-        seed=settings.seed,
+        seed=seed,
         threads=settings.threads,
         **overrides,
     )
@@ -173,12 +224,42 @@ def tracking_correlation(log: Path, start: dict, baseline: dict) -> dict:
 
 def main() -> None:
     parser = ArgumentParser([Settings], description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 10 steps, Factbook only")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: Factbook only, 10 steps, 120 passages, 30 held out, validation over 500 passages",
+    )
     settings, extra = parser.parse_args_into_dataclasses(look_for_args_file=False)
+    try:
+        seeds = [int(s) for s in settings.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds {settings.seeds}: comma-separated whole numbers, e.g. 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        parser.error(f"--seeds {settings.seeds}: a seed is repeated")
+    protocol = len(seeds) > 1
+    settings.objectives = settings.objectives or ("dream" if protocol else "dream,infonce,replug")
+    settings.out = settings.out or ("results/adapt_seeds.json" if protocol else "results/adapt.json")
+    if protocol and "," in settings.objectives:
+        parser.error("the seeds protocol measures one objective: give one with --objectives")
+    if protocol and settings.objectives in COMPRESS_RETRIEVER:
+        parser.error(
+            f"the seeds protocol compares with the base retriever; {settings.objectives} starts elsewhere"
+        )
     if extra.quick:
-        settings.datasets, settings.max_steps, settings.max_passages = "factbook", 10, 200
+        settings.datasets, settings.max_steps, settings.max_passages = "factbook", 10, 120
+        # Small enough for a few minutes a seed on one thread (held-out examples must leave some to train).
+        settings.validation_examples, settings.validation_docs, settings.validate_every = 30, 500, 5
+        settings.head_examples = 8
         settings.work, settings.out = settings.work + "-quick", settings.out.replace(".json", "_quick.json")
     torch.set_num_threads(settings.threads)
+    if protocol:
+        seeds_protocol(settings, seeds)
+    else:
+        compare_objectives(settings, seeds[0])
+
+
+def compare_objectives(settings: Settings, seed: int) -> None:
+    """Every objective on the same examples, BM25 and the base beside them; the labelled tracking."""
     work = Path(settings.work)
     results: dict[str, dict[str, dict[str, float]]] = {}
     tracking: dict[str, dict] = {}
@@ -190,13 +271,13 @@ def main() -> None:
         results[name] = {}
         first: Path | None = None
         for objective in settings.objectives.split(","):
-            out = work / name / objective
+            out = run_dir(settings, name, objective, seed)
             if first is not None:
                 for file in EXAMPLE_FILES:
                     if not (out / "work" / file).exists():
                         (out / "work").mkdir(parents=True, exist_ok=True)
                         shutil.copy(first / "work" / file, out / "work" / file)
-            arguments = adapt_arguments(settings, directory, out, objective)
+            arguments = adapt_arguments(settings, directory, out, objective, seed)
             every = arguments.validate_every or max(arguments.max_steps // 5, 1)
             extra = (
                 [LabelledTracker(dataset, every, arguments.precision)]
@@ -217,8 +298,10 @@ def main() -> None:
         for system, model in {"bm25": "bm25", "base": MINILM}.items():
             results[name][system] = cached_eval(work / "eval" / f"{name}-{system}.json", model, dataset)
         for objective in settings.objectives.split(","):
-            model = str(work / name / objective / "model")
-            results[name][objective] = cached_eval(work / "eval" / f"{name}-{objective}.json", model, dataset)
+            out = run_dir(settings, name, objective, seed)
+            results[name][objective] = cached_eval(
+                work / "eval" / f"{name}-{out.name}.json", str(out / "model"), dataset
+            )
     table = format_results_table(results)
     print(table)
     for name, track in tracking.items():
@@ -252,6 +335,94 @@ def main() -> None:
         },
     )
     print(f"written {settings.out} and {curves}")
+
+
+def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
+    """One objective, one adapt run per seed; per-query nDCG@10 of the base and of every seed's model, and
+    the paired bootstrap interval of the gain averaged over the seeds."""
+    objective = settings.objectives
+    metric = "ndcg@10"
+    summary: dict[str, dict] = {}
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    gains: dict[str, tuple[float, int]] = {}
+    for name in settings.datasets.split(","):
+        directory = corpus_dir(settings, name)
+        dataset = load_beir(directory)
+        base = cached_per_query(settings, f"{name}-base", MINILM, dataset)
+        adapted: dict[int, dict[str, dict[str, float]]] = {}
+        runs = {}
+        for seed in seeds:
+            out = run_dir(settings, name, objective, seed, protocol=True)
+            arguments = adapt_arguments(settings, directory, out, objective, seed)
+            report = adapt(arguments)
+            # Where each run is and what its label-free validation kept (step 0: the base came back).
+            runs[str(seed)] = {
+                "out": str(out),
+                "kept_step": report["validation"]["best_step"],
+                VALIDATION_METRIC: [report["validation"]["start"], report["validation"]["best"]],
+                "stage_seconds": report["stage_seconds"],
+            }
+            adapted[seed] = cached_per_query(
+                settings, f"{name}-seeds-{out.name}", str(out / "model"), dataset
+            )
+        by_seed = {str(seed): mean_metrics(scores) for seed, scores in adapted.items()}
+        mean = {m: float(np.mean([scores[m] for scores in by_seed.values()])) for m in by_seed[str(seeds[0])]}
+        low, high = paired_bootstrap_gain(
+            {q: s[metric] for q, s in base.items()},
+            [{q: s[metric] for q, s in scores.items()} for scores in adapted.values()],
+            resamples=settings.resamples,
+            seed=settings.bootstrap_seed,
+        )
+        adapt_settings = {k: v for k, v in asdict(arguments).items() if k not in ("out", "seed")}
+        summary[name] = {
+            "base": mean_metrics(base),
+            "seeds": by_seed,
+            "mean": mean,
+            "gain_ci95": [low, high],
+            "settings": {
+                "adapt": adapt_settings,
+                "seeds": seeds,
+                "runs": runs,
+                "base": MINILM,
+                **({"data_seed": settings.data_seed} if name == "factbook" else {}),
+                "bootstrap": {
+                    "metric": metric,
+                    "queries": len(base),
+                    "resamples": settings.resamples,
+                    "seed": settings.bootstrap_seed,
+                    "confidence": 0.95,
+                },
+                "date": datetime.date.today().isoformat(),
+                "machine": compute.machine_record(all_stages=arguments.precision),
+            },
+        }
+        start = summary[name]["base"][metric]
+        table[name] = {"base": summary[name]["base"]} | {
+            system: {**scores, "gain": scores[metric] - start}
+            for system, scores in [*((f"seed {seed}", s) for seed, s in by_seed.items()), ("mean", mean)]
+        }
+        gains[name] = (mean[metric] - start, len(base))
+    print(format_results_table(table))
+    for name, (gain, queries) in gains.items():
+        low, high = summary[name]["gain_ci95"]
+        verdict = "a gain" if low > 0 else "a loss" if high < 0 else "not told from noise"
+        print(
+            f"{name}: {objective} nDCG@10 gain over the base, mean of {len(seeds)} seeds {gain:+.4f}; "
+            f"paired bootstrap 95% interval [{low:+.4f}, {high:+.4f}] ({queries} queries, "
+            f"{settings.resamples} resamples): {verdict}"
+        )
+    write_json_atomic(settings.out, summary)
+    print(f"written {settings.out}")
+
+
+def cached_per_query(settings: Settings, system: str, model: str, dataset: BeirDataset) -> dict:
+    """Every query's metrics of ``model`` on ``dataset`` (per_query_metrics), cached under WORK/eval."""
+    path = Path(settings.work) / "eval" / f"{system}-per-query.json"
+    return STAGES.json(
+        path.stem,
+        path,
+        lambda: per_query_metrics(dataset.qrels, retrieval_run(model, dataset, show_progress=False)),
+    )
 
 
 def cached_eval(path: Path, model: str, dataset: BeirDataset) -> dict[str, float]:

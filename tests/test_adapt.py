@@ -475,3 +475,42 @@ def test_generated_queries_are_written_only_for_the_passages_the_budget_reads():
     assert AdaptArguments(recipe="genq", examples_per_passage=2, **budget).passages_to_sample() == 36
     assert AdaptArguments(recipe="ict", **budget).passages_to_sample() == 1000
     assert AdaptArguments(recipe="genq", max_passages=50, **budget).passages_to_sample() == 50
+
+
+def test_the_seed_changes_the_sampled_passages_the_held_out_split_and_the_training_order(
+    tmp_path, tiny_bert_dir, tiny_llama_dir
+):
+    """benchmarks/adapt.py --seeds relies on it: each seed is another sample, split and order."""
+    from dreamir.data.sampling import example_order
+
+    write_corpus(tmp_path / "corpus", make_corpus(40))
+    runs = {}
+    for seed in (0, 1):
+
+        class Seen:  # what the trainer was built with
+            def on_train_begin(self, trainer):
+                self.seed = trainer.args.seed
+                self.order = example_order(len(trainer.examples), trainer.args.seed, 0)
+                self.examples = [e.query_id for e in trainer.examples]
+
+            def on_step_end(self, trainer):
+                return {}
+
+        seen = Seen()
+        out = tmp_path / f"seed{seed}"
+        args = _adapt_args(
+            tmp_path, tiny_bert_dir, tiny_llama_dir, out=str(out), objective="infonce", max_steps=2, seed=seed
+        )
+        adapt(args, [seen])
+        validation = read_training_file(out / "work" / "validation.jsonl")
+        runs[seed] = {
+            "passages": {json.loads(line)["source"] for line in (out / "work" / "derived.jsonl").open()},
+            "validation": [e.query_id for e in validation],
+            "seen": seen,
+        }
+        assert seen.seed == seed
+    # 30 of 40 passages sampled: another seed, another sample.
+    assert runs[0]["passages"] != runs[1]["passages"]
+    assert runs[0]["validation"] != runs[1]["validation"]
+    first, second = runs[0]["seen"], runs[1]["seen"]
+    assert [first.examples[i] for i in first.order] != [second.examples[i] for i in second.order]

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from dreamir.data.beir import BeirDataset, Document
-from dreamir.evaluation import compute_metrics, evaluate_encoder, exact_search, format_results_table
+from dreamir.evaluation import (
+    compute_metrics,
+    encoder_run,
+    evaluate_encoder,
+    exact_search,
+    format_results_table,
+    mean_metrics,
+    paired_bootstrap_gain,
+    per_query_metrics,
+)
 
 
 def test_metrics_match_hand_computation() -> None:
@@ -66,6 +75,98 @@ def test_empty_run_scores_zero_and_empty_qrels_are_refused() -> None:
     assert compute_metrics({"q": {"d": 1}}, {"q": {}})["ndcg@10"] == 0.0
     with pytest.raises(ValueError, match="empty"):
         compute_metrics({}, {"q": {"d": 1.0}})
+
+
+def test_per_query_metrics_score_every_judged_query_and_average_to_compute_metrics() -> None:
+    qrels = {"q1": {"d1": 1, "d3": 1}, "q2": {"d5": 2, "d6": 1, "d7": 0}, "q3": {"d9": 1}}
+    run = {
+        "q1": {"d2": 0.9, "d1": 0.8, "d4": 0.7, "d3": 0.6},
+        "q2": {"d7": 0.9, "d6": 0.8, "d5": 0.7},
+        "q_unjudged": {"d1": 1.0},
+    }
+    scores = per_query_metrics(qrels, run)
+    assert list(scores) == ["q1", "q2", "q3"]  # the qrels' queries, none of the run's others
+    assert scores["q1"] == pytest.approx(
+        {
+            "ndcg@10": (1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3)),
+            "recall@100": 1,
+            "mrr@10": 0.5,
+        }
+    )
+    assert scores["q3"] == {"ndcg@10": 0.0, "recall@100": 0.0, "mrr@10": 0.0}  # missing from the run
+    assert mean_metrics(scores) == compute_metrics(qrels, run)
+    # The same on a larger random run with ties, graded relevance and queries without hits.
+    rng = np.random.default_rng(0)
+    docs = [f"d{i}" for i in range(40)]
+    qrels = {
+        f"q{i}": {d: int(rng.integers(0, 3)) for d in rng.choice(docs, 5, replace=False)} for i in range(30)
+    }
+    run = {f"q{i}": {d: float(rng.integers(0, 6)) for d in rng.choice(docs, 25)} for i in range(25)}
+    scores = per_query_metrics(qrels, run)
+    assert set(scores) == set(qrels)
+    expected = compute_metrics(qrels, run)
+    for metric, value in expected.items():
+        assert np.mean([s[metric] for s in scores.values()]) == pytest.approx(value, abs=1e-12)
+    with pytest.raises(ValueError, match="empty"):
+        per_query_metrics({}, run)
+
+
+def test_encoder_run_is_the_run_evaluate_encoder_scores() -> None:
+    dataset = BeirDataset(
+        name="tiny",
+        corpus={f"d{i}": Document(f"d{i}", "", f"text {i}") for i in range(6)},
+        queries={"a": "x", "b": "y"},
+        qrels={"a": {"d1": 1}, "b": {"d4": 1}},
+    )
+    rng = np.random.default_rng(1)
+    vectors = {text: rng.normal(size=4) for text in ["x", "y", *(f"text {i}" for i in range(6))]}
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return np.array([vectors[t] for t in texts])
+
+    run = encoder_run(dataset, encode, encode, k=3)
+    assert set(run) == {"a", "b"} and all(len(hits) == 3 for hits in run.values())
+    assert compute_metrics(dataset.qrels, run) == evaluate_encoder(dataset, encode, encode, k=3)
+
+
+def test_bootstrap_of_a_constant_gain_is_that_gain() -> None:
+    base = {f"q{i}": 0.1 * (i % 7) for i in range(50)}
+    adapted = {q: v + 0.05 for q, v in base.items()}
+    low, high = paired_bootstrap_gain(base, [adapted, adapted], resamples=500)
+    assert low == pytest.approx(0.05) and high == pytest.approx(0.05)
+    # Seeds are averaged per query before resampling: +0.1 and -0.1 everywhere cancel exactly.
+    up, down = {q: v + 0.1 for q, v in base.items()}, {q: v - 0.1 for q, v in base.items()}
+    assert paired_bootstrap_gain(base, [up, down], resamples=500) == pytest.approx((0.0, 0.0), abs=1e-12)
+
+
+def test_bootstrap_interval_of_a_symmetric_gain_holds_its_mean_and_is_seeded() -> None:
+    base = {f"q{i}": 0.5 for i in range(200)}
+    adapted = {q: 0.5 + (0.2 if i % 2 else -0.2) for i, q in enumerate(base)}  # mean gain 0
+    low, high = paired_bootstrap_gain(base, [adapted], resamples=2000, seed=3)
+    assert low < 0 < high
+    # The normal approximation: sd 0.2 / sqrt(200) = 0.0141, so about +-0.028 at 95%.
+    assert low == pytest.approx(-0.028, abs=0.006) and high == pytest.approx(0.028, abs=0.006)
+    assert paired_bootstrap_gain(base, [adapted], resamples=2000, seed=3) == (low, high)
+    assert paired_bootstrap_gain(base, [adapted], resamples=2000, seed=4) != (low, high)
+    # The query order does not matter, only the ids.
+    shuffled = dict(reversed(list(adapted.items())))
+    assert paired_bootstrap_gain(base, [shuffled], resamples=2000, seed=3) == (low, high)
+    wider = paired_bootstrap_gain(base, [adapted], resamples=2000, seed=3, confidence=0.99)
+    assert wider[0] < low and wider[1] > high
+
+
+def test_bootstrap_refuses_mismatched_queries_and_bad_settings() -> None:
+    base = {"q1": 0.5, "q2": 0.6}
+    with pytest.raises(ValueError, match=r"system 1 .* 1 missing \['q2'\], 1 not in the base \['q3'\]"):
+        paired_bootstrap_gain(base, [base, {"q1": 0.5, "q3": 0.1}])
+    with pytest.raises(ValueError, match="no systems"):
+        paired_bootstrap_gain(base, [])
+    with pytest.raises(ValueError, match="no queries"):
+        paired_bootstrap_gain({}, [{}])
+    with pytest.raises(ValueError, match="resamples"):
+        paired_bootstrap_gain(base, [base], resamples=0)
+    with pytest.raises(ValueError, match="confidence"):
+        paired_bootstrap_gain(base, [base], confidence=95)
 
 
 def test_exact_search_agrees_with_brute_force_argsort() -> None:

@@ -32,6 +32,8 @@ __all__ = [
     "evaluate_bm25",
     "evaluate_encoder",
     "exact_search",
+    "paired_bootstrap_gain",
+    "per_query_metrics",
 ]
 
 
@@ -47,12 +49,13 @@ def _reciprocal_rank_at(ranking: list[str], relevant: set[str], cutoff: int) -> 
     return 0.0
 
 
-def compute_metrics(qrels: Qrels, run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """nDCG@10, Recall@100 and MRR@10, averaged over every query in ``qrels``.
+def per_query_metrics(qrels: Qrels, run: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """nDCG@10, Recall@100 and MRR@10 of every query in ``qrels``: ``{query_id: {metric: value}}``.
 
     A query missing from ``run`` (or with no hits) scores 0 on every metric; pytrec_eval alone would
-    silently drop it from the average. Only qrels scores > 0 count as relevant (as in BEIR).
-    Rankings follow trec_eval: score descending, ties by document id descending.
+    silently drop it. Queries of ``run`` that ``qrels`` does not judge are ignored. Only qrels scores > 0
+    count as relevant (as in BEIR). Rankings follow trec_eval: score descending, ties by document id
+    descending. compute_metrics is the mean of these values.
     """
     if not qrels:
         raise ValueError("qrels are empty: nothing to evaluate")
@@ -66,17 +69,34 @@ def compute_metrics(qrels: Qrels, run: Mapping[str, Mapping[str, float]]) -> dic
         if query_id in clean_qrels and scored
     }
     evaluator = pytrec_eval.RelevanceEvaluator(clean_qrels, set(_PYTREC_MEASURES.values()))
-    per_query = evaluator.evaluate(clean_run)
-    totals = dict.fromkeys(METRICS, 0.0)
+    evaluated = evaluator.evaluate(clean_run)
+    result = {}
     for query_id, judged in clean_qrels.items():
-        measures = per_query.get(query_id)
+        measures = evaluated.get(query_id)
         if measures is None:
-            continue  # absent from the run: contributes 0
-        for metric, measure in _PYTREC_MEASURES.items():
-            totals[metric] += measures[measure]
+            result[query_id] = dict.fromkeys(METRICS, 0.0)  # absent from the run
+            continue
+        scores = {metric: float(measures[measure]) for metric, measure in _PYTREC_MEASURES.items()}
         relevant = {doc_id for doc_id, score in judged.items() if score > 0}
-        totals["mrr@10"] += _reciprocal_rank_at(_trec_ranking(clean_run[query_id]), relevant, 10)
-    return {metric: total / len(clean_qrels) for metric, total in totals.items()}
+        scores["mrr@10"] = _reciprocal_rank_at(_trec_ranking(clean_run[query_id]), relevant, 10)
+        result[query_id] = {metric: scores[metric] for metric in METRICS}
+    return result
+
+
+def mean_metrics(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The average over the queries of ``per_query`` (per_query_metrics' shape) of each metric."""
+    if not per_query:
+        raise ValueError("no queries to average")
+    metrics = list(next(iter(per_query.values())))
+    return {
+        metric: sum(scores[metric] for scores in per_query.values()) / len(per_query) for metric in metrics
+    }
+
+
+def compute_metrics(qrels: Qrels, run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """nDCG@10, Recall@100 and MRR@10, averaged over every query in ``qrels`` (the conventions of
+    per_query_metrics: a query missing from ``run`` scores 0)."""
+    return mean_metrics(per_query_metrics(qrels, run))
 
 
 def evaluate_encoder(
@@ -100,10 +120,9 @@ def encoder_run(
     k: int = 100,
     similarity: Similarity = "cosine",
 ) -> Run:
-    """Every query's exact top ``k`` by ``similarity``, ``{query_id: {doc_id: score}}``.
-
-    Documents are encoded as ``Document.full_text`` (title + " " + text), the BEIR convention.
-    """
+    """The run evaluate_encoder scores: every query's exact top ``k`` by ``similarity``, ``{query_id:
+    {doc_id: score}}``; documents are encoded as ``Document.full_text`` (title + " " + text), the BEIR
+    convention."""
     query_ids = list(dataset.queries)
     doc_ids = list(dataset.corpus)
     query_embeddings = np.asarray(encode_queries([dataset.queries[query_id] for query_id in query_ids]))
@@ -114,6 +133,51 @@ def encoder_run(
 def evaluate_bm25(dataset: BeirDataset, k: int = 100) -> dict[str, float]:
     """BM25 (bm25s, see dreamir.search.bm25) scored like the dense systems."""
     return compute_metrics(dataset.qrels, bm25_run(dataset, k=k))
+
+
+def paired_bootstrap_gain(
+    base: Mapping[str, float],
+    systems: Sequence[Mapping[str, float]],
+    resamples: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile interval of the mean gain of ``systems`` over ``base`` on the same queries.
+
+    ``base`` and each system map every query id to its score (one metric, e.g. per_query_metrics'
+    nDCG@10); the systems are runs of one method (seeds, say). Each query's gain is the systems' average
+    score minus the base's; the queries are resampled with replacement ``resamples`` times (seeded: the
+    same inputs give the same interval), and the interval holds the central ``confidence`` of the
+    resampled mean gains. Pairing by query removes the spread between queries, which a comparison of two
+    means would count as noise. Raises ValueError when a system's queries are not the base's.
+    """
+    if not base:
+        raise ValueError("no queries: the base has no scores")
+    if not systems:
+        raise ValueError("no systems to compare with the base")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    query_ids = sorted(base)
+    for i, system in enumerate(systems):
+        if set(system) != set(base):
+            missing, extra = sorted(set(base) - set(system)), sorted(set(system) - set(base))
+            raise ValueError(
+                f"system {i} is scored on other queries than the base: {len(missing)} missing "
+                f"{missing[:3]}, {len(extra)} not in the base {extra[:3]}"
+            )
+    scores = np.array([[system[q] for q in query_ids] for system in systems], dtype=np.float64)
+    gains = scores.mean(0) - np.array([base[q] for q in query_ids], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    block = max(1, 2_000_000 // len(gains))  # resamples drawn at once: bounded memory on large query sets
+    for start in range(0, resamples, block):
+        stop = min(start + block, resamples)
+        means[start:stop] = gains[rng.integers(0, len(gains), size=(stop - start, len(gains)))].mean(1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def format_results_table(results: Mapping[str, Mapping[str, Mapping[str, float]]], digits: int = 4) -> str:
