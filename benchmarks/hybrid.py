@@ -7,7 +7,9 @@ queries and on the held-out Factbook questions, with the base retriever and with
                                             # base on both corpora, and the quickstart's adapted model
 
 Every system's top 100 per query is kept as a TREC run under --work (reused when there), so fusing costs
-no encoding. Writes results/hybrid.json: per corpus, each system's nDCG@10, Recall@100 and MRR@10.
+no encoding. Writes results/hybrid.json: per corpus, each system's nDCG@10, Recall@100 and MRR@10, and for
+the default fusion (`dreamir eval --hybrid`) of each dense model a paired bootstrap 95% interval of its
+nDCG@10 gain over each of its two parts (queries resampled).
 """
 
 from __future__ import annotations
@@ -23,10 +25,16 @@ from dreamir import precision as compute
 from dreamir.cli import ArgumentParser
 from dreamir.data.beir import BeirDataset, load_beir
 from dreamir.datasets.factbook import build_factbook
-from dreamir.evaluation import compute_metrics, format_results_table
+from dreamir.evaluation import (
+    compute_metrics,
+    format_results_table,
+    paired_bootstrap_gain,
+    per_query_metrics,
+)
 from dreamir.io import write_json_atomic
 from dreamir.models import MINILM
 from dreamir.search import fuse_runs
+from dreamir.search.fusion import DEFAULT_FUSION, default_weight
 from dreamir.search.runs import read_trec_run, write_trec_run
 from dreamir.stages import Stages
 from dreamir.workflow import retrieval_run
@@ -85,6 +93,7 @@ def main() -> None:
     adapted = dict(item.split("=", 1) for item in settings.adapted.split(",") if item)
     weights = [float(w) for w in settings.weights.split(",") if w]
     results: dict[str, dict[str, dict[str, float]]] = {}
+    gains: dict[str, dict[str, dict[str, list[float]]]] = {}
     for name in settings.datasets.split(","):
         data = dataset(settings, name)
         runs = {"bm25": cached_run(settings, name, "bm25", "bm25", data)}
@@ -98,13 +107,33 @@ def main() -> None:
                         runs["bm25"], runs[label], method=method, weight=weight
                     )
         results[name] = {label: compute_metrics(data.qrels, run) for label, run in runs.items()}
+        ndcg = {
+            label: {q: m["ndcg@10"] for q, m in per_query_metrics(data.qrels, run).items()}
+            for label, run in runs.items()
+        }
+        gains[name] = {}
+        for label in dense:
+            fused = f"bm25+{label}"
+            ndcg[fused] = {
+                q: m["ndcg@10"]
+                for q, m in per_query_metrics(data.qrels, fuse_runs(runs["bm25"], runs[label])).items()
+            }
+            gains[name][fused] = {
+                f"over {part}": list(paired_bootstrap_gain(ndcg[part], [ndcg[fused]]))
+                for part in ("bm25", label)
+            }
+            for part, interval in gains[name][fused].items():
+                print(
+                    f"{name} {fused} (default fusion) nDCG@10 gain {part}: 95% interval [{interval[0]:+.4f}, {interval[1]:+.4f}]"
+                )
     print(format_results_table(results))
     meta = {
         "settings": asdict(settings),
         "date": datetime.date.today().isoformat(),
         "machine": compute.machine_record(retriever="float32"),
+        "default_fusion": f"{DEFAULT_FUSION}, dense weight {default_weight(DEFAULT_FUSION)}",
     }
-    write_json_atomic(settings.out, {"results": results, "meta": meta})
+    write_json_atomic(settings.out, {"results": results, "default_fusion_gain_ci95": gains, "meta": meta})
     print(f"hybrid: {settings.out}")
 
 

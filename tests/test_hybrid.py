@@ -101,10 +101,11 @@ def test_hybrid_index_searches_both_parts_and_fuses_them(tmp_path, beir_dir, tin
         hybrid.save(tmp_path / f"h{len(fusion)}")
         loaded = load_index(tmp_path / f"h{len(fusion)}", dense.encode_queries)
         assert isinstance(loaded, HybridIndex) and loaded.search(queries, 5) == expected
-        # Another method at query time keeps the index's weight unless given one.
+        # Another method at query time takes its own default weight unless given one.
         assert loaded.with_fusion("rrf").search(queries, 5) == fuse(
-            lexical.search(queries, 100), dense.search(queries, 100), 5, "rrf", hybrid.weight
+            lexical.search(queries, 100), dense.search(queries, 100), 5, "rrf", 0.5
         )
+        assert loaded.with_fusion(weight=0.9).weight == 0.9 and loaded.with_fusion().weight == loaded.weight
     with pytest.raises(ValueError, match="empty"):
         hybrid.search(["  "], 3)
 
@@ -130,7 +131,8 @@ def test_index_search_and_eval_with_hybrid_options(tmp_path, beir_dir, tiny_bert
         == 0
     )
     info = json.loads((out / "index.json").read_text())
-    assert info["kind"] == "hybrid" and info["fusion"] == "rrf" and info["documents"] == len(dataset.corpus)
+    assert info["kind"] == "hybrid" and info["documents"] == len(dataset.corpus)
+    assert info["fusion"] == "interpolation" and info["fusion_weight"] == 0.7
     capsys.readouterr()
     query = dataset.corpus["d3"].text
     assert main(["search", str(out), query, "-k", "3", "--json"]) == 0
@@ -162,9 +164,9 @@ def test_index_search_and_eval_with_hybrid_options(tmp_path, beir_dir, tiny_bert
         )
         == 0
     )
-    assert "fused with bm25 (rrf, dense weight 0.5)" in capsys.readouterr().out
+    assert "fused with bm25 (interpolation, dense weight 0.7)" in capsys.readouterr().out
     summary = json.loads((tmp_path / "e" / "metrics.json").read_text())
-    assert summary["fusion"] == {"method": "rrf", "weight": 0.5, "rrf_k": 60, "depth": 100}
+    assert summary["fusion"] == {"method": "interpolation", "weight": 0.7, "rrf_k": 60, "depth": 100}
     fused = fuse_runs(bm25_run(dataset), read_trec_run(tmp_path / "d" / "run.trec"))
     assert summary["metrics"] == pytest.approx(compute_metrics(dataset.qrels, fused), rel=1e-9)
     assert summary["metrics"] != dense_run["metrics"]

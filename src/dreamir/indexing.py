@@ -51,7 +51,7 @@ from dreamir.search import (
     read_index_info,
 )
 from dreamir.search.base import read_titles, verify_index
-from dreamir.search.fusion import DENSE_WEIGHT, check_fusion
+from dreamir.search.fusion import DEFAULT_FUSION, DEFAULT_WEIGHTS, check_fusion, default_weight
 from dreamir.search.runs import write_trec_run
 from dreamir.similarity import SIMILARITIES
 
@@ -59,17 +59,22 @@ IndexKind = Literal["flat", "hnsw", "exact"]
 INDEX_HELP = "flat: FAISS exact inner product; hnsw: FAISS graph (fast, approximate); exact: numpy"
 HYBRID_HELP = "also rank with BM25 and fuse the two rankings (--fusion)"
 FUSION_HELP = (
-    "how hybrid rankings are fused: rrf (reciprocal rank fusion, needs no score scale) or interpolation "
-    "(weighted sum of min-max normalised scores, --fusion-weight)"
+    "how hybrid rankings are fused: interpolation (a weighted sum of min-max normalised scores) or rrf "
+    "(reciprocal rank fusion)"
 )
-WEIGHT_HELP = "the dense model's weight in the fusion, BM25 gets 1 - weight (rrf at 0.5: plain RRF)"
+WEIGHT_HELP = (
+    "the dense model's weight in the fusion, BM25 gets 1 - weight (default: "
+    + ", ".join(f"{method} {weight}" for method, weight in DEFAULT_WEIGHTS.items())
+    + "; rrf at 0.5 is plain RRF)"
+)
 
 
 def _check_fusion_options(hybrid: bool, fusion: str | None, weight: float | None, model: str | None) -> None:
     """Fusion options only with a hybrid search, and a hybrid search only with a dense model."""
     if hybrid and model == "bm25":
         raise ValueError("--hybrid fuses BM25 with a dense model: give --model a retriever, not bm25")
-    check_fusion(fusion or "rrf", DENSE_WEIGHT if weight is None else weight, 0)
+    method = fusion or DEFAULT_FUSION
+    check_fusion(method, default_weight(method, weight), 0)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -102,8 +107,8 @@ class IndexArguments:
         },
     )
     hybrid: bool = field(default=False, metadata={"help": HYBRID_HELP})
-    fusion: FusionMethod = field(default="rrf", metadata={"help": FUSION_HELP})
-    fusion_weight: float = field(default=DENSE_WEIGHT, metadata={"help": WEIGHT_HELP})
+    fusion: FusionMethod = field(default=DEFAULT_FUSION, metadata={"help": FUSION_HELP})
+    fusion_weight: float | None = field(default=None, metadata={"help": WEIGHT_HELP})
     hnsw_m: int = field(default=32, metadata={"help": "hnsw: graph links per document"})
     ef_construction: int = field(default=200, metadata={"help": "hnsw: candidate list while building"})
     ef_search: int = field(default=128, metadata={"help": "hnsw: candidate list while searching (>= k)"})
@@ -337,11 +342,10 @@ class EvalArguments:
     )
     hybrid: bool = field(default=False, metadata={"help": HYBRID_HELP})
     fusion: FusionMethod | None = field(
-        default=None, metadata={"help": FUSION_HELP + " (default: rrf, or a hybrid --index's own)"}
+        default=None,
+        metadata={"help": FUSION_HELP + f" (default: {DEFAULT_FUSION}, or a hybrid --index's own)"},
     )
-    fusion_weight: float | None = field(
-        default=None, metadata={"help": WEIGHT_HELP + f" (default: {DENSE_WEIGHT})"}
-    )
+    fusion_weight: float | None = field(default=None, metadata={"help": WEIGHT_HELP})
     batch_size: int = field(default=64, metadata={"help": "texts per encoding batch"})
     out: str | None = field(
         default=None, metadata={"help": "also write the metrics here as JSON (a new file or an earlier one)"}
@@ -484,8 +488,8 @@ def _evaluate(
                 index = HybridIndex(
                     BM25Index.from_corpus(dataset.corpus),
                     index,
-                    args.fusion or "rrf",
-                    DENSE_WEIGHT if args.fusion_weight is None else args.fusion_weight,
+                    args.fusion or DEFAULT_FUSION,
+                    args.fusion_weight,
                 )
                 extra["fusion"] = _fusion_record(index)
             metrics, run = evaluate_index(dataset, index)

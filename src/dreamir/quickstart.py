@@ -1,6 +1,6 @@
 """The quickstart: `dreamir adapt` on SciFact's corpus (no SciFact query or label used in training), then
 SciFact's test queries score BM25, the starting retriever, the adapted one, and BM25 fused with each of the two
-(hybrid search, reciprocal rank fusion).
+(hybrid search, its default fusion).
 
 Every stage writes its output atomically and is skipped when that output already exists, so an
 interrupted quickstart picks up where it stopped (training resumes from its last checkpoint)."""
@@ -89,7 +89,7 @@ def run_quickstart(args: QuickstartArguments) -> dict[str, dict[str, dict[str, f
             f"evaluating {system} on {name} ({len(dataset.queries)} test queries, {len(dataset.corpus)} docs)",
         )
         runs[system] = read_trec_run(path)
-    # Hybrid rows: BM25 fused with each dense model by reciprocal rank fusion (`dreamir eval --hybrid`).
+    # Hybrid rows: BM25 fused with each dense model as `dreamir eval --hybrid` fuses them by default.
     runs["bm25+base"] = fuse_runs(runs["bm25"], runs["base"])
     runs["bm25+adapted"] = fuse_runs(runs["bm25"], runs["adapted"])
     results = {name: {system: compute_metrics(dataset.qrels, run) for system, run in runs.items()}}

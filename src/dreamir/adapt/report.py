@@ -17,6 +17,7 @@ from dreamir.llm.frozen import FrozenLLM
 from dreamir.precision import describe_compute
 from dreamir.retriever import Retriever
 from dreamir.search import BM25Index, ExactIndex, Hits, fuse
+from dreamir.search.fusion import DEFAULT_FUSION, default_weight
 from dreamir.workflow import load_retriever
 
 # Hits per query each system returns before fusing (as `dreamir eval --hybrid`); success is read at 10.
@@ -55,8 +56,8 @@ def search_comparison(
     validator: PseudoGoldValidator, corpus: Mapping[str, Document], train_dir: Path
 ) -> dict | None:
     """success@10 and MRR@10 of the held-out generated queries for their own passage among the validation's
-    searched passages, for BM25, the starting retriever, the kept one and BM25 fused with each (reciprocal
-    rank fusion): label-free, and from the encodings the validation already made. Only the examples whose
+    searched passages, for BM25, the starting retriever, the kept one and BM25 fused with each (hybrid
+    search's default fusion): label-free, and from the encodings the validation already made. Only the examples whose
     pseudo-gold is the corpus passage itself count (not ict's, nor a title query's untitled passage, which
     stand in for their source for that query alone); None when there are none or the encodings are absent
     (a run from before they were kept)."""
@@ -82,7 +83,7 @@ def search_comparison(
     return {
         "queries": len(queries),
         "passages": len(validator.doc_ids),
-        "fusion": "rrf",
+        "fusion": f"{DEFAULT_FUSION}, dense weight {default_weight(DEFAULT_FUSION)}",
         "systems": {name: _success(found, gold) for name, found in hits.items()},
     }
 
@@ -142,7 +143,7 @@ def render_report(report: dict) -> str:
                 for name, m in search["systems"].items()
             ),
             "",
-            "bm25+X: BM25 fused with X by reciprocal rank fusion (`dreamir index --hybrid`). Label-free, and "
+            f"bm25+X: BM25 fused with X ({search['fusion']}: `dreamir index --hybrid`). Label-free, and "
             "on the task adapt trains on: a guide to which search to deploy, not a labelled evaluation.",
         ]
     return "\n".join([*lines, ""])

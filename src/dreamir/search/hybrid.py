@@ -12,11 +12,12 @@ from dreamir.search.base import Hits, IndexFormatError, SearchIndex, check_k, re
 from dreamir.search.bm25 import BM25Index
 from dreamir.search.dense import DenseIndex, ExactIndex, FaissIndex, QueryEncoder
 from dreamir.search.fusion import (
-    DENSE_WEIGHT,
+    DEFAULT_FUSION,
     FUSION_DEPTH,
     RRF_K,
     FusionMethod,
     check_fusion,
+    default_weight,
     fuse,
 )
 
@@ -34,11 +35,12 @@ class HybridIndex(SearchIndex):
         self,
         lexical: BM25Index,
         dense: DenseIndex,
-        method: FusionMethod = "rrf",
-        weight: float = DENSE_WEIGHT,
+        method: FusionMethod = DEFAULT_FUSION,
+        weight: float | None = None,
         rrf_k: float = RRF_K,
         depth: int = FUSION_DEPTH,
     ) -> None:
+        weight = default_weight(method, weight)
         check_fusion(method, weight, rrf_k)
         check_k(depth)
         if set(lexical.doc_ids) != set(dense.doc_ids) or len(lexical.doc_ids) != len(dense.doc_ids):
@@ -60,7 +62,10 @@ class HybridIndex(SearchIndex):
     def with_fusion(
         self, method: FusionMethod | None = None, weight: float | None = None, rrf_k: float | None = None
     ) -> HybridIndex:
-        """The same parts fused another way (None keeps this index's setting)."""
+        """The same parts fused another way: None keeps this index's setting, except that another method
+        without a weight gets that method's default weight."""
+        if weight is None and method not in (None, self.method):
+            weight = default_weight(method)
         return HybridIndex(
             self.lexical,
             self.dense,
@@ -121,8 +126,8 @@ class HybridIndex(SearchIndex):
         index = cls(
             lexical,
             dense,
-            info.get("fusion", "rrf"),  # type: ignore[arg-type]
-            info.get("fusion_weight", DENSE_WEIGHT),
+            info.get("fusion", DEFAULT_FUSION),  # type: ignore[arg-type]
+            info.get("fusion_weight"),
             info.get("rrf_k", RRF_K),
             info.get("fusion_depth", FUSION_DEPTH),
         )
