@@ -11,9 +11,9 @@ Two methods, per query, over each system's top ``depth`` hits:
 Why interpolation at 0.7 (results/hybrid.json): it was above both of its parts on SciFact, where BM25 leads
 the dense model (0.686 against 0.645 nDCG@10), and on the Factbook questions, where the dense model leads
 by far (0.925 against 0.551); plain RRF gives the two systems an equal vote, so the weak one pulled the fused
-ranking below the strong one on Factbook (0.792), and no single RRF weight was above both parts on both.
-A weight a little above 0.5 also offsets min-max normalisation, under which BM25's few high scores push
-the rest of its list towards 0 while the dense scores stay spread over the range.
+ranking below the strong one on Factbook (0.792), and no RRF weight tried (0.3 to 0.9) was above both parts
+on both. (A plausible reason a weight above 0.5 suits interpolation, not measured: min-max normalisation
+maps BM25's long-tailed scores mostly near 0, while the dense scores spread over the range.)
 Ties are broken by document id so that a fused ranking is reproducible.
 """
 
