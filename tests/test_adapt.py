@@ -514,3 +514,15 @@ def test_the_seed_changes_the_sampled_passages_the_held_out_split_and_the_traini
     assert runs[0]["validation"] != runs[1]["validation"]
     first, second = runs[0]["seen"], runs[1]["seen"]
     assert [first.examples[i] for i in first.order] != [second.examples[i] for i in second.order]
+
+
+def test_adapt_warns_when_the_held_out_examples_outnumber_the_training_ones(
+    tmp_path, tiny_bert_dir, tiny_llama_dir, capsys
+):
+    write_corpus(tmp_path / "corpus", make_corpus(30))
+    args = _adapt_args(tmp_path, tiny_bert_dir, tiny_llama_dir, validation_examples=18, max_steps=1)
+    report = adapt(args)
+    assert report["examples"]["train"] < report["examples"]["validation"] == 18
+    printed = capsys.readouterr().out
+    assert f"fewer training examples ({report['examples']['train']}) than held-out ones (18)" in printed
+    assert "lower --validation-examples" in printed

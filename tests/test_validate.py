@@ -40,3 +40,18 @@ def test_validate_passes_sound_files(tmp_path, capsys):
     corpus.write_text(json.dumps({"_id": "d1", "text": "x"}) + "\n")
     assert main(["validate", str(corpus)]) == 0
     assert "valid" in capsys.readouterr().out
+
+
+def test_a_corpus_directory_is_checked_as_adapt_reads_it(tmp_path, capsys):
+    """A directory holding only corpus.jsonl (what `dreamir adapt` reads) is valid; one with queries.jsonl
+    but no qrels/ is a BEIR directory missing its labels."""
+    (tmp_path / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "text": "x"}) + "\n")
+    assert main(["validate", str(tmp_path)]) == 0
+    assert "1 path(s) valid" in capsys.readouterr().out
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d1"}\n')
+    assert main(["validate", str(tmp_path)]) == 1
+    assert "corpus.jsonl:1: field 'text'" in capsys.readouterr().out
+    (tmp_path / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "text": "x"}) + "\n")
+    (tmp_path / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "what"}) + "\n")
+    assert main(["validate", str(tmp_path)]) == 1
+    assert "no qrels/*.tsv file" in capsys.readouterr().out

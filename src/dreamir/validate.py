@@ -82,8 +82,12 @@ def validate_file(path: Path, kind: str | None = None) -> list[str]:
 
 
 def validate_beir_directory(directory: Path) -> list[str]:
-    """corpus.jsonl, queries.jsonl and every qrels/*.tsv, the qrels' ids checked against the other two."""
+    """corpus.jsonl, queries.jsonl and every qrels/*.tsv, the qrels' ids checked against the other two; a
+    directory with neither queries.jsonl nor qrels/ is a corpus directory (what `dreamir adapt` reads), whose
+    corpus.jsonl alone is checked."""
     corpus_problems, corpus = _every_problem(directory / "corpus.jsonl", read_corpus)
+    if not (directory / "queries.jsonl").exists() and not (directory / "qrels").exists():
+        return corpus_problems
     query_problems, queries = _every_problem(directory / "queries.jsonl", read_queries)
     problems = corpus_problems + query_problems
     qrels_files = sorted((directory / "qrels").glob("*.tsv"))

@@ -76,6 +76,11 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
     )
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     _say(f"{meta['train']} training and {meta['validation']} validation examples; dropped {meta['dropped']}")
+    if meta["train"] < meta["validation"]:
+        _say(
+            f"warning: fewer training examples ({meta['train']}) than held-out ones ({meta['validation']}): "
+            "on a small corpus lower --validation-examples (e.g. to a fifth of the passages)"
+        )
 
     derived, source_of = read_derived(work / "derived.jsonl")
     train = read_training_file(work / "train.jsonl")
