@@ -3,7 +3,7 @@ indexes of :mod:`dreamir.search`.
 
 An index directory remembers the model that encoded it (``index.json``), so ``search`` encodes queries with
 the same model; the documents' titles are kept beside the index for display. ``--hybrid`` adds BM25 to a
-dense model and fuses the two rankings (reciprocal rank fusion by default, see dreamir.search.fusion).
+dense model and fuses the two rankings (score interpolation by default, see dreamir.search.fusion).
 """
 
 from __future__ import annotations

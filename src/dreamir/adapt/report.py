@@ -57,10 +57,10 @@ def search_comparison(
 ) -> dict | None:
     """success@10 and MRR@10 of the held-out generated queries for their own passage among the validation's
     searched passages, for BM25, the starting retriever, the kept one and BM25 fused with each (hybrid
-    search's default fusion): label-free, and from the encodings the validation already made. Only the examples whose
-    pseudo-gold is the corpus passage itself count (not ict's, nor a title query's untitled passage, which
-    stand in for their source for that query alone); None when there are none or the encodings are absent
-    (a run from before they were kept)."""
+    search's default fusion): label-free, and from the encodings the validation already made. Only the
+    examples whose pseudo-gold is the corpus passage itself count (not ict's, nor a title query's untitled
+    passage, which stand in for their source for that query alone); None when there are none or the
+    encodings are absent (a run from before they were kept)."""
     rows = [
         i
         for i in range(len(validator.queries))[validator.generated]

@@ -193,7 +193,8 @@ class Objective(nn.Module):
 
     def anchor_divergence(self, instances: list[TrainingInstance], probs: Tensor, mask: Tensor) -> Tensor:
         """KL(p_start || p), averaged over queries: how far p over these candidates has moved from the
-        starting retriever's distribution at the current temperature (0 before the first step). A penalty on
+        starting retriever's distribution at the current temperature (0 before the first step but for the
+        live retriever's dropout: the copy runs without it). A penalty on
         it keeps what the starting retriever knew about passages the LLM's judgement does not speak for."""
         logits = self.starting_scores(instances, mask) / self.temperature.value.detach()
         start = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
