@@ -383,8 +383,9 @@ def evaluate_snapshots(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """``{dataset: {step: metrics}}`` of a run's snapshots (--eval-steps) and its final model."""
     curve: dict[str, dict[str, dict[str, float]]] = {d: {} for d in datasets}
-    for step in eval_steps(settings):
-        path = RetrieverSnapshots([], final.parent / "snapshots").path(step)
+    snapshots = RetrieverSnapshots(eval_steps(settings), final.parent / "snapshots")
+    for step in sorted(snapshots.steps):
+        path = snapshots.path(step)
         for dataset_name, metrics in evaluate_system(settings, f"{name}@{step}", str(path), datasets).items():
             curve[dataset_name][str(step)] = metrics
     for dataset_name, metrics in evaluate_system(settings, name, str(final), datasets).items():

@@ -26,8 +26,8 @@ from dreamir.cli import ArgumentParser
 from dreamir.data.beir import BeirDataset, load_beir
 from dreamir.datasets.factbook import build_factbook
 from dreamir.evaluation import (
-    compute_metrics,
     format_results_table,
+    mean_metrics,
     paired_bootstrap_gain,
     per_query_metrics,
 )
@@ -106,11 +106,10 @@ def main() -> None:
                     runs[f"bm25+{label} {method[:6]} {weight:g}"] = fuse_runs(
                         runs["bm25"], runs[label], method=method, weight=weight
                     )
-        results[name] = {label: compute_metrics(data.qrels, run) for label, run in runs.items()}
-        ndcg = {
-            label: {q: m["ndcg@10"] for q, m in per_query_metrics(data.qrels, run).items()}
-            for label, run in runs.items()
-        }
+        # Each run scored once, per query: the table's means and the intervals' pairs come from the same scores.
+        per_query = {label: per_query_metrics(data.qrels, run) for label, run in runs.items()}
+        results[name] = {label: mean_metrics(scores) for label, scores in per_query.items()}
+        ndcg = {label: {q: m["ndcg@10"] for q, m in scores.items()} for label, scores in per_query.items()}
         gains[name] = {}
         for label in dense:
             fused = f"bm25+{label}"

@@ -156,7 +156,7 @@ class Objective(nn.Module):
         processes with batch B see the pool one process with batch N * B sees. Returns the instances with
         the pool as their candidates (the gold's index into it, where it is there), the scores [B, P] of
         every query against the whole pool and the mask (all true). Each pool passage is embedded once."""
-        local = list({d.doc_id: d for i in instances for d in i.documents}.values())
+        local = _distinct_documents(instances)
         with self.retriever_autocast():
             queries = self.embed([i.query for i in instances], is_query=True)
             documents = self.embed([d.full_text for d in local], is_query=False)
@@ -182,7 +182,7 @@ class Objective(nn.Module):
         returned: its own, or the batch's pool), zero where ``mask`` is false."""
         (start,) = self._starting
         queries = self.embed([i.query for i in instances], is_query=True, retriever=start)
-        distinct = list({d.doc_id: d for i in instances for d in i.documents}.values())
+        distinct = _distinct_documents(instances)
         row = {d.doc_id: k for k, d in enumerate(distinct)}
         documents = self.embed([d.full_text for d in distinct], is_query=False, retriever=start)
         scores = torch.zeros(mask.shape, dtype=queries.dtype, device=queries.device)
@@ -231,6 +231,11 @@ class Objective(nn.Module):
         gold = torch.stack([probs[b, g] for b, g in rows]).detach()
         ranks = [int((probs[b] > probs[b, g]).sum()) for b, g in rows]
         return {"p_gold": float(gold.mean()), "gold_top1": sum(r == 0 for r in ranks) / len(ranks)}
+
+
+def _distinct_documents(instances: list[TrainingInstance]) -> list[Document]:
+    """Every candidate of the instances once, by document id, in order of first appearance."""
+    return list({d.doc_id: d for i in instances for d in i.documents}.values())
 
 
 def _gold_id(instance: TrainingInstance) -> str | None:
