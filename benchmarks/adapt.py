@@ -22,7 +22,8 @@ With more than one seed (--seeds) it runs the seeds protocol instead: one object
 validation split and training order (the evaluation data stays the same: --data-seed fixes the Factbook
 task). The base and every seed's adapted model are scored per query (cached under --work/eval), and the
 nDCG@10 gain over the base gets a paired bootstrap 95% interval: each query's gain averaged over the seeds,
-the queries resampled with replacement. Writes results/adapt_seeds.json, for each corpus
+the queries resampled with replacement. Writes results/adapt_seeds.json, for each corpus (a corpus measured
+by an earlier invocation with other --datasets is kept)
 {"base", "seeds": {seed: metrics}, "mean", "gain_ci95": [low, high], "settings"}. Seed N runs in
 WORK/CORPUS/seeds/OBJECTIVE-seedN, apart from the comparison's runs (WORK/CORPUS/OBJECTIVE; with one seed
 N other than 0, WORK/CORPUS/OBJECTIVE-seedN).
@@ -101,6 +102,11 @@ class Settings:
     refresh_every: int | None = option(None, "default: adapt's")
     refresh_after: int | None = option(None, "default: adapt's")
     examples_per_passage: int | None = option(None, "default: adapt's")
+    batch_size: int | None = option(None, "default: adapt's")
+    dream_candidates: str | None = option(None, "default: adapt's")
+    anchor_weight: float | None = option(None, "default: adapt's")
+    dream_target: str | None = option(None, "default: adapt's")
+    proximal_step: float | None = option(None, "default: adapt's")
     validation_examples: int | None = option(None, "default: adapt's")
     validation_docs: int | None = option(None, "default: adapt's")
     validate_every: int | None = option(None, "default: adapt's")
@@ -176,6 +182,11 @@ def adapt_arguments(settings: Settings, corpus: Path, out: Path, objective: str,
             "refresh_every",
             "refresh_after",
             "examples_per_passage",
+            "batch_size",
+            "dream_candidates",
+            "anchor_weight",
+            "dream_target",
+            "proximal_step",
             "validation_examples",
             "validation_docs",
             "validate_every",
@@ -411,7 +422,9 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
             f"paired bootstrap 95% interval [{low:+.4f}, {high:+.4f}] ({queries} queries, "
             f"{settings.resamples} resamples): {verdict}"
         )
-    write_json_atomic(settings.out, summary)
+    # Corpora measured by another invocation (--datasets) stay in the file beside these.
+    earlier = read_json(Path(settings.out)) if Path(settings.out).exists() else {}
+    write_json_atomic(settings.out, {**earlier, **summary})
     print(f"written {settings.out}")
 
 

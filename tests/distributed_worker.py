@@ -25,6 +25,7 @@ from dreamir.trainer import Trainer, TrainingArguments
 from tests.test_dream_objective import CORPUS, EXAMPLES
 
 # "dream-batch": in-batch candidates (the pool of every process's queries).
+# "dream-proximal": DREAM's proximal target (KL towards the starting distribution moved by the LLM).
 # "dream-uneven": targets of very different lengths, so each process's mean covers another number of tokens.
 UNEVEN_EXAMPLES = [
     TrainingExample(e.query, e.target + " is the capital" * (3 * i), e.candidate_ids, gold_id=e.gold_id)
@@ -61,6 +62,9 @@ def build(objective: str, bert_dir: str, llama_dir: str):
         parallel = PromptSettings(document_layout="parallel")
         llm = FrozenLLM.from_pretrained(llama_dir, heads=[(0, 1), (1, 2)], prompt=parallel)
         return DreamLoss(retriever, llm, candidates="batch")
+    if objective == "dream-proximal":
+        llm = FrozenLLM.from_pretrained(llama_dir, heads=[(0, 1), (1, 2)])
+        return DreamLoss(retriever, llm, target="proximal", proximal_step=30.0)
     return DreamLoss(retriever, FrozenLLM.from_pretrained(llama_dir, heads=[(0, 1), (1, 2)]))
 
 

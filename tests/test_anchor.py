@@ -17,18 +17,23 @@ def _perturb(retriever, scale: float = 0.05) -> None:
             parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
 
 
+def _logits_by_hand(objective, instance, retriever) -> torch.Tensor:
+    """s / tau (tau 0.5) of one instance's own candidates by ``retriever``, from plain encodings."""
+    texts = [d.full_text for d in instance.documents]
+    with torch.no_grad():
+        query = retriever([instance.query], is_query=True, max_length=objective.train_max_length)
+        docs = retriever(texts, is_query=False, max_length=objective.train_max_length)
+    return retriever.similarity(query, docs)[0] / 0.5
+
+
 def _kl_by_hand(objective, instances, start_retriever) -> float:
     """KL(softmax(s_start / tau) || softmax(s / tau)) over each query's own candidates, from plain encodings."""
     total = 0.0
     for instance in instances:
-        texts = [d.full_text for d in instance.documents]
-        rows = []
-        for retriever in (start_retriever, objective.retriever):
-            with torch.no_grad():
-                query = retriever([instance.query], is_query=True, max_length=objective.train_max_length)
-                docs = retriever(texts, is_query=False, max_length=objective.train_max_length)
-            rows.append(torch.log_softmax(retriever.similarity(query, docs)[0] / 0.5, dim=-1).double())
-        start, now = rows
+        start, now = (
+            torch.log_softmax(_logits_by_hand(objective, instance, r), dim=-1).double()
+            for r in (start_retriever, objective.retriever)
+        )
         total += float((start.exp() * (start - now)).sum())
     return total / len(instances)
 

@@ -125,6 +125,14 @@ class AdaptArguments:
             "retriever's distribution over the candidates (0: none)"
         },
     )
+    dream_target: Literal["gradient", "proximal"] = field(
+        default="gradient",
+        metadata={
+            "help": "dream: gradient, the LLM's loss trains the retriever through p; proximal, KL towards the "
+            "starting retriever's distribution moved one step by the LLM (see `dreamir train --help`)"
+        },
+    )
+    proximal_step: float = field(default=3.0, metadata={"help": "dream: eta of --dream-target proximal"})
     train_max_length: int | None = field(
         default=128,
         metadata={"help": "retriever tokens per text while training (all-MiniLM-L6-v2 was trained at 128)"},
@@ -152,7 +160,7 @@ class AdaptArguments:
         at_least(self, 1, "max_steps", "batch_size", "max_target_tokens", "train_max_length", "threads")
         at_least(self, 1, "retriever_layers")
         at_least(self, 0, "refresh_every", "refresh_after")
-        positive(self, "learning_rate", "temperature")
+        positive(self, "learning_rate", "temperature", "proximal_step")
         non_negative(self, "anchor_weight")
 
     def passages_to_sample(self) -> int:

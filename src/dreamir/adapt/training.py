@@ -62,6 +62,8 @@ def build_trainer(
                 num_heads=args.num_heads,
                 dream_candidates=args.dream_candidates,
                 anchor_weight=args.anchor_weight,
+                dream_target=args.dream_target,
+                proximal_step=args.proximal_step,
             )
         ],
     )

@@ -3,12 +3,21 @@ and the LLM's next-token loss on the target is the retriever's loss. No relevanc
 
 With ``dream_candidates="batch"`` a query's prompt holds every distinct candidate of the batch (its own and the
 other queries'), and p is the softmax over all of them: the LLM's judgement then also pushes away passages
-that do not help this query, not only its own BM25 neighbours."""
+that do not help this query, not only its own BM25 neighbours.
+
+With ``target="proximal"`` the LLM's judgement is not followed as a gradient but turned into a target: the
+starting retriever's own distribution over the candidates, moved one exponentiated-gradient step along the
+LLM's -dL/dp, q = softmax(log p_start + eta * (-dL/dp)), and the loss is KL(q || p). To first order it is
+DREAM's step (scaled by eta); unlike DREAM its optimum stays a bounded step from where the retriever started,
+so many steps cannot carry p further than the LLM's one judgement of each example."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import torch
+from torch import Tensor
 
 from dreamir.distributed import share_of_mean
 from dreamir.llm.frozen import FrozenLLM
@@ -20,8 +29,12 @@ from dreamir.objectives.base import (
     RetrieverPrecision,
     TrainingInstance,
 )
-from dreamir.options import at_least, non_negative
+from dreamir.options import at_least, non_negative, positive
 from dreamir.retriever import Retriever
+
+# What DREAM's loss is: the LLM's loss itself, or KL to the proximal target (module docstring).
+DreamTarget = Literal["gradient", "proximal"]
+DREAM_TARGETS: tuple[str, ...] = ("gradient", "proximal")
 
 
 @dataclass
@@ -57,9 +70,22 @@ class DreamOptions:
         },
     )
 
+    dream_target: DreamTarget = field(
+        default="gradient",
+        metadata={
+            "help": "gradient: the LLM's loss trains the retriever through p (the paper's DREAM); proximal: "
+            "KL(q || p) towards q = softmax(log p_start + eta * (-dL/dp)), the starting retriever's "
+            "distribution moved one step by the LLM (eta: --proximal-step)"
+        },
+    )
+    proximal_step: float = field(
+        default=3.0, metadata={"help": "eta of --dream-target proximal: how far one judgement moves p_start"}
+    )
+
     def __post_init__(self) -> None:
         at_least(self, 1, "num_heads")
         non_negative(self, "anchor_weight")
+        positive(self, "proximal_step")
 
 
 class DreamLoss(Objective):
@@ -77,15 +103,23 @@ class DreamLoss(Objective):
         reuse_prefix: bool = True,
         candidates: CandidateSource = "own",
         anchor_weight: float = 0.0,
+        target: DreamTarget = "gradient",
+        proximal_step: float = 3.0,
     ) -> None:
         super().__init__(retriever, temperature, learn_temperature, retriever_precision)
         if not llm.heads:
             raise ValueError("DREAM needs at least one selected head to inject into")
+        if target not in DREAM_TARGETS:
+            raise ValueError(f"target must be one of {DREAM_TARGETS}, got {target!r}")
+        if proximal_step <= 0:
+            raise ValueError(f"proximal_step must be positive, got {proximal_step}")
         self.llm = llm
         self.reuse_prefix = reuse_prefix
         self.candidates = candidates
         self.anchor_weight = anchor_weight
-        if anchor_weight:
+        self.target = target
+        self.proximal_step = proximal_step
+        if anchor_weight or target == "proximal":
             self.keep_starting_retriever()
 
     @classmethod
@@ -101,6 +135,8 @@ class DreamLoss(Objective):
             reuse_prefix=not options.reference_step,
             candidates=options.dream_candidates,
             anchor_weight=options.anchor_weight,
+            target=options.dream_target,
+            proximal_step=options.proximal_step,
             **common,
         )
 
@@ -111,6 +147,8 @@ class DreamLoss(Objective):
             self.llm.encode(i.query, [(d.title, d.text) for d in i.documents], i.target) for i in instances
         ]
         batch = self.llm.collate(prompts)
+        if self.target == "proximal":
+            return self.proximal_step_loss(instances, batch, probs, mask)
         # A mean over target tokens: weighted by token counts across processes, not averaged per process
         # (the share is exactly 1.0 in one process, and multiplying by it changes no bit).
         loss = self.llm.target_loss(batch, probs, reuse_prefix=self.reuse_prefix) * share_of_mean(
@@ -123,4 +161,41 @@ class DreamLoss(Objective):
             loss = loss + self.anchor_weight * divergence
         if self.candidates == "batch":
             logs["pool_size"] = float(scores.shape[1])
+        return ObjectiveOutput(loss, logs)
+
+    def proximal_target(
+        self, instances: list[TrainingInstance], batch: Any, probs: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """q = softmax(log p_start + eta * (-dL_b/dp)) for every query b (no gradient), with each example's
+        own target loss L_b taken at the current p, and those losses [B]."""
+        point = probs.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            losses = self.llm.target_loss(batch, point, reuse_prefix=self.reuse_prefix, reduction="example")
+            (slope,) = torch.autograd.grad(losses.sum(), point)
+        logits = self.starting_scores(instances, mask) / self.temperature.value.detach()
+        start = torch.log_softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
+        moved = (start - self.proximal_step * slope).masked_fill(~mask, float("-inf"))
+        return torch.softmax(moved, dim=-1).detach(), losses.detach()
+
+    def proximal_step_loss(
+        self, instances: list[TrainingInstance], batch: Any, probs: Tensor, mask: Tensor
+    ) -> ObjectiveOutput:
+        """KL(q || p) averaged over queries (each query weighs the same, over every process's queries)."""
+        target, losses = self.proximal_target(instances, batch, probs, mask)
+        terms = torch.xlogy(target, target) - torch.xlogy(target, probs.clamp_min(1e-30))
+        loss = terms.masked_fill(~mask, 0.0).sum(-1).mean() * share_of_mean(len(instances))
+        logs = {
+            "entropy": self.entropy(probs),
+            "target_entropy": self.entropy(target),
+            "dream_loss": float(losses.mean()),
+            **self.gold_logs(probs, instances),
+            **{f"target_{k}": v for k, v in self.gold_logs(target, instances).items()},
+            **self.temperature_logs(),
+        }
+        if self.anchor_weight:
+            divergence = self.anchor_divergence(instances, probs, mask)
+            logs["anchor_kl"] = float(divergence.detach())
+            loss = loss + self.anchor_weight * divergence
+        if self.candidates == "batch":
+            logs["pool_size"] = float(probs.shape[1])
         return ObjectiveOutput(loss, logs)
