@@ -132,7 +132,7 @@ class AdaptArguments:
             "starting retriever's distribution moved one step by the LLM (see `dreamir train --help`)"
         },
     )
-    proximal_step: float = field(default=3.0, metadata={"help": "dream: eta of --dream-target proximal"})
+    proximal_step: float = field(default=1.0, metadata={"help": "dream: eta of --dream-target proximal"})
     train_max_length: int | None = field(
         default=128,
         metadata={"help": "retriever tokens per text while training (all-MiniLM-L6-v2 was trained at 128)"},

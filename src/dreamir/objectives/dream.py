@@ -79,7 +79,11 @@ class DreamOptions:
         },
     )
     proximal_step: float = field(
-        default=3.0, metadata={"help": "eta of --dream-target proximal: how far one judgement moves p_start"}
+        default=1.0,
+        metadata={
+            "help": "eta of --dream-target proximal: how far one judgement moves p_start (1: to first order "
+            "DREAM's own step at the same learning rate)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -104,7 +108,7 @@ class DreamLoss(Objective):
         candidates: CandidateSource = "own",
         anchor_weight: float = 0.0,
         target: DreamTarget = "gradient",
-        proximal_step: float = 3.0,
+        proximal_step: float = 1.0,
     ) -> None:
         super().__init__(retriever, temperature, learn_temperature, retriever_precision)
         if not llm.heads:
