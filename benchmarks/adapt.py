@@ -120,7 +120,9 @@ class Settings:
         None, "compute dtype of every stage: auto, float32, bfloat16 (default: adapt's)"
     )
     track_labelled: bool = option(
-        True, "measure the labelled nDCG@10 at each validation (DREAM only; not in the seeds protocol)"
+        True,
+        "measure the labelled nDCG@10 at each validation (DREAM only; in the seeds protocol every seed's, "
+        "and the Pearson correlation with the label-free validation over all their checkpoints)",
     )
     threads: int = option(2, "CPU threads torch may use")
 
@@ -230,6 +232,22 @@ def tracking_correlation(log: Path, start: dict, baseline: dict) -> dict:
         "chosen_step": steps[chosen],
         "labelled_at_chosen": labelled[chosen],
         "labelled_best": max(labelled),
+    }
+
+
+def pooled_tracking(tracks: list[dict]) -> dict:
+    """How the label-free validation follows the labelled nDCG@10 over every seed's checkpoints: the Pearson
+    correlation of the two over all of them (each seed's own as well, in its run), and how far the
+    checkpoint each seed kept is from its best one."""
+    mrr = [v for t in tracks for v in t[TIE_BREAKER]]
+    labelled = [v for t in tracks for v in t["labelled_ndcg@10"]]
+    return {
+        "checkpoints": len(labelled),
+        "pearson_mrr_vs_labelled": float(np.corrcoef(mrr, labelled)[0, 1])
+        if len(labelled) > 2
+        else float("nan"),
+        "pearson_by_seed": [t["pearson_mrr_vs_labelled"] for t in tracks],
+        "kept_below_best": [t["labelled_best"] - t["labelled_at_chosen"] for t in tracks],
     }
 
 
@@ -365,7 +383,11 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
         for seed in seeds:
             out = run_dir(settings, name, objective, seed, protocol=True)
             arguments = adapt_arguments(settings, directory, out, objective, seed)
-            report = adapt(arguments)
+            every = arguments.validate_every or max(arguments.max_steps // 5, 1)
+            tracked = settings.track_labelled and objective == "dream"
+            report = adapt(
+                arguments, [LabelledTracker(dataset, every, arguments.precision)] if tracked else []
+            )
             # Where each run is and what its label-free validation kept (step 0: the base came back).
             runs[str(seed)] = {
                 "out": str(out),
@@ -373,6 +395,13 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
                 VALIDATION_METRIC: [report["validation"]["start"], report["validation"]["best"]],
                 "stage_seconds": report["stage_seconds"],
             }
+            if tracked:
+                train_dir = out / "work" / "train"
+                runs[str(seed)]["tracking"] = tracking_correlation(
+                    train_dir / "log.jsonl",
+                    read_json(train_dir / "labelled_step0.json"),
+                    read_json(train_dir / "validation_step0.json"),
+                )
             adapted[seed] = cached_per_query(
                 settings, f"{name}-seeds-{out.name}", str(out / "model"), dataset
             )
@@ -385,7 +414,9 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
             seed=settings.bootstrap_seed,
         )
         adapt_settings = {k: v for k, v in asdict(arguments).items() if k not in ("out", "seed")}
+        tracks = [r["tracking"] for r in runs.values() if "tracking" in r]
         summary[name] = {
+            **({"tracking": pooled_tracking(tracks)} if tracks else {}),
             "base": mean_metrics(base),
             "seeds": by_seed,
             "mean": mean,
@@ -417,6 +448,13 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
     for name, (gain, queries) in gains.items():
         low, high = summary[name]["gain_ci95"]
         verdict = "a gain" if low > 0 else "a loss" if high < 0 else "not told from noise"
+        track = summary[name].get("tracking")
+        if track:
+            print(
+                f"{name}: label-free {TIE_BREAKER} vs labelled nDCG@10 over {track['checkpoints']} checkpoints of "
+                f"{len(seeds)} seeds: pearson {track['pearson_mrr_vs_labelled']:.3f}; kept checkpoint below the best "
+                f"by {', '.join(f'{d:.4f}' for d in track['kept_below_best'])}"
+            )
         print(
             f"{name}: {objective} nDCG@10 gain over the base, mean of {len(seeds)} seeds {gain:+.4f}; "
             f"paired bootstrap 95% interval [{low:+.4f}, {high:+.4f}] ({queries} queries, "
