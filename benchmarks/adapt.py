@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import datetime
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ import torch
 
 from dreamir import precision as compute
 from dreamir.adapt import TIE_BREAKER, VALIDATION_METRIC, AdaptArguments, adapt
+from dreamir.adapt.averaging import average_checkpoint
 from dreamir.cli import ArgumentParser
 from dreamir.data.beir import BeirDataset, load_beir
 from dreamir.datasets.factbook import build_factbook
@@ -123,6 +124,11 @@ class Settings:
         True,
         "measure the labelled nDCG@10 at each validation (DREAM only; in the seeds protocol every seed's, "
         "and the Pearson correlation with the label-free validation over all their checkpoints)",
+    )
+    base_weights: str = option(
+        "",
+        "seeds protocol: also score every seed's kept checkpoint averaged with the base at these weights "
+        "(comma-separated, e.g. 0.5; adapt's --base-weight), each with its own interval",
     )
     threads: int = option(2, "CPU threads torch may use")
 
@@ -233,6 +239,20 @@ def tracking_correlation(log: Path, start: dict, baseline: dict) -> dict:
         "labelled_at_chosen": labelled[chosen],
         "labelled_best": max(labelled),
     }
+
+
+def seeds_summary(base: dict, adapted: dict[int, dict], settings: Settings, metric: str) -> dict:
+    """Every seed's mean metrics, their mean and the paired bootstrap interval of the gain over the base."""
+    by_seed = {str(seed): mean_metrics(scores) for seed, scores in adapted.items()}
+    first = next(iter(by_seed.values()))
+    mean = {m: float(np.mean([scores[m] for scores in by_seed.values()])) for m in first}
+    low, high = paired_bootstrap_gain(
+        {q: s[metric] for q, s in base.items()},
+        [{q: s[metric] for q, s in scores.items()} for scores in adapted.values()],
+        resamples=settings.resamples,
+        seed=settings.bootstrap_seed,
+    )
+    return {"seeds": by_seed, "mean": mean, "gain_ci95": [low, high]}
 
 
 def pooled_tracking(tracks: list[dict]) -> dict:
@@ -371,6 +391,7 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
     the paired bootstrap interval of the gain averaged over the seeds."""
     objective = settings.objectives
     metric = "ndcg@10"
+    base_weights = [float(w) for w in settings.base_weights.split(",") if w.strip()]
     summary: dict[str, dict] = {}
     table: dict[str, dict[str, dict[str, float]]] = {}
     gains: dict[str, tuple[float, int]] = {}
@@ -379,6 +400,7 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
         dataset = load_beir(directory)
         base = cached_per_query(settings, f"{name}-base", MINILM, dataset)
         adapted: dict[int, dict[str, dict[str, float]]] = {}
+        averages: dict[float, dict[int, dict[str, dict[str, float]]]] = {}
         runs = {}
         for seed in seeds:
             out = run_dir(settings, name, objective, seed, protocol=True)
@@ -405,18 +427,26 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
             adapted[seed] = cached_per_query(
                 settings, f"{name}-seeds-{out.name}", str(out / "model"), dataset
             )
-        by_seed = {str(seed): mean_metrics(scores) for seed, scores in adapted.items()}
-        mean = {m: float(np.mean([scores[m] for scores in by_seed.values()])) for m in by_seed[str(seeds[0])]}
-        low, high = paired_bootstrap_gain(
-            {q: s[metric] for q, s in base.items()},
-            [{q: s[metric] for q, s in scores.items()} for scores in adapted.values()],
-            resamples=settings.resamples,
-            seed=settings.bootstrap_seed,
-        )
+            for weight in base_weights:
+                averaged = out / f"model-base{weight:g}"
+                if not (averaged / "dreamir_manifest.json").exists():
+                    average_checkpoint(
+                        replace(arguments, base_weight=weight), out / "work" / "train" / "best", averaged
+                    )
+                averages.setdefault(weight, {})[seed] = cached_per_query(
+                    settings, f"{name}-seeds-{out.name}-base{weight:g}", str(averaged), dataset
+                )
+        result = seeds_summary(base, adapted, settings, metric)
+        by_seed, mean, (low, high) = result["seeds"], result["mean"], result["gain_ci95"]
         adapt_settings = {k: v for k, v in asdict(arguments).items() if k not in ("out", "seed")}
         tracks = [r["tracking"] for r in runs.values() if "tracking" in r]
+        variants = {
+            f"base weight {weight:g}": seeds_summary(base, scores, settings, metric)
+            for weight, scores in averages.items()
+        }
         summary[name] = {
             **({"tracking": pooled_tracking(tracks)} if tracks else {}),
+            **({"averaged_with_base": variants} if variants else {}),
             "base": mean_metrics(base),
             "seeds": by_seed,
             "mean": mean,
@@ -443,6 +473,14 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
             system: {**scores, "gain": scores[metric] - start}
             for system, scores in [*((f"seed {seed}", s) for seed, s in by_seed.items()), ("mean", mean)]
         }
+        for variant, result in variants.items():
+            low, high = result["gain_ci95"]
+            table[name][f"mean, {variant}"] = {**result["mean"], "gain": result["mean"][metric] - start}
+            print(
+                f"{name}: averaged with the base ({variant}): seeds "
+                f"{', '.join(f'{r[metric]:.4f}' for r in result['seeds'].values())}; mean "
+                f"{result['mean'][metric]:.4f}, gain interval [{low:+.4f}, {high:+.4f}]"
+            )
         gains[name] = (mean[metric] - start, len(base))
     print(format_results_table(table))
     for name, (gain, queries) in gains.items():

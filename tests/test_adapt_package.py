@@ -13,7 +13,17 @@ import dreamir.adapt
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPT = ROOT / "src" / "dreamir" / "adapt"
-STAGES = ["arguments", "encoding", "examples", "heads", "validation", "candidates", "training", "report"]
+STAGES = [
+    "arguments",
+    "encoding",
+    "examples",
+    "heads",
+    "validation",
+    "candidates",
+    "training",
+    "averaging",
+    "report",
+]
 
 
 class _NoPipeline:
@@ -53,6 +63,7 @@ PUBLIC = {
     "validation": ["VALIDATION_METRIC", "TIE_BREAKER", "PseudoGoldValidator"],
     "candidates": ["DenseCandidateRefresher"],
     "training": ["build_trainer"],
+    "averaging": ["average_with_base", "average_checkpoint"],
     "report": ["render_report"],
     "pipeline": ["adapt"],
 }

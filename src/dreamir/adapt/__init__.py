@@ -10,18 +10,20 @@ picks up where it stopped; training resumes from its last checkpoint):
 3. training with a label-free validation signal (how often the held-out examples' pseudo-gold ranks in
    the retriever's top 10 over the corpus), keeping the best checkpoint by it, and optionally refreshing
    the candidates with the current retriever's own top-K (mined hard negatives);
-4. ``OUT/model``: the best checkpoint as a sentence-transformers directory; ``OUT/report.json``,
+4. ``OUT/model``: the best checkpoint as a sentence-transformers directory (with ``--base-weight``, its
+   weights averaged with the starting retriever's: ``averaging``); ``OUT/report.json``,
    ``OUT/report.md`` and ``OUT/curves.png``.
 
 Only ``CORPUS_DIR/corpus.jsonl`` is read: never queries or qrels.
 
 One module a stage: ``arguments`` (the options), ``examples`` (1), ``heads`` (2), ``training`` (3) with its
-callbacks ``validation`` and ``candidates`` (and ``encoding``, the retriever pass both make), ``report``
-(4), and ``pipeline``, the command that runs them in order. Imports point one way: pipeline -> stages ->
+callbacks ``validation`` and ``candidates`` (and ``encoding``, the retriever pass both make), ``averaging``
+and ``report`` (4), and ``pipeline``, the command that runs them in order. Imports point one way: pipeline -> stages ->
 arguments; no stage imports the pipeline.
 """
 
 from dreamir.adapt.arguments import AdaptArguments
+from dreamir.adapt.averaging import average_checkpoint, average_with_base
 from dreamir.adapt.candidates import DenseCandidateRefresher
 from dreamir.adapt.examples import (
     build_examples,
@@ -43,6 +45,8 @@ __all__ = [
     "DenseCandidateRefresher",
     "PseudoGoldValidator",
     "adapt",
+    "average_checkpoint",
+    "average_with_base",
     "build_examples",
     "build_trainer",
     "prepare_examples",

@@ -133,6 +133,13 @@ class AdaptArguments:
         },
     )
     proximal_step: float = field(default=1.0, metadata={"help": "dream: eta of --dream-target proximal"})
+    base_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight averaging: the model written is (1 - w) x the kept checkpoint + w x the starting "
+            "retriever, weight by weight (0: the kept checkpoint as it is; 1: the starting retriever)"
+        },
+    )
     train_max_length: int | None = field(
         default=128,
         metadata={"help": "retriever tokens per text while training (all-MiniLM-L6-v2 was trained at 128)"},
@@ -162,6 +169,8 @@ class AdaptArguments:
         at_least(self, 0, "refresh_every", "refresh_after")
         positive(self, "learning_rate", "temperature", "proximal_step")
         non_negative(self, "anchor_weight")
+        if not 0.0 <= self.base_weight <= 1.0:
+            raise ValueError(f"--base-weight must be between 0 and 1, got {self.base_weight}")
 
     def passages_to_sample(self) -> int:
         if self.max_passages is not None:
@@ -186,7 +195,16 @@ class AdaptArguments:
 
 def run_settings(args: AdaptArguments) -> dict:
     """What a resumed training run must share with the checkpoint it resumes from."""
-    ignored = {"out", "corpus", "threads", "show_progress", "validate_every", "validation_docs"}
+    # base_weight only changes how the kept checkpoint is written out, not the training.
+    ignored = {
+        "out",
+        "corpus",
+        "threads",
+        "show_progress",
+        "validate_every",
+        "validation_docs",
+        "base_weight",
+    }
     settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in ignored}
     # The dtype it resolves to here, not "auto": a run resumed on a processor of another kind is refused
     # instead of silently continuing in another dtype.

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dreamir.adapt.arguments import AdaptArguments
+from dreamir.adapt.averaging import average_checkpoint
 from dreamir.adapt.examples import prepare_examples, read_derived
 from dreamir.adapt.heads import select_heads_label_free
 from dreamir.adapt.report import plot_head_attention_before_after, render_report, search_comparison
@@ -114,7 +115,13 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
     best = json.loads((train_dir / "best.json").read_text()) if (train_dir / "best.json").exists() else {}
     # Replaces only a model an earlier run wrote there.
     with atomic_path(out / "model", replace_directory=(out / "model" / CONFIG_FILE).exists()) as tmp:
-        shutil.copytree(train_dir / "best", tmp)
+        if args.base_weight:
+            _say(
+                f"averaging the kept checkpoint's weights with {args.retriever}'s (base weight {args.base_weight})"
+            )
+            average_checkpoint(args, train_dir / "best", tmp)
+        else:
+            shutil.copytree(train_dir / "best", tmp)
     rows = read_log_rows(result.log_file)
     curve = plot_training_curves(
         {args.objective: result.log_file}, out / "curves.png", metrics=("loss", "p_gold", VALIDATION_METRIC)
