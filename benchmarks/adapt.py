@@ -125,6 +125,11 @@ class Settings:
         "measure the labelled nDCG@10 at each validation (DREAM only; in the seeds protocol every seed's, "
         "and the Pearson correlation with the label-free validation over all their checkpoints)",
     )
+    train_only: int | None = option(
+        None,
+        "seeds protocol: run this one of --seeds (its adapt run and its scores) and write no summary, so that "
+        "seeds can run in separate processes, one a core; a last invocation without it reads them all back",
+    )
     base_weights: str = option(
         "",
         "seeds protocol: also score every seed's kept checkpoint averaged with the base at these weights "
@@ -286,6 +291,8 @@ def main() -> None:
     if len(set(seeds)) != len(seeds):
         parser.error(f"--seeds {settings.seeds}: a seed is repeated")
     protocol = len(seeds) > 1
+    if settings.train_only is not None and (not protocol or settings.train_only not in seeds):
+        parser.error(f"--train_only {settings.train_only}: one of the protocol's --seeds {settings.seeds}")
     settings.objectives = settings.objectives or ("dream" if protocol else "dream,infonce,replug")
     settings.out = settings.out or ("results/adapt_seeds.json" if protocol else "results/adapt.json")
     if protocol and "," in settings.objectives:
@@ -402,7 +409,7 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
         adapted: dict[int, dict[str, dict[str, float]]] = {}
         averages: dict[float, dict[int, dict[str, dict[str, float]]]] = {}
         runs = {}
-        for seed in seeds:
+        for seed in seeds if settings.train_only is None else [settings.train_only]:
             out = run_dir(settings, name, objective, seed, protocol=True)
             arguments = adapt_arguments(settings, directory, out, objective, seed)
             every = arguments.validate_every or max(arguments.max_steps // 5, 1)
@@ -439,6 +446,9 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
         result = seeds_summary(base, adapted, settings, metric)
         by_seed, mean, (low, high) = result["seeds"], result["mean"], result["gain_ci95"]
         adapt_settings = {k: v for k, v in asdict(arguments).items() if k not in ("out", "seed")}
+        if settings.train_only is not None:
+            print(f"{name}: seed {settings.train_only} done; run without --train_only for the summary")
+            continue
         tracks = [r["tracking"] for r in runs.values() if "tracking" in r]
         variants = {
             f"base weight {weight:g}": seeds_summary(base, scores, settings, metric)
@@ -482,6 +492,8 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
                 f"{result['mean'][metric]:.4f}, gain interval [{low:+.4f}, {high:+.4f}]"
             )
         gains[name] = (mean[metric] - start, len(base))
+    if not table:
+        return
     print(format_results_table(table))
     for name, (gain, queries) in gains.items():
         low, high = summary[name]["gain_ci95"]
