@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime
 import shutil
 from dataclasses import asdict, dataclass, field, replace
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,11 @@ class Settings:
         "",
         "seeds protocol: also score every seed's kept checkpoint averaged with the base at these weights "
         "(comma-separated, e.g. 0.5; adapt's --base-weight), each with its own interval",
+    )
+    final_too: bool = option(
+        False,
+        "seeds protocol: also score every seed's last checkpoint (what a fixed schedule without the "
+        "label-free validation would keep), and its averages with the base at --base_weights",
     )
     threads: int = option(2, "CPU threads torch may use")
 
@@ -407,7 +413,7 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
         dataset = load_beir(directory)
         base = cached_per_query(settings, f"{name}-base", MINILM, dataset)
         adapted: dict[int, dict[str, dict[str, float]]] = {}
-        averages: dict[float, dict[int, dict[str, dict[str, float]]]] = {}
+        averages: dict[tuple[str, float], dict[int, dict[str, dict[str, float]]]] = {}
         runs = {}
         for seed in seeds if settings.train_only is None else [settings.train_only]:
             out = run_dir(settings, name, objective, seed, protocol=True)
@@ -434,14 +440,19 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
             adapted[seed] = cached_per_query(
                 settings, f"{name}-seeds-{out.name}", str(out / "model"), dataset
             )
-            for weight in base_weights:
-                averaged = out / f"model-base{weight:g}"
+            checkpoints = {"kept": out / "work" / "train" / "best"}
+            if settings.final_too:
+                checkpoints["last"] = out / "work" / "train" / "final"
+                # The last checkpoint as it is: weight 0 of the average.
+                averages.setdefault(("last", 0.0), {})[seed] = cached_per_query(
+                    settings, f"{name}-seeds-{out.name}-last", str(checkpoints["last"]), dataset
+                )
+            for (kind, checkpoint), weight in product(checkpoints.items(), base_weights):
+                averaged = out / f"{'model' if kind == 'kept' else 'last'}-base{weight:g}"
                 if not (averaged / "dreamir_manifest.json").exists():
-                    average_checkpoint(
-                        replace(arguments, base_weight=weight), out / "work" / "train" / "best", averaged
-                    )
-                averages.setdefault(weight, {})[seed] = cached_per_query(
-                    settings, f"{name}-seeds-{out.name}-base{weight:g}", str(averaged), dataset
+                    average_checkpoint(replace(arguments, base_weight=weight), checkpoint, averaged)
+                averages.setdefault((kind, weight), {})[seed] = cached_per_query(
+                    settings, f"{name}-seeds-{averaged.parent.name}-{averaged.name}", str(averaged), dataset
                 )
         result = seeds_summary(base, adapted, settings, metric)
         by_seed, mean, (low, high) = result["seeds"], result["mean"], result["gain_ci95"]
@@ -451,12 +462,12 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
             continue
         tracks = [r["tracking"] for r in runs.values() if "tracking" in r]
         variants = {
-            f"base weight {weight:g}": seeds_summary(base, scores, settings, metric)
-            for weight, scores in averages.items()
+            f"{kind} checkpoint, base weight {weight:g}": seeds_summary(base, scores, settings, metric)
+            for (kind, weight), scores in averages.items()
         }
         summary[name] = {
             **({"tracking": pooled_tracking(tracks)} if tracks else {}),
-            **({"averaged_with_base": variants} if variants else {}),
+            **({"variants": variants} if variants else {}),
             "base": mean_metrics(base),
             "seeds": by_seed,
             "mean": mean,
@@ -487,7 +498,7 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
             low, high = result["gain_ci95"]
             table[name][f"mean, {variant}"] = {**result["mean"], "gain": result["mean"][metric] - start}
             print(
-                f"{name}: averaged with the base ({variant}): seeds "
+                f"{name}: {objective}, {variant}: seeds "
                 f"{', '.join(f'{r[metric]:.4f}' for r in result['seeds'].values())}; mean "
                 f"{result['mean'][metric]:.4f}, gain interval [{low:+.4f}, {high:+.4f}]"
             )
