@@ -69,6 +69,7 @@ def test_adapt_writes_the_average_and_reuses_its_training(tmp_path, tiny_bert_di
     written = load_file(out / "model" / "model.safetensors")
     assert (out / "work" / "train" / "log.jsonl").read_text() == log
     assert report["settings"]["base_weight"] == 1.0
+    assert "averaged with" in (out / "report.md").read_text()
     names = [n for n in written if n in kept]
     assert names and any(not torch.equal(kept[n], written[n]) for n in names)
     starting = Retriever.from_pretrained(tiny_bert_dir).state_dict()

@@ -111,6 +111,13 @@ def _throughput_line(rates: dict[str, float]) -> str:
     return ", ".join(parts) or "nothing run this time (every stage reused)"
 
 
+def _averaging(settings: dict) -> str:
+    weight = settings.get("base_weight") or 0.0
+    if not weight:
+        return ""
+    return f" (the kept checkpoint's weights averaged with {settings['retriever']}'s, base weight {weight:g})"
+
+
 def render_report(report: dict) -> str:
     v, e = report["validation"], report["examples"]
     lines = [
@@ -127,7 +134,7 @@ def render_report(report: dict) -> str:
         "- stage seconds: " + ", ".join(f"{k} {s:.0f}" for k, s in report["stage_seconds"].items()),
         "- throughput: " + _throughput_line(report.get("throughput") or {}),
         f"- compute: {describe_compute(report['machine'])}",
-        f"- model: `{report['model']}`; curves: `{report['curves']}`",
+        f"- model: `{report['model']}`{_averaging(report['settings'])}; curves: `{report['curves']}`",
     ]
     search = report.get("search")
     if search:
@@ -144,6 +151,11 @@ def render_report(report: dict) -> str:
             ),
             "",
             f"bm25+X: BM25 fused with X ({search['fusion']}: `dreamir index --hybrid`). Label-free, and "
-            "on the task adapt trains on: a guide to which search to deploy, not a labelled evaluation.",
+            "on the task adapt trains on: a guide to which search to deploy, not a labelled evaluation."
+            + (
+                " adapted: the kept checkpoint before averaging."
+                if report["settings"].get("base_weight")
+                else ""
+            ),
         ]
     return "\n".join([*lines, ""])
