@@ -89,3 +89,27 @@ def _adapt_args_plain(**overrides):
     from dreamir.adapt import AdaptArguments
 
     return AdaptArguments(corpus="c", out="o", **overrides)
+
+
+def test_a_lora_run_s_checkpoint_is_averaged_as_the_plain_model_it_saved(tiny_bert_dir, tmp_path):
+    import dataclasses as dc
+
+    from dreamir.adapt import AdaptArguments
+    from dreamir.adapt.averaging import average_checkpoint
+    from dreamir.retriever.config import LoraSettings
+
+    config = dc.replace(Retriever.read_config(tiny_bert_dir), lora=LoraSettings(r=2, alpha=4))
+    trained = Retriever.from_pretrained(tiny_bert_dir, config)
+    _perturb(trained, scale=0.1)  # the adapters move: the merged weights differ from the base
+    trained.save(tmp_path / "best")
+    merged = Retriever.from_pretrained(
+        tmp_path / "best", dc.replace(Retriever.read_config(tmp_path / "best"), lora=None)
+    ).state_dict()
+    args = AdaptArguments(corpus="c", out="o", retriever=tiny_bert_dir, lora=True, base_weight=0.5)
+    average_checkpoint(args, tmp_path / "best", tmp_path / "averaged")
+    averaged = Retriever.from_pretrained(tmp_path / "averaged")
+    assert averaged.config.lora is None
+    base = Retriever.from_pretrained(tiny_bert_dir).state_dict()
+    assert any(not torch.equal(merged[n], base[n]) for n in base)
+    for name, value in averaged.state_dict().items():
+        torch.testing.assert_close(value, (merged[name] + base[name]) / 2, rtol=1e-6, atol=1e-7)

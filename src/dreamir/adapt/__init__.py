@@ -18,8 +18,8 @@ Only ``CORPUS_DIR/corpus.jsonl`` is read: never queries or qrels.
 
 One module a stage: ``arguments`` (the options), ``examples`` (1), ``heads`` (2), ``training`` (3) with its
 callbacks ``validation`` and ``candidates`` (and ``encoding``, the retriever pass both make), ``averaging``
-and ``report`` (4), and ``pipeline``, the command that runs them in order. Imports point one way: pipeline -> stages ->
-arguments; no stage imports the pipeline.
+and ``report`` (4), and ``pipeline``, the command that runs them in order. Imports point one way:
+pipeline -> stages -> arguments; no stage imports the pipeline.
 """
 
 from dreamir.adapt.arguments import AdaptArguments

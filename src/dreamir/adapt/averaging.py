@@ -5,6 +5,7 @@ learned only about the generated queries (the drift) is diluted."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -37,6 +38,9 @@ def average_with_base(adapted: Retriever, base: Retriever, base_weight: float) -
 def average_checkpoint(args: AdaptArguments, checkpoint: Path, out: Path) -> Path:
     """The retriever saved at ``checkpoint`` averaged with the starting retriever (``args.retriever``, cut
     to ``args.retriever_layers``), saved to ``out``."""
-    adapted = Retriever.from_pretrained(checkpoint)
+    # A LoRA run's checkpoint holds merged weights: read as a plain model, it has the base's weights' names.
+    adapted = Retriever.from_pretrained(
+        checkpoint, dataclasses.replace(Retriever.read_config(checkpoint), lora=None)
+    )
     base = load_retriever(ModelArguments(retriever=args.retriever, retriever_layers=args.retriever_layers))
     return average_with_base(adapted, base, args.base_weight).save(out)
