@@ -454,12 +454,12 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
                 averages.setdefault((kind, weight), {})[seed] = cached_per_query(
                     settings, f"{name}-seeds-{averaged.parent.name}-{averaged.name}", str(averaged), dataset
                 )
-        result = seeds_summary(base, adapted, settings, metric)
-        by_seed, mean, (low, high) = result["seeds"], result["mean"], result["gain_ci95"]
-        adapt_settings = {k: v for k, v in asdict(arguments).items() if k not in ("out", "seed")}
         if settings.train_only is not None:
             print(f"{name}: seed {settings.train_only} done; run without --train_only for the summary")
             continue
+        result = seeds_summary(base, adapted, settings, metric)
+        by_seed, mean, (low, high) = result["seeds"], result["mean"], result["gain_ci95"]
+        adapt_settings = {k: v for k, v in asdict(arguments).items() if k not in ("out", "seed")}
         tracks = [r["tracking"] for r in runs.values() if "tracking" in r]
         variants = {
             f"{kind} checkpoint, base weight {weight:g}": seeds_summary(base, scores, settings, metric)

@@ -152,16 +152,24 @@ class DreamLoss(Objective):
         ]
         batch = self.llm.collate(prompts)
         if self.target == "proximal":
-            return self.proximal_step_loss(instances, batch, probs, mask)
-        # A mean over target tokens: weighted by token counts across processes, not averaged per process
-        # (the share is exactly 1.0 in one process, and multiplying by it changes no bit).
-        loss = self.llm.target_loss(batch, probs, reuse_prefix=self.reuse_prefix) * share_of_mean(
-            batch.target_tokens
-        )
-        logs = {"entropy": self.entropy(probs), **self.gold_logs(probs, instances), **self.temperature_logs()}
+            loss, target_logs = self.proximal_step_loss(instances, batch, probs, mask)
+        else:
+            # A mean over target tokens: weighted by token counts across processes, not averaged per process
+            # (the share is exactly 1.0 in one process, and multiplying by it changes no bit).
+            loss = self.llm.target_loss(batch, probs, reuse_prefix=self.reuse_prefix) * share_of_mean(
+                batch.target_tokens
+            )
+            target_logs = {}
+        logs = {
+            "entropy": self.entropy(probs),
+            **self.gold_logs(probs, instances),
+            **target_logs,
+            **self.temperature_logs(),
+        }
         if self.anchor_weight:
             divergence = self.anchor_divergence(instances, probs, mask)
-            logs.update(dream_loss=float(loss.detach()), anchor_kl=float(divergence.detach()))
+            logs.setdefault("dream_loss", float(loss.detach()))
+            logs["anchor_kl"] = float(divergence.detach())
             loss = loss + self.anchor_weight * divergence
         if self.candidates == "batch":
             logs["pool_size"] = float(scores.shape[1])
@@ -183,23 +191,15 @@ class DreamLoss(Objective):
 
     def proximal_step_loss(
         self, instances: list[TrainingInstance], batch: Any, probs: Tensor, mask: Tensor
-    ) -> ObjectiveOutput:
-        """KL(q || p) averaged over queries (each query weighs the same, over every process's queries)."""
+    ) -> tuple[Tensor, dict[str, float]]:
+        """KL(q || p) averaged over queries (each query weighs the same, over every process's queries), and
+        what it logs beside forward's common entries."""
         target, losses = self.proximal_target(instances, batch, probs, mask)
         terms = torch.xlogy(target, target) - torch.xlogy(target, probs.clamp_min(1e-30))
         loss = terms.masked_fill(~mask, 0.0).sum(-1).mean() * share_of_mean(len(instances))
         logs = {
-            "entropy": self.entropy(probs),
             "target_entropy": self.entropy(target),
             "dream_loss": float(losses.mean()),
-            **self.gold_logs(probs, instances),
             **{f"target_{k}": v for k, v in self.gold_logs(target, instances).items()},
-            **self.temperature_logs(),
         }
-        if self.anchor_weight:
-            divergence = self.anchor_divergence(instances, probs, mask)
-            logs["anchor_kl"] = float(divergence.detach())
-            loss = loss + self.anchor_weight * divergence
-        if self.candidates == "batch":
-            logs["pool_size"] = float(probs.shape[1])
-        return ObjectiveOutput(loss, logs)
+        return loss, logs
