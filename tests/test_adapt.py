@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 from dreamir.adapt import AdaptArguments, adapt, split_by_source
 from dreamir.cli import main
@@ -23,6 +24,7 @@ from dreamir.data.corpus_examples import (
 from dreamir.data.errors import DataFormatError
 from dreamir.data.training import TrainingExample, read_training_file
 from dreamir.evaluation import pseudo_gold_success
+from dreamir.retriever import Retriever
 
 WORDS = [
     "capital",
@@ -342,8 +344,42 @@ def test_adapt_in_either_layout_keeps_no_document_cache_on_disk(
     assert report["steps"] == 4 and (tmp_path / "out" / "model" / "modules.json").exists()
     log = [json.loads(line) for line in (work / "train" / "log.jsonl").open()]
     assert all(math.isfinite(entry["loss"]) for entry in log if "loss" in entry)
-    # Passages read about once are not worth megabytes of disk each.
+    # By default (--document-cache-gb 0) keys and values stay in memory: nothing written to disk.
     assert not [p for p in work.rglob("*") if "document_cache" in p.parts or p.name.startswith("shard-")]
+    if layout == "parallel":
+        cache = report["document_cache"]
+        assert cache["bound_gb"] is None and cache["disk_gb"] == 0 and cache["built"] > 0
+        assert "kept in memory only" in (tmp_path / "out" / "report.md").read_text()
+    else:
+        assert report["document_cache"] is None
+
+
+def test_adapt_with_a_bounded_disk_cache_trains_the_same_model_within_the_bound(
+    tmp_path, tiny_bert_dir, tiny_llama_dir
+):
+    """Keys and values kept on disk (float32, exact) train the very model memory-only does; the directory
+    stays within its bound, one shard aside; the report says what was read, found and dropped."""
+    write_corpus(tmp_path / "corpus", make_corpus(30))
+    plain = adapt(_adapt_args(tmp_path, tiny_bert_dir, tiny_llama_dir, out=str(tmp_path / "plain")))
+    bound_gb = 2e-5  # 20 kB: a few of the tiny LLM's passages, so the bound is reached and shards dropped
+    cached = adapt(
+        _adapt_args(
+            tmp_path, tiny_bert_dir, tiny_llama_dir, out=str(tmp_path / "disk"), document_cache_gb=bound_gb
+        )
+    )
+    shards = list((tmp_path / "disk" / "work" / "document_cache").rglob("shard-*.safetensors"))
+    largest = max(p.stat().st_size for p in shards)
+    assert sum(p.stat().st_size for p in shards) <= bound_gb * 1e9 + largest
+    record = cached["document_cache"]
+    assert record["bound_gb"] == bound_gb and record["evicted_shards"] > 0
+    assert (
+        record["built"] + record["found"]
+        == plain["document_cache"]["built"] + plain["document_cache"]["found"]
+    )
+    assert f"bound {bound_gb:g} GB" in (tmp_path / "disk" / "report.md").read_text()
+    trained = Retriever.from_pretrained(tmp_path / "disk" / "model").state_dict()
+    for name, value in Retriever.from_pretrained(tmp_path / "plain" / "model").state_dict().items():
+        torch.testing.assert_close(trained[name], value, rtol=0, atol=0)
 
 
 def test_adapt_cli_names_a_missing_corpus(tmp_path, capsys):

@@ -85,6 +85,15 @@ def test_the_base_weight_is_checked():
         _adapt_args_plain(base_weight=-0.1)
 
 
+def test_the_default_base_weight_is_half_unless_the_objective_adds_tokens():
+    assert _adapt_args_plain().base_weight == 0.5
+    assert _adapt_args_plain(base_weight=0.0).base_weight == 0.0
+    # autoregembed-ic's retriever gains compression tokens: nothing in the base to average them with.
+    assert _adapt_args_plain(objective="autoregembed-ic").base_weight == 0.0
+    with pytest.raises(ValueError, match=r"--base-weight 0\.5: --objective autoregembed-ic adds compression"):
+        _adapt_args_plain(objective="autoregembed-ic", base_weight=0.5)
+
+
 def _adapt_args_plain(**overrides):
     from dreamir.adapt import AdaptArguments
 

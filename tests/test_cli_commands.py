@@ -141,12 +141,23 @@ def test_the_quickstart_path_runs_through_the_cli_on_tiny_models(
     assert set(results["beir"]) == {"bm25", "base", "adapted", "bm25+base", "bm25+adapted"}
     assert all(0 <= m["ndcg@10"] <= 1 for m in results["beir"].values())
     # The hybrid rows are BM25's and the dense model's kept runs, fused (what `dreamir eval --hybrid` does).
+    (adapted_run,) = (tmp_path / "q" / "eval").glob("beir-adapted-*.trec")
     runs = {
-        name: read_trec_run(tmp_path / "q" / "eval" / f"beir-{name}.trec") for name in ("bm25", "adapted")
+        "bm25": read_trec_run(tmp_path / "q" / "eval" / "beir-bm25.trec"),
+        "adapted": read_trec_run(adapted_run),
     }
     fused = compute_metrics(load_beir(beir).qrels, fuse_runs(runs["bm25"], runs["adapted"]))
     assert results["beir"]["bm25+adapted"] == pytest.approx(fused, rel=1e-12)
     assert (tmp_path / "q" / "adapt" / "model" / "modules.json").exists()
+
+    # Run again with the adapted model written anew (the base's weights, from the same training): its
+    # evaluation is made again, not read from the first model's run file.
+    small |= {"base_weight": 1.0}
+    assert cli.main([*argv, "--llm", tiny_llama_dir, "--threads", "1", "--no-show-progress"]) == 0
+    again = json.loads((tmp_path / "q" / "results.json").read_text())
+    assert len(list((tmp_path / "q" / "eval").glob("beir-adapted-*.trec"))) == 2
+    assert again["beir"]["adapted"] == pytest.approx(again["beir"]["base"], rel=1e-6)
+    assert again["beir"]["bm25"] == results["beir"]["bm25"]
 
 
 @pytest.mark.parametrize("command", cli.COMMANDS, ids=lambda c: c.name)

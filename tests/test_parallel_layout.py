@@ -212,3 +212,77 @@ def test_document_cache_reads_many_shards_from_disk_with_few_open(tmp_path, monk
             torch.testing.assert_close(keys.float(), expected_keys, atol=0, rtol=0)
             torch.testing.assert_close(values.float(), expected_values, atol=0, rtol=0)
         assert len(reopened._open_shards) <= 3
+
+
+def _stand_in_encoder(prefix: list[int], documents: list[list[int]]):
+    """Stand-in for the LLM: 4 float32 values (16 bytes) per token for keys and for values."""
+    return [
+        (
+            torch.full((1, 1, len(d), 4), float(sum(d) + sum(prefix))),
+            torch.full((1, 1, len(d), 4), -float(d[0])),
+        )
+        for d in documents
+    ]
+
+
+def _shards(directory) -> list:
+    return sorted(directory.glob("*/shard-*.safetensors"))
+
+
+def test_a_disk_bound_deletes_the_least_recently_used_shards(tmp_path):
+    """Under max_disk_bytes the directory never holds more than the bound (one build aside), the shards
+    dropped are the oldest unread ones, and what they held is built again, equal, when asked for."""
+    import os
+
+    from dreamir.llm import doc_cache
+
+    documents = [[i, i + 1] for i in range(1, 9)]  # 2 tokens: 128 bytes of keys and values each
+    unbounded = doc_cache.DocumentKVCache(_stand_in_encoder, "fp", directory=tmp_path / "all")
+    unbounded.build([7], documents[:2])
+    shard_bytes = unbounded.disk_bytes()  # one build of two documents, with its header
+    assert shard_bytes > 256
+
+    bound = 2 * shard_bytes + shard_bytes // 2  # room for two shards, not three
+    cache = doc_cache.DocumentKVCache(
+        _stand_in_encoder, "fp", directory=tmp_path / "bounded", max_memory_bytes=1, max_disk_bytes=bound
+    )
+    first, second = cache.build([7], documents[0:2]), cache.build([7], documents[2:4])
+    assert (first.documents, second.documents) == (2, 2) and len(_shards(tmp_path / "bounded")) == 2
+    oldest = _shards(tmp_path / "bounded")
+    for path, seconds in zip(sorted(oldest, key=lambda p: p.stat().st_mtime), (100, 200), strict=True):
+        os.utime(path, (seconds, seconds))  # distinct ages whatever the file system's clock resolution
+    cache.get([7], documents[0:1])  # reading the first build makes it the most recently used
+    assert cache.stats.found == 1 and cache.stats.documents == 4
+    cache.build([7], documents[4:6])  # a third shard: over the bound, so the least recently used goes
+    assert cache.disk_bytes() <= bound and len(_shards(tmp_path / "bounded")) == 2
+    assert cache.stats.evicted_shards == 1
+    cache.get([7], documents[0:2])  # the first build survived: found, nothing built
+    assert cache.stats.documents == 6
+    entries = cache.get([7], documents[2:4])  # the second was dropped: built again, the same values
+    assert cache.stats.documents == 8
+    for document, (keys, values) in zip(documents[2:4], entries, strict=True):
+        expected_keys, expected_values = _stand_in_encoder([7], [document])[0]
+        torch.testing.assert_close(keys, expected_keys, atol=0, rtol=0)
+        torch.testing.assert_close(values, expected_values, atol=0, rtol=0)
+    assert cache.disk_bytes() <= bound
+
+
+def test_a_shard_deleted_by_another_process_is_built_again(tmp_path):
+    from dreamir.llm import doc_cache
+
+    documents = [[1, 2], [3, 4, 5]]
+    cache = doc_cache.DocumentKVCache(_stand_in_encoder, "fp", directory=tmp_path, max_memory_bytes=1)
+    cache.build([7], documents)
+    other = doc_cache.DocumentKVCache(_stand_in_encoder, "fp", directory=tmp_path, max_memory_bytes=1)
+    for path in _shards(tmp_path):
+        path.unlink()  # what another process's disk bound does
+    entries = other.get([7], documents)
+    assert other.stats.documents == 2
+    torch.testing.assert_close(entries[1][0], _stand_in_encoder([7], [documents[1]])[0][0], atol=0, rtol=0)
+
+
+def test_a_disk_bound_must_be_positive(tmp_path):
+    from dreamir.llm import doc_cache
+
+    with pytest.raises(ValueError, match="max_disk_bytes must be positive"):
+        doc_cache.DocumentKVCache(_stand_in_encoder, "fp", directory=tmp_path, max_disk_bytes=0)

@@ -182,9 +182,17 @@ class LLMArguments:
             "help": "directory for the parallel layout's document keys/values (default: <output-dir>/document_cache)"
         },
     )
+    document_cache_gb: float | None = field(
+        default=None,
+        metadata={
+            "help": "bound on the document cache's disk use, in GB: beyond it the least recently used entries "
+            "are deleted and built again when read (default: no bound)"
+        },
+    )
 
     def __post_init__(self) -> None:
         at_least(self, 1, "max_document_tokens", "max_target_tokens")
+        positive(self, "document_cache_gb")
 
 
 @dataclass

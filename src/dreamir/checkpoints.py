@@ -19,6 +19,7 @@ MANIFEST = "manifest.json"
 # Settings that may change between runs without changing what is trained.
 FREE_TO_CHANGE = {"output_dir", "show_progress", "save_steps", "save_total_limit", "max_nonfinite_steps"}
 FREE_TO_CHANGE |= {"threads", "train", "corpus", "allow_longer_run"}  # data is compared by content instead
+FREE_TO_CHANGE |= {"document_cache", "document_cache_gb"}  # where keys and values are kept, not what they are
 
 
 class CheckpointError(ValueError):

@@ -276,8 +276,8 @@ COMMANDS = [
         "adapt",
         "make a retriever better on your own corpus with no queries and no labels: reads only\n"
         "CORPUS/corpus.jsonl, has the frozen LLM write training queries, trains with DREAM and keeps the\n"
-        "checkpoint a label-free validation prefers; writes OUT/model (sentence-transformers), report.md,\n"
-        "report.json and curves.png; re-run to resume",
+        "checkpoint a label-free validation prefers, averaged with the starting retriever (--base-weight);\n"
+        "writes OUT/model (sentence-transformers), report.md, report.json and curves.png; re-run to resume",
         _adapt_arguments,
         run_adapt,
         positional=("corpus",),

@@ -55,3 +55,8 @@ def split_template(template: str, option: str) -> tuple[str, str]:
         raise ValueError(f"{option} must contain {{text}} exactly once, got {template!r}")
     prefix, suffix = template.split("{text}")
     return prefix, suffix
+
+
+def gigabytes(value: float | None) -> int | None:
+    """A size option given in GB (10^9 bytes), in bytes; None stays None (no bound)."""
+    return None if value is None else int(value * 1e9)

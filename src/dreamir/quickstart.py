@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamir.adapt import AdaptArguments, adapt
+from dreamir.artefacts import directory_sha256
 from dreamir.data.beir import load_beir
 from dreamir.evaluation import compute_metrics, format_results_table
 from dreamir.io import write_json_atomic
@@ -78,8 +79,11 @@ def run_quickstart(args: QuickstartArguments) -> dict[str, dict[str, dict[str, f
     systems = {"bm25": "bm25", "base": args.retriever, "adapted": report["model"]}
     runs = {}
     for system, model in systems.items():
-        # Each system's top 100 per query is kept (a TREC run file), so the fused rows cost no encoding.
-        path = out / "eval" / f"{name}-{system}.trec"
+        # Each system's top 100 per query is kept (a TREC run file), so the fused rows cost no encoding. A
+        # model directory's run is named by its files' checksum: a model written anew (another --base-weight,
+        # a retrained adapt) is evaluated anew instead of being scored with the old model's run.
+        digest = f"-{directory_sha256(Path(model))[:12]}" if Path(model).is_dir() else ""
+        path = out / "eval" / f"{name}-{system}{digest}.trec"
         stages.run(
             f"eval {system}",
             path,

@@ -39,7 +39,7 @@ from dreamir.llm.heads import CalibrationExample, HeadSet, random_heads, rank_he
 from dreamir.llm.prompt import PromptSettings
 from dreamir.models import resolve_model
 from dreamir.objectives import Objective, objective_class, options_classes
-from dreamir.options import split_template
+from dreamir.options import gigabytes, split_template
 from dreamir.retriever import LoraSettings, Retriever, RetrieverConfig
 from dreamir.search import bm25_run
 from dreamir.trainer import Trainer, TrainerCallback, TrainingResult
@@ -188,7 +188,12 @@ def _llm_loader(args: LLMArguments):
             inject_query_rows=args.inject_query_rows,
             document_layout=args.document_layout,
         )
-        options = {"prompt": prompt, "precision": args.precision, "document_cache_dir": args.document_cache}
+        options = {
+            "prompt": prompt,
+            "precision": args.precision,
+            "document_cache_dir": args.document_cache,
+            "document_cache_bytes": gigabytes(args.document_cache_gb),
+        }
         if heads_file is None:
             return FrozenLLM.from_pretrained(args.llm, **options)
         head_set = HeadSet.load(heads_file)

@@ -10,8 +10,8 @@ picks up where it stopped; training resumes from its last checkpoint):
 3. training with a label-free validation signal (how often the held-out examples' pseudo-gold ranks in
    the retriever's top 10 over the corpus), keeping the best checkpoint by it, and optionally refreshing
    the candidates with the current retriever's own top-K (mined hard negatives);
-4. ``OUT/model``: the best checkpoint as a sentence-transformers directory (with ``--base-weight``, its
-   weights averaged with the starting retriever's: ``averaging``); ``OUT/report.json``,
+4. ``OUT/model``: the best checkpoint as a sentence-transformers directory, its weights averaged with the
+   starting retriever's (``--base-weight``, default 0.5: ``averaging``); ``OUT/report.json``,
    ``OUT/report.md`` and ``OUT/curves.png``.
 
 Only ``CORPUS_DIR/corpus.jsonl`` is read: never queries or qrels.

@@ -50,6 +50,20 @@ def throughput(
     return rates
 
 
+def document_cache_record(args: AdaptArguments, llm: FrozenLLM) -> dict | None:
+    """How the parallel layout's keys and values were kept while this invocation trained."""
+    if args.document_layout != "parallel":
+        return None
+    stats = llm.documents.stats
+    return {
+        "built": stats.documents,
+        "found": stats.found,
+        "disk_gb": llm.documents.disk_bytes() / 1e9,
+        "bound_gb": args.document_cache_gb or None,
+        "evicted_shards": stats.evicted_shards,
+    }
+
+
 def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ()) -> dict:
     """Run (or resume) every stage; ``extra_callbacks`` join the trainer's (benchmarks use it to measure
     a labelled metric beside the label-free one)."""
@@ -112,6 +126,9 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
         f"training {args.retriever} with {args.objective} for {args.max_steps} steps of {args.batch_size}",
     )
 
+    llm = getattr(trainer.objective, "llm", None)
+    # Before the head-attention picture reads candidates too: what training read.
+    document_cache = document_cache_record(args, llm) if isinstance(llm, FrozenLLM) else None
     best = json.loads((train_dir / "best.json").read_text()) if (train_dir / "best.json").exists() else {}
     # Replaces only a model an earlier run wrote there.
     with atomic_path(out / "model", replace_directory=(out / "model" / CONFIG_FILE).exists()) as tmp:
@@ -127,7 +144,6 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
         {args.objective: result.log_file}, out / "curves.png", metrics=("loss", "p_gold", VALIDATION_METRIC)
     )
     head_picture = None
-    llm = getattr(trainer.objective, "llm", None)
     if isinstance(llm, FrozenLLM) and llm.heads:
         head_picture = stages.run(
             "head attention",
@@ -153,6 +169,7 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
         "steps": result.steps,
         "stage_seconds": stages.seconds,
         "throughput": throughput(args, meta, stages.seconds, rows, result.steps - result.resumed_from),
+        "document_cache": document_cache,
         # The processor and the dtype every stage computed in (generation, LLM, retriever, validation).
         "machine": machine,
         "model": str(out / "model"),

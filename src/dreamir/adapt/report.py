@@ -118,6 +118,20 @@ def _averaging(settings: dict) -> str:
     return f" (the kept checkpoint's weights averaged with {settings['retriever']}'s, base weight {weight:g})"
 
 
+def _document_cache_line(cache: dict | None) -> list[str]:
+    if not cache:
+        return []
+    read = f"{cache['built']} candidates read by the LLM, {cache['found']} found already read"
+    if cache["bound_gb"] is None:
+        return [
+            f"- document cache (training): {read}; kept in memory only (--document-cache-gb keeps them on disk)"
+        ]
+    return [
+        f"- document cache (training): {read}; {cache['disk_gb']:.2f} GB on disk (bound {cache['bound_gb']:g} GB, "
+        f"{cache['evicted_shards']} shards dropped under it)"
+    ]
+
+
 def render_report(report: dict) -> str:
     v, e = report["validation"], report["examples"]
     lines = [
@@ -133,6 +147,7 @@ def render_report(report: dict) -> str:
         "- by step: " + ", ".join(f"{s}: {x:.3f}" for s, x in sorted(v["by_step"].items())),
         "- stage seconds: " + ", ".join(f"{k} {s:.0f}" for k, s in report["stage_seconds"].items()),
         "- throughput: " + _throughput_line(report.get("throughput") or {}),
+        *_document_cache_line(report.get("document_cache")),
         f"- compute: {describe_compute(report['machine'])}",
         f"- model: `{report['model']}`{_averaging(report['settings'])}; curves: `{report['curves']}`",
     ]

@@ -51,10 +51,11 @@ def build_trainer(
             llm=args.llm,
             max_target_tokens=args.max_target_tokens,
             precision=args.precision,
-            # Parallel layout: an adapt run reads most passages about once (80 steps x 4 x 8 candidates
-            # from thousands of passages), so their keys and values (megabytes each) are kept in memory for
-            # the step that reads them, not written to disk, and not built ahead for unread examples.
+            # Parallel layout: keys and values are built for the step that reads them (not ahead for unread
+            # examples), in memory, and on disk within --document-cache-gb.
             document_layout=args.document_layout,
+            document_cache=str(work / "document_cache") if args.document_cache_gb else None,
+            document_cache_gb=args.document_cache_gb or None,
         ),
         [
             DreamOptions(

@@ -9,13 +9,15 @@ keys, so it is never read, and the entry is built anew. Every shard records the 
 with and is skipped when it differs.
 
 Entries live in memory (an LRU bounded in bytes) and, with a directory, on disk as safetensors shards (one
-per build, written atomically, memory-mapped when read). Several processes may share a directory: shards
-are only ever added.
+per build, written atomically, memory-mapped when read). Several processes may share a directory. With
+``max_disk_bytes``, the shards least recently written or read are deleted once the directory holds more
+than that; an entry whose shard is gone (deleted here or by another process) is built again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -61,6 +63,8 @@ class BuildStats:
     documents: int = 0  # entries computed (not found in memory or on disk)
     seconds: float = 0.0
     bytes: int = 0
+    found: int = 0  # entries asked for and found in memory or on disk (get only)
+    evicted_shards: int = 0  # shards deleted to keep the directory under max_disk_bytes
 
     @property
     def documents_per_second(self) -> float:
@@ -83,18 +87,23 @@ class DocumentKVCache:
         max_memory_bytes: int = 2**30,
         batch_size: int = 8,
         show_progress: bool = False,
+        max_disk_bytes: int | None = None,
     ) -> None:
+        if max_disk_bytes is not None and max_disk_bytes <= 0:
+            raise ValueError(f"max_disk_bytes must be positive (None: no bound), got {max_disk_bytes}")
         self.encoder = encoder
         self.fingerprint = fingerprint
         self.dtype = dtype
         self.directory = Path(directory) if directory is not None else None
         self.max_memory_bytes = max_memory_bytes
+        self.max_disk_bytes = max_disk_bytes
         self.batch_size = batch_size
         self.show_progress = show_progress
         self.stats = BuildStats()
         self._memory: OrderedDict[str, KeysValues] = OrderedDict()
         self._memory_bytes = 0
         self._on_disk: dict[str, Path] = {}
+        self._shard_keys: dict[Path, list[str]] = {}
         self._open_shards: OrderedDict[Path, Any] = OrderedDict()
         self._scan()
 
@@ -111,6 +120,7 @@ class DocumentKVCache:
         """Every document's keys and values, building (and storing) the missing ones."""
         keys = [self.key(prefix_ids, d) for d in documents]
         found = {k: entry for k in dict.fromkeys(keys) if (entry := self._lookup(k)) is not None}
+        self.stats.found += len(found)
         missing = {k: d for k, d in zip(keys, documents, strict=True) if k not in found}
         if missing:
             found.update(self._build(prefix_ids, list(missing), list(missing.values())))
@@ -134,8 +144,16 @@ class DocumentKVCache:
             self._memory.move_to_end(key)
             return self._memory[key]
         if key in self._on_disk:
-            shard = self._shard(self._on_disk[key])
-            entry = shard.get_tensor(f"{key}.keys"), shard.get_tensor(f"{key}.values")
+            path = self._on_disk[key]
+            try:
+                shard = self._shard(path)
+                entry = shard.get_tensor(f"{key}.keys"), shard.get_tensor(f"{key}.values")
+                if self.max_disk_bytes is not None:
+                    os.utime(path)  # recently read: the last shard the bound deletes
+            except (FileNotFoundError, OSError):
+                # Deleted under the disk bound (by this process or another sharing the directory): built again.
+                self._forget(path)
+                return None
             self._remember(key, entry)
             return entry
         return None
@@ -187,8 +205,53 @@ class DocumentKVCache:
         path = self._shard_directory() / f"shard-{uuid.uuid4().hex}.safetensors"
         with atomic_path(path) as tmp:
             save_file({k: t.cpu() for k, t in tensors.items()}, tmp, metadata=self._metadata())
-        for name in tensors:
-            self._on_disk[name.rsplit(".", 1)[0]] = path
+        self._index(path, list(dict.fromkeys(name.rsplit(".", 1)[0] for name in tensors)))
+        if self.max_disk_bytes is not None:
+            self._trim_disk(keep=path)
+
+    def _index(self, path: Path, keys: Sequence[str]) -> None:
+        for key in keys:
+            self._on_disk[key] = path
+        self._shard_keys.setdefault(path, []).extend(keys)
+
+    def _forget(self, path: Path) -> None:
+        self._open_shards.pop(path, None)
+        for key in self._shard_keys.pop(path, []):
+            if self._on_disk.get(key) == path:
+                del self._on_disk[key]
+
+    def disk_bytes(self) -> int:
+        """Bytes of this model's and dtype's shards on disk now (0 without a directory)."""
+        return sum(size for _, size, _ in self._shards_on_disk())
+
+    def _shards_on_disk(self) -> list[tuple[float, int, Path]]:
+        """(last written or read, bytes, path) of every shard in the directory, oldest first."""
+        if self.directory is None or not self._shard_directory().is_dir():
+            return []
+        shards = []
+        for path in self._shard_directory().glob("shard-*.safetensors"):
+            try:
+                status = path.stat()
+            except FileNotFoundError:  # deleted by another process meanwhile
+                continue
+            shards.append((status.st_mtime, status.st_size, path))
+        return sorted(shards)
+
+    def _trim_disk(self, keep: Path) -> None:
+        """Delete the least recently used shards until the directory is under max_disk_bytes (never ``keep``,
+        the shard just written, so a bound smaller than one build still caches that build)."""
+        assert self.max_disk_bytes is not None
+        shards = self._shards_on_disk()
+        total = sum(size for _, size, _ in shards)
+        for _, size, path in shards:
+            if total <= self.max_disk_bytes:
+                break
+            if path == keep:
+                continue
+            path.unlink(missing_ok=True)
+            self._forget(path)
+            total -= size
+            self.stats.evicted_shards += 1
 
     # ---- disk --------------------------------------------------------------------------------------------
     def _metadata(self) -> dict[str, str]:
@@ -203,11 +266,14 @@ class DocumentKVCache:
         if self.directory is None or not self._shard_directory().is_dir():
             return
         for path in sorted(self._shard_directory().glob("shard-*.safetensors")):
-            with safe_open(path, framework="pt") as shard:
-                if shard.metadata() != self._metadata():
-                    continue
-                for name in shard.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
-                    self._on_disk[name.rsplit(".", 1)[0]] = path
+            try:
+                with safe_open(path, framework="pt") as shard:
+                    if shard.metadata() != self._metadata():
+                        continue
+                    names = list(shard.keys())
+            except FileNotFoundError:  # deleted under another process's disk bound meanwhile
+                continue
+            self._index(path, list(dict.fromkeys(name.rsplit(".", 1)[0] for name in names)))
 
     def __len__(self) -> int:
         return len(set(self._memory) | set(self._on_disk))

@@ -54,6 +54,7 @@ class FrozenLLM(FrozenCausalLM):
         precision: Precision = "float32",
         document_cache_dir: str | Path | None = None,
         show_progress: bool = False,
+        document_cache_bytes: int | None = None,
     ) -> None:
         register()
         # Before the parent copies the model for bf16: the copy keeps the attention function.
@@ -71,6 +72,7 @@ class FrozenLLM(FrozenCausalLM):
             dtype=torch.bfloat16 if self.precision == "bfloat16" else torch.float32,
             directory=document_cache_dir,
             show_progress=show_progress,
+            max_disk_bytes=document_cache_bytes,
         )
         self._prefix_entries: dict[tuple[int, ...], KeysValues] = {}
 
