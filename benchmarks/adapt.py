@@ -26,7 +26,11 @@ the queries resampled with replacement. Writes results/adapt_seeds.json, for eac
 by an earlier invocation with other --datasets is kept)
 {"base", "seeds": {seed: metrics}, "mean", "gain_ci95": [low, high], "settings"}. Seed N runs in
 WORK/CORPUS/seeds/OBJECTIVE-seedN, apart from the comparison's runs (WORK/CORPUS/OBJECTIVE; with one seed
-N other than 0, WORK/CORPUS/OBJECTIVE-seedN).
+N other than 0, WORK/CORPUS/OBJECTIVE-seedN). "seeds" are the kept checkpoints as trained; what adapt writes
+by default, the kept checkpoint averaged with the base (--base-weight 0.5), is the variant "kept checkpoint,
+base weight 0.5" (--base_weights). --against WORK2 adds, for the seeds and each variant, the paired interval
+of the gain over the same runs of another setting measured in WORK2 (e.g. --dream_target proximal against
+adapt's default target).
 """
 
 from __future__ import annotations
@@ -132,9 +136,14 @@ class Settings:
         "seeds can run in separate processes, one a core; a last invocation without it reads them all back",
     )
     base_weights: str = option(
-        "",
+        "0.5",
         "seeds protocol: also score every seed's kept checkpoint averaged with the base at these weights "
-        "(comma-separated, e.g. 0.5; adapt's --base-weight), each with its own interval",
+        "(comma-separated; adapt's --base-weight, whose default is 0.5), each with its own interval",
+    )
+    against: str | None = option(
+        None,
+        "seeds protocol: the --work of another setting's protocol on the same corpora and seeds: the paired "
+        "interval of the gain over its runs, for the seeds and each variant",
     )
     final_too: bool = option(
         False,
@@ -264,6 +273,47 @@ def seeds_summary(base: dict, adapted: dict[int, dict], settings: Settings, metr
         seed=settings.bootstrap_seed,
     )
     return {"seeds": by_seed, "mean": mean, "gain_ci95": [low, high]}
+
+
+def over_reference(
+    settings: Settings, name: str, objective: str, runs: dict, metric: str, variants: dict
+) -> dict:
+    """For the seeds and each variant: its mean, the reference setting's (--against, the same runs' cached
+    per-query scores there) and the paired bootstrap interval of the difference (each query's score averaged
+    over the seeds in each setting). A variant the reference did not score is left out."""
+    results = {}
+    for label, (scores, suffix) in runs.items():
+        files = {
+            seed: Path(settings.against)
+            / "eval"
+            / f"{name}-seeds-{objective}-seed{seed}{suffix}-per-query.json"
+            for seed in scores
+        }
+        if not all(f.exists() for f in files.values()):
+            continue
+        theirs = {seed: read_json(f) for seed, f in files.items()}
+        reference = {
+            q: float(np.mean([theirs[s][q][metric] for s in theirs])) for q in theirs[next(iter(theirs))]
+        }
+        low, high = paired_bootstrap_gain(
+            reference,
+            [{q: s[metric] for q, s in scores[seed].items()} for seed in scores],
+            resamples=settings.resamples,
+            seed=settings.bootstrap_seed,
+        )
+        mine = float(np.mean([np.mean([s[metric] for s in scores[seed].values()]) for seed in scores]))
+        results[label] = {
+            "mean": mine,
+            "reference_mean": float(np.mean(list(reference.values()))),
+            "gain_ci95": [low, high],
+        }
+        if label in variants:
+            variants[label]["gain_over_reference_ci95"] = [low, high]
+        print(
+            f"against {settings.against}, {label}: {mine:.4f} vs {results[label]['reference_mean']:.4f}, "
+            f"paired bootstrap 95% interval of the difference [{low:+.4f}, {high:+.4f}]"
+        )
+    return results
 
 
 def pooled_tracking(tracks: list[dict]) -> dict:
@@ -437,8 +487,9 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
                     read_json(train_dir / "labelled_step0.json"),
                     read_json(train_dir / "validation_step0.json"),
                 )
+            # The kept checkpoint as trained (adapt's OUT/model is it averaged with the base by default).
             adapted[seed] = cached_per_query(
-                settings, f"{name}-seeds-{out.name}", str(out / "model"), dataset
+                settings, f"{name}-seeds-{out.name}", str(out / "work" / "train" / "best"), dataset
             )
             checkpoints = {"kept": out / "work" / "train" / "best"}
             if settings.final_too:
@@ -477,7 +528,19 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
                     seed=settings.bootstrap_seed,
                 )
             )
+        if settings.against:
+            # The cache names the runs above were scored under: the same in the other setting's --work.
+            compared = {"seeds": (adapted, "")}
+            for (kind, weight), scores in averages.items():
+                suffix = (
+                    "-last"
+                    if (kind, weight) == ("last", 0.0)
+                    else f"-{'model' if kind == 'kept' else 'last'}-base{weight:g}"
+                )
+                compared[f"{kind} checkpoint, base weight {weight:g}"] = (scores, suffix)
+            result["against"] = over_reference(settings, name, objective, compared, metric, variants)
         summary[name] = {
+            **({"against": result["against"]} if settings.against else {}),
             **({"tracking": pooled_tracking(tracks)} if tracks else {}),
             **({"variants": variants} if variants else {}),
             "base": mean_metrics(base),
