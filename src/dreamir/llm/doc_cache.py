@@ -150,7 +150,7 @@ class DocumentKVCache:
                 entry = shard.get_tensor(f"{key}.keys"), shard.get_tensor(f"{key}.values")
                 if self.max_disk_bytes is not None:
                     os.utime(path)  # recently read: the last shard the bound deletes
-            except (FileNotFoundError, OSError):
+            except OSError:  # FileNotFoundError, or safetensors failing to open a missing file
                 # Deleted under the disk bound (by this process or another sharing the directory): built again.
                 self._forget(path)
                 return None
