@@ -12,7 +12,7 @@ from dreamir import precision as compute
 from dreamir.data.corpus_examples import CorpusExampleSettings
 from dreamir.models import MINILM, SMOLLM2
 from dreamir.objectives import OBJECTIVES
-from dreamir.options import at_least, non_negative, positive
+from dreamir.options import at_least, fraction, non_negative, positive
 from dreamir.precision import PRECISION_HELP, Precision
 
 
@@ -187,8 +187,7 @@ class AdaptArguments:
         adds_tokens = objective is not None and objective.required_pooling == "compress"
         if self.base_weight is None:
             self.base_weight = 0.0 if adds_tokens else 0.5
-        if not 0.0 <= self.base_weight <= 1.0:
-            raise ValueError(f"--base-weight must be between 0 and 1, got {self.base_weight}")
+        fraction(self, "base_weight")
         if adds_tokens and self.base_weight:
             raise ValueError(
                 f"--base-weight {self.base_weight:g}: --objective {self.objective} adds compression tokens the "
