@@ -275,20 +275,13 @@ def seeds_summary(base: dict, adapted: dict[int, dict], settings: Settings, metr
     return {"seeds": by_seed, "mean": mean, "gain_ci95": [low, high]}
 
 
-def over_reference(
-    settings: Settings, name: str, objective: str, runs: dict, metric: str, variants: dict
-) -> dict:
+def over_reference(settings: Settings, runs: dict, metric: str, variants: dict) -> dict:
     """For the seeds and each variant: its mean, the reference setting's (--against, the same runs' cached
     per-query scores there) and the paired bootstrap interval of the difference (each query's score averaged
     over the seeds in each setting). A variant the reference did not score is left out."""
     results = {}
-    for label, (scores, suffix) in runs.items():
-        files = {
-            seed: Path(settings.against)
-            / "eval"
-            / f"{name}-seeds-{objective}-seed{seed}{suffix}-per-query.json"
-            for seed in scores
-        }
+    for label, (scores, systems) in runs.items():
+        files = {seed: Path(settings.against) / "eval" / f"{systems[seed]}-per-query.json" for seed in scores}
         if not all(f.exists() for f in files.values()):
             continue
         theirs = {seed: read_json(f) for seed, f in files.items()}
@@ -464,6 +457,7 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
         base = cached_per_query(settings, f"{name}-base", MINILM, dataset)
         adapted: dict[int, dict[str, dict[str, float]]] = {}
         averages: dict[tuple[str, float], dict[int, dict[str, dict[str, float]]]] = {}
+        scored: dict[object, dict[int, str]] = {}  # the cache name of every score above, by variant and seed
         runs = {}
         for seed in seeds if settings.train_only is None else [settings.train_only]:
             out = run_dir(settings, name, objective, seed, protocol=True)
@@ -488,22 +482,25 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
                     read_json(train_dir / "validation_step0.json"),
                 )
             # The kept checkpoint as trained (adapt's OUT/model is it averaged with the base by default).
-            adapted[seed] = cached_per_query(
-                settings, f"{name}-seeds-{out.name}", str(out / "work" / "train" / "best"), dataset
-            )
+            system = f"{name}-seeds-{out.name}"
+            scored.setdefault("seeds", {})[seed] = system
+            adapted[seed] = cached_per_query(settings, system, str(out / "work" / "train" / "best"), dataset)
             checkpoints = {"kept": out / "work" / "train" / "best"}
             if settings.final_too:
                 checkpoints["last"] = out / "work" / "train" / "final"
                 # The last checkpoint as it is: weight 0 of the average.
+                scored.setdefault(("last", 0.0), {})[seed] = f"{name}-seeds-{out.name}-last"
                 averages.setdefault(("last", 0.0), {})[seed] = cached_per_query(
-                    settings, f"{name}-seeds-{out.name}-last", str(checkpoints["last"]), dataset
+                    settings, scored[("last", 0.0)][seed], str(checkpoints["last"]), dataset
                 )
             for (kind, checkpoint), weight in product(checkpoints.items(), base_weights):
                 averaged = out / f"{'model' if kind == 'kept' else 'last'}-base{weight:g}"
                 if not (averaged / "dreamir_manifest.json").exists():
                     average_checkpoint(replace(arguments, base_weight=weight), checkpoint, averaged)
+                system = f"{name}-seeds-{averaged.parent.name}-{averaged.name}"
+                scored.setdefault((kind, weight), {})[seed] = system
                 averages.setdefault((kind, weight), {})[seed] = cached_per_query(
-                    settings, f"{name}-seeds-{averaged.parent.name}-{averaged.name}", str(averaged), dataset
+                    settings, system, str(averaged), dataset
                 )
         if settings.train_only is not None:
             print(f"{name}: seed {settings.train_only} done; run without --train_only for the summary")
@@ -529,16 +526,11 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
                 )
             )
         if settings.against:
-            # The cache names the runs above were scored under: the same in the other setting's --work.
-            compared = {"seeds": (adapted, "")}
+            # Each run's scores beside the cache name it was scored under: the same in the other --work.
+            compared = {"seeds": (adapted, scored["seeds"])}
             for (kind, weight), scores in averages.items():
-                suffix = (
-                    "-last"
-                    if (kind, weight) == ("last", 0.0)
-                    else f"-{'model' if kind == 'kept' else 'last'}-base{weight:g}"
-                )
-                compared[f"{kind} checkpoint, base weight {weight:g}"] = (scores, suffix)
-            result["against"] = over_reference(settings, name, objective, compared, metric, variants)
+                compared[f"{kind} checkpoint, base weight {weight:g}"] = (scores, scored[(kind, weight)])
+            result["against"] = over_reference(settings, compared, metric, variants)
         summary[name] = {
             **({"against": result["against"]} if settings.against else {}),
             **({"tracking": pooled_tracking(tracks)} if tracks else {}),
