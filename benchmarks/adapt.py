@@ -27,8 +27,8 @@ by an earlier invocation with other --datasets is kept)
 {"base", "seeds": {seed: metrics}, "mean", "gain_ci95": [low, high], "settings"}. Seed N runs in
 WORK/CORPUS/seeds/OBJECTIVE-seedN, apart from the comparison's runs (WORK/CORPUS/OBJECTIVE; with one seed
 N other than 0, WORK/CORPUS/OBJECTIVE-seedN). "seeds" are the kept checkpoints as trained; what adapt writes
-by default, the kept checkpoint averaged with the base (--base-weight 0.5), is the variant "kept checkpoint,
-base weight 0.5" (--base_weights). --against WORK2 adds, for the seeds and each variant, the paired interval
+by default, the kept checkpoint averaged with the base (--base-weight 0.25), is the variant "kept checkpoint,
+base weight 0.25" (--base_weights). --against WORK2 adds, for the seeds and each variant, the paired interval
 of the gain over the same runs of another setting measured in WORK2 (e.g. --dream_target proximal against
 adapt's default target).
 """
@@ -136,9 +136,9 @@ class Settings:
         "seeds can run in separate processes, one a core; a last invocation without it reads them all back",
     )
     base_weights: str = option(
-        "0.5",
+        "0.25",
         "seeds protocol: also score every seed's kept checkpoint averaged with the base at these weights "
-        "(comma-separated; adapt's --base-weight, whose default is 0.5), each with its own interval",
+        "(comma-separated; adapt's --base-weight, whose default is 0.25), each with its own interval",
     )
     against: str | None = option(
         None,

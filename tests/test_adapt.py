@@ -247,7 +247,11 @@ def test_adapt_end_to_end_reads_only_the_corpus_and_resumes(tmp_path, tiny_bert_
     assert "validation" in (out / "report.md").read_text()
     rates, seconds = report["throughput"], report["stage_seconds"]
     assert rates["steps_per_s"] == pytest.approx(4 / seconds["training"], rel=1e-12)
-    assert rates["candidates_per_s"] == pytest.approx(rates["steps_per_s"] * 2 * 4, rel=1e-12)
+    # In-batch candidates (the default): each query reads both queries' 4 candidates, deduplicated (each
+    # query's own pseudo-gold is a derived passage, so the pool holds more than one query's 4).
+    pools = [row["pool_size"] for row in log if "pool_size" in row]
+    assert len(pools) == 4 and all(4 < pool <= 8 for pool in pools)
+    assert rates["candidates_per_s"] == pytest.approx(rates["steps_per_s"] * 2 * np.mean(pools), rel=1e-12)
     assert rates["passages_per_s_examples"] == pytest.approx(30 / seconds["examples"], rel=1e-12)
     assert report["search"] is None  # ict: the pseudo-gold is not a corpus passage
     # The injected heads' share of the source passage, before and after, next to the checkpoints.
@@ -270,6 +274,23 @@ def test_adapt_end_to_end_reads_only_the_corpus_and_resumes(tmp_path, tiny_bert_
     assert again["validation"] == report["validation"]
     assert "steps_per_s" not in again["throughput"]  # no step was run this time
     assert (out / "work" / "train" / "log.jsonl").read_text() == log_lines
+
+
+def test_a_checkpoint_from_before_dream_candidates_existed_counts_as_own_candidates():
+    """The default became "batch" after the option was added with "own": an older checkpoint lacks the
+    setting, and a resume must take it for what it trained with, not for today's default."""
+    from dreamir.adapt.arguments import run_setting_defaults, run_settings
+    from dreamir.checkpoints import settings_differences, with_defaults
+
+    default = AdaptArguments(corpus="c", out="o")
+    assert default.dream_candidates == "batch"
+    older = {k: v for k, v in run_settings(default).items() if k != "dream_candidates"}
+    filled = with_defaults(older, run_setting_defaults(default))
+    assert settings_differences(filled, run_settings(default)) == [
+        "dream_candidates: checkpoint 'own', now 'batch'"
+    ]
+    own = AdaptArguments(corpus="c", out="o", dream_candidates="own")
+    assert settings_differences(filled, run_settings(own)) == []
 
 
 def test_adapt_end_to_end_with_generated_queries(tmp_path, tiny_bert_dir, tiny_llama_dir, monkeypatch):

@@ -85,8 +85,8 @@ def test_the_base_weight_is_checked():
         _adapt_args_plain(base_weight=-0.1)
 
 
-def test_the_default_base_weight_is_half_unless_the_objective_adds_tokens():
-    assert _adapt_args_plain().base_weight == 0.5
+def test_the_default_base_weight_is_a_quarter_unless_the_objective_adds_tokens():
+    assert _adapt_args_plain().base_weight == 0.25
     assert _adapt_args_plain(base_weight=0.0).base_weight == 0.0
     # autoregembed-ic's retriever gains compression tokens: nothing in the base to average them with.
     assert _adapt_args_plain(objective="autoregembed-ic").base_weight == 0.0

@@ -11,7 +11,7 @@ picks up where it stopped; training resumes from its last checkpoint):
    the retriever's top 10 over the corpus), keeping the best checkpoint by it, and optionally refreshing
    the candidates with the current retriever's own top-K (mined hard negatives);
 4. ``OUT/model``: the best checkpoint as a sentence-transformers directory, its weights averaged with the
-   starting retriever's (``--base-weight``, default 0.5: ``averaging``); ``OUT/report.json``,
+   starting retriever's (``--base-weight``, default 0.25: ``averaging``); ``OUT/report.json``,
    ``OUT/report.md`` and ``OUT/curves.png``.
 
 Only ``CORPUS_DIR/corpus.jsonl`` is read: never queries or qrels.

@@ -111,11 +111,13 @@ class AdaptArguments:
         default=0.05, metadata={"help": "softmax temperature tau over candidate scores"}
     )
     max_target_tokens: int = field(default=32, metadata={"help": "target tokens the LLM must predict"})
+    # batch: over three seeds on the Factbook corpus it beat own candidates beyond noise, on SciFact it was
+    # level (docs/experiments.md, "In-batch candidates made adapt's default").
     dream_candidates: Literal["own", "batch"] = field(
-        default="own",
+        default="batch",
         metadata={
-            "help": "dream: own, each query's prompt holds its K candidates; batch, every distinct candidate "
-            "of the batch (see `dreamir train --help`)"
+            "help": "dream: batch, each query's prompt holds every distinct candidate of the batch, p over all "
+            "of them; own, only its K candidates (see `dreamir train --help`)"
         },
     )
     anchor_weight: float = field(
@@ -133,15 +135,16 @@ class AdaptArguments:
         },
     )
     proximal_step: float = field(default=1.0, metadata={"help": "dream: eta of --dream-target proximal"})
-    # 0.5: over three seeds on both corpora measured (SciFact, the Factbook corpus) it put every seed above
-    # the base, lifting the weakest and costing the strongest; halfway back to a model known to work is the
-    # safe side on a corpus nobody has measured (docs/experiments.md, "Adapt with three seeds").
+    # 0.25, with in-batch candidates: over three seeds on both corpora measured (SciFact, the Factbook corpus)
+    # it was at or above the earlier default (own candidates, 0.5) and kept SciFact's weakest seed at the
+    # base, where 0 let it end 0.003 below and 0.5 gave back a third of the Factbook gain (docs/experiments.md,
+    # "In-batch candidates made adapt's default").
     base_weight: float | None = field(
         default=None,
         metadata={
             "help": "weight averaging: the model written is (1 - w) x the kept checkpoint + w x the starting "
             "retriever, weight by weight (0: the kept checkpoint as it is; 1: the starting retriever); "
-            "default 0.5, and 0 for autoregembed-ic (its compression tokens are not in the base)"
+            "default 0.25, and 0 for autoregembed-ic (its compression tokens are not in the base)"
         },
     )
     train_max_length: int | None = field(
@@ -186,7 +189,7 @@ class AdaptArguments:
         objective = OBJECTIVES.get(self.objective)
         adds_tokens = objective is not None and objective.required_pooling == "compress"
         if self.base_weight is None:
-            self.base_weight = 0.0 if adds_tokens else 0.5
+            self.base_weight = 0.0 if adds_tokens else 0.25
         fraction(self, "base_weight")
         if adds_tokens and self.base_weight:
             raise ValueError(
@@ -213,6 +216,17 @@ class AdaptArguments:
             short_passage_titles=self.short_passage_titles,
             seed=self.seed,
         )
+
+
+# Options whose default changed after they were added: the value every run written before the option
+# existed trained with. A resume fills a setting its checkpoint lacks from here, not from today's default,
+# so such a run is not taken for one trained with the new default.
+BEFORE_THE_OPTION_EXISTED = {"dream_candidates": "own"}
+
+
+def run_setting_defaults(args: AdaptArguments) -> dict:
+    """The settings a checkpoint lacking some of them counts as having (Trainer's run_setting_defaults)."""
+    return run_settings(type(args)(corpus=args.corpus, out=args.out)) | BEFORE_THE_OPTION_EXISTED
 
 
 def run_settings(args: AdaptArguments) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from dreamir.adapt.arguments import AdaptArguments, run_settings
+from dreamir.adapt.arguments import AdaptArguments, run_setting_defaults, run_settings
 from dreamir.adapt.candidates import DenseCandidateRefresher
 from dreamir.adapt.validation import PseudoGoldValidator
 from dreamir.arguments import LLMArguments, ModelArguments, ObjectiveArguments, SamplingArguments
@@ -117,6 +117,6 @@ def build_trainer(
         training,
         sampling=SamplingArguments(num_candidates=args.num_candidates),
         run_settings=run_settings(args),
-        run_setting_defaults=run_settings(type(args)(corpus=args.corpus, out=args.out)),
+        run_setting_defaults=run_setting_defaults(args),
         callbacks=callbacks,
     )
