@@ -136,9 +136,9 @@ class AdaptArguments:
     )
     proximal_step: float = field(default=1.0, metadata={"help": "dream: eta of --dream-target proximal"})
     # 0.25, with in-batch candidates: over three seeds on both corpora measured (SciFact, the Factbook corpus)
-    # it was at or above the earlier default (own candidates, 0.5) and kept SciFact's weakest seed at the
-    # base, where 0 let it end 0.003 below and 0.5 gave back a third of the Factbook gain (docs/experiments.md,
-    # "In-batch candidates made adapt's default").
+    # it was at or above the earlier default (own candidates, 0.5) and kept SciFact's weakest seed within
+    # 0.001 of the base, where 0 let it end 0.003 below and 0.5 gave back over a quarter of the Factbook gain
+    # (docs/experiments.md, "In-batch candidates made adapt's default").
     base_weight: float | None = field(
         default=None,
         metadata={
