@@ -145,6 +145,12 @@ class Settings:
         "seeds protocol: the --work of another setting's protocol on the same corpora and seeds: the paired "
         "interval of the gain over its runs, for the seeds and each variant",
     )
+    against_variant: str | None = option(
+        None,
+        "seeds protocol, with --against: compare the seeds and every variant with this one of the other "
+        "setting ('seeds', or e.g. 'kept checkpoint, base weight 0.5', which this run must score too) instead "
+        "of with their namesakes",
+    )
     final_too: bool = option(
         False,
         "seeds protocol: also score every seed's last checkpoint (what a fixed schedule without the "
@@ -277,10 +283,13 @@ def seeds_summary(base: dict, adapted: dict[int, dict], settings: Settings, metr
 
 def over_reference(settings: Settings, runs: dict, metric: str, variants: dict) -> dict:
     """For the seeds and each variant: its mean, the reference setting's (--against, the same runs' cached
-    per-query scores there) and the paired bootstrap interval of the difference (each query's score averaged
-    over the seeds in each setting). A variant the reference did not score is left out."""
+    per-query scores there, or those of --against_variant) and the paired bootstrap interval of the
+    difference (each query's score averaged over the seeds in each setting). A variant the reference did not
+    score is left out."""
     results = {}
     for label, (scores, systems) in runs.items():
+        if settings.against_variant:
+            systems = runs[settings.against_variant][1]  # the same cache names in the other --work
         files = {seed: Path(settings.against) / "eval" / f"{systems[seed]}-per-query.json" for seed in scores}
         if not all(f.exists() for f in files.values()):
             continue
@@ -296,6 +305,7 @@ def over_reference(settings: Settings, runs: dict, metric: str, variants: dict) 
         )
         mine = float(np.mean([np.mean([s[metric] for s in scores[seed].values()]) for seed in scores]))
         results[label] = {
+            "reference": settings.against_variant or label,
             "mean": mine,
             "reference_mean": float(np.mean(list(reference.values()))),
             "gain_ci95": [low, high],
@@ -303,7 +313,8 @@ def over_reference(settings: Settings, runs: dict, metric: str, variants: dict) 
         if label in variants:
             variants[label]["gain_over_reference_ci95"] = [low, high]
         print(
-            f"against {settings.against}, {label}: {mine:.4f} vs {results[label]['reference_mean']:.4f}, "
+            f"against {settings.against} ({results[label]['reference']}), {label}: {mine:.4f} vs "
+            f"{results[label]['reference_mean']:.4f}, "
             f"paired bootstrap 95% interval of the difference [{low:+.4f}, {high:+.4f}]"
         )
     return results
