@@ -55,7 +55,7 @@ from dreamir.arguments import (
     TrainingArguments,
     field_defaults,
 )
-from dreamir.checkpoints import with_defaults
+from dreamir.checkpoints import settings_differences, with_defaults
 from dreamir.cli import ArgumentParser
 from dreamir.data.beir import load_beir
 from dreamir.data.training import write_training_file
@@ -263,7 +263,8 @@ def train_system(
         batch_size=settings.batch_size,
         learning_rate=LEARNING_RATES[setup],
         seed=settings.seed,
-        save_steps=max(settings.steps // 4, 1),
+        # Often enough that an interruption loses at most 100 steps (a long raw run: about 5 minutes here).
+        save_steps=max(min(settings.steps // 4, 100), 1),
         **training,
     )
     check_cached_run(
@@ -301,16 +302,19 @@ def train_system(
 
 
 def check_cached_run(path: Path, run_settings: dict) -> None:
-    """A cached run is reused only when it was trained with exactly these settings.
+    """A cached run is reused only when it was trained with these settings, up to those that do not change
+    what is trained (how often it is checkpointed, where its files are: a resume ignores them too).
 
     A setting added to the arguments after the run was cached counts as having had its default value.
     """
     if path.exists():
         defaults = {section: field_defaults(*classes) for section, classes in RUN_SETTING_SECTIONS.items()}
         cached = with_defaults(read_json(path), defaults)
-        if cached != json.loads(json.dumps(run_settings)):
+        differences = settings_differences(cached, json.loads(json.dumps(run_settings)))
+        if differences:
             raise SystemExit(
-                f"{path.parent} was trained with other settings ({path}); pass another --work directory"
+                f"{path.parent} was trained with other settings ({path}: {'; '.join(differences)}); "
+                "pass another --work directory"
             )
     else:
         write_json_atomic(path, run_settings)
