@@ -10,7 +10,15 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    BertConfig,
+    BertModel,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 # Whole words first (so common text tokenises into few pieces), then single letters/digits and
 # "##x" continuations so that any lowercase ASCII text tokenises without [UNK].
@@ -123,4 +131,31 @@ def make_tiny_llama(
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).eval().save_pretrained(out)
+    return out
+
+
+def make_tiny_gemma3(dir: str | Path, sliding_window: int, hidden: int = 32) -> Path:
+    """Save a tiny Gemma 3 text model (layer 0 sliding-window attention, layer 1 full; 4 query heads, 1
+    key-value head) with the tiny Llama's ChatML tokenizer; return the dir."""
+    out = Path(dir)
+    llama = make_tiny_llama(out / "tokenizer-source")
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(llama)
+    tokenizer.save_pretrained(out)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=256,
+        sliding_window=sliding_window,
+        layer_types=["sliding_attention", "full_attention"],
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(config).eval().save_pretrained(out)
     return out

@@ -41,6 +41,13 @@ HeadList = Sequence[tuple[int, int]]
 __all__ = ["PRECISIONS", "FrozenLLM", "HeadList", "Precision"]
 
 
+def sliding_window(config: Any) -> int | None:
+    """The window of the model's sliding-window attention layers (Gemma 3: five in six), or None when
+    every layer attends to the whole prompt."""
+    layer_types = getattr(config, "layer_types", None) or []
+    return getattr(config, "sliding_window", None) if "sliding_attention" in layer_types else None
+
+
 class FrozenLLM(FrozenCausalLM):
     """A frozen causal LM that reads K candidate documents and scores a target under an injected distribution."""
 
@@ -62,6 +69,7 @@ class FrozenLLM(FrozenCausalLM):
         super().__init__(model, tokenizer, precision)
         self.mode: InjectionMode = mode
         self.prompt = prompt or PromptSettings()
+        self.sliding_window = sliding_window(self.model.config)
         self.set_heads(heads)
         # Parallel layout: candidates' keys and values, computed once (on disk too with a directory), stored
         # in the resolved precision's dtype (float32 keeps the cached step exactly equal to the one-pass
@@ -116,7 +124,17 @@ class FrozenLLM(FrozenCausalLM):
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else self.tokenizer.eos_token_id
         if isinstance(prompts[0], ParallelPrompt):
-            return collate_parallel(prompts, pad, self.prompt.inject_query_rows).to(self.device)
+            batch = collate_parallel(prompts, pad, self.prompt.inject_query_rows)
+            span = int(batch.position_ids.max()) + 1
+            if self.sliding_window is not None and span > self.sliding_window:
+                # The parallel layout's masks are its own and leave the window out: exact only while every
+                # prompt fits inside it.
+                raise ValueError(
+                    f"the parallel layout does not apply sliding-window attention: a prompt spans {span} "
+                    f"positions, more than this LLM's window of {self.sliding_window}; use the sequential "
+                    "layout (--document-layout sequential) or fewer tokens (--max-document-tokens)"
+                )
+            return batch.to(self.device)
         return collate_prompts(prompts, pad, self.prompt.inject_query_rows).to(self.device)
 
     def cache_documents(self, documents: Sequence[tuple[str, str]]) -> BuildStats:
@@ -207,6 +225,9 @@ class FrozenLLM(FrozenCausalLM):
                     input_ids=batch.input_ids[:, :split],
                     attention_mask=batch.attention_mask[:, :split],
                     position_ids=batch.position_ids[:, :split],
+                    # A cache without the config's layer types keeps every key: transformers' own would keep
+                    # only a sliding-window layer's window, and the candidates' index would no longer match.
+                    past_key_values=DynamicCache(),
                     use_cache=True,
                 ).past_key_values
         unique = list({tuple(d): d for row in batch.document_ids for d in row}.values())
@@ -239,7 +260,10 @@ class FrozenLLM(FrozenCausalLM):
             ids = torch.tensor([prefix_ids], device=self.device)
             with self.autocast():
                 cache = self.decoder(
-                    input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    past_key_values=DynamicCache(),  # every key kept, as in _prefix_cache
+                    use_cache=True,
                 ).past_key_values
             keys, values = self._stack(cache)
             self._prefix_entries[key] = (
