@@ -64,7 +64,7 @@ from dreamir.evaluation import format_results_table
 from dreamir.io import read_log_rows, write_json_atomic
 from dreamir.models import MINILM, SMOLLM2
 from dreamir.objectives import options_classes
-from dreamir.plots import plot_training_curves
+from dreamir.plots import plot_metric_by_step, plot_training_curves
 from dreamir.stages import Stages
 from dreamir.trainer import RetrieverSnapshots
 from dreamir.workflow import (
@@ -428,6 +428,11 @@ def report(
         # A system's LoRA seeds ("raw/dream/lora1") share its colour.
         plot_training_curves(logs, png, groups={name: name.split("/lora")[0] for name in logs})
         print(f"{title}: {settings.out}, {png}")
+    if curves:
+        by_step = Path(settings.out).with_name(Path(settings.out).stem + "_by_step.png")
+        systems = {system for by_system in curves.values() for system in by_system}
+        plot_metric_by_step(curves, by_step, groups={name: name.split("/lora")[0] for name in systems})
+        print(f"{title}: held-out nDCG@10 by step in {by_step}")
 
 
 def parse(settings_class=Settings, description: str | None = __doc__) -> Settings:

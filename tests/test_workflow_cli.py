@@ -131,3 +131,20 @@ def test_training_curves_are_drawn_from_a_log(tmp_path):
     assert run_styles(["a", "b", "a/seed1"], groups) == {"a": (0, "-"), "b": (1, "-"), "a/seed1": (0, "--")}
     grouped = plot_training_curves({"a": log, "a/seed1": log, "b": log}, tmp_path / "g.png", groups=groups)
     assert grouped.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_held_out_scores_by_step_are_drawn_per_dataset(tmp_path):
+    from dreamir.plots import plot_metric_by_step
+
+    curves = {
+        "factbook": {
+            "raw/dream": {"100": {"ndcg@10": 0.02}, "1000": {"ndcg@10": 0.01}},
+            "raw/dream/lora1": {100: {"ndcg@10": 0.03}, 250: {"ndcg@10": 0.02}},
+        },
+        "scifact": {"warm/dream": {"100": {"ndcg@10": 0.64}}},
+    }
+    png = plot_metric_by_step(curves, tmp_path / "by_step.png", groups={"raw/dream/lora1": "raw/dream"})
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(KeyError, match="mrr@10"):
+        plot_metric_by_step(curves, tmp_path / "missing.png", metric="mrr@10")
+    assert not (tmp_path / "missing.png").exists()

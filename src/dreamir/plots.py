@@ -86,3 +86,51 @@ def plot_training_curves(
         figure.savefig(tmp, format="png", dpi=110)
     plt.close(figure)
     return Path(out)
+
+
+def plot_metric_by_step(
+    curves: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]],
+    out: str | Path,
+    metric: str = "ndcg@10",
+    groups: Mapping[str, str] | None = None,
+) -> Path:
+    """One panel per dataset: each system's held-out ``metric`` at the steps its checkpoints were evaluated
+    (``curves[dataset][system][step][metric]``), steps on a log scale so that early steps stay readable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = list(dict.fromkeys(system for by_system in curves.values() for system in by_system))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = run_styles(systems, groups)
+    figure, axes = plt.subplots(
+        1, len(curves), figsize=(5.0 * len(curves), 3.8), squeeze=False, layout="constrained"
+    )
+    for axis, (dataset, by_system) in zip(axes[0], curves.items(), strict=True):
+        for system, by_step in by_system.items():
+            steps = sorted(by_step, key=int)
+            colour, style = cycle[styles[system][0] % len(cycle)], styles[system][1]
+            values = [by_step[step][metric] for step in steps]
+            axis.plot(
+                [int(s) for s in steps], values, marker="o", color=colour, linestyle=style, label=system
+            )
+        axis.set_xscale("log")
+        axis.set_title(f"{dataset}: held-out {metric}")
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    figure.legend(
+        handles=[
+            plt.Line2D(
+                [], [], color=cycle[styles[s][0] % len(cycle)], linestyle=styles[s][1], marker="o", label=s
+            )
+            for s in systems
+        ],
+        loc="outside lower center",
+        ncol=max(1, min(len(systems), 4)),
+        frameon=False,
+    )
+    with atomic_path(out) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    plt.close(figure)
+    return Path(out)
