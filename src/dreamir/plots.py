@@ -102,19 +102,26 @@ def plot_metric_by_step(
     import matplotlib.pyplot as plt
 
     systems = list(dict.fromkeys(system for by_system in curves.values() for system in by_system))
+    # Every point read before a figure is opened: a missing metric raises without leaving one behind.
+    points = {
+        dataset: {
+            system: (
+                [int(s) for s in sorted(by_step, key=int)],
+                [by_step[s][metric] for s in sorted(by_step, key=int)],
+            )
+            for system, by_step in by_system.items()
+        }
+        for dataset, by_system in curves.items()
+    }
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = run_styles(systems, groups)
     figure, axes = plt.subplots(
         1, len(curves), figsize=(5.0 * len(curves), 3.8), squeeze=False, layout="constrained"
     )
-    for axis, (dataset, by_system) in zip(axes[0], curves.items(), strict=True):
-        for system, by_step in by_system.items():
-            steps = sorted(by_step, key=int)
+    for axis, (dataset, by_system) in zip(axes[0], points.items(), strict=True):
+        for system, (steps, values) in by_system.items():
             colour, style = cycle[styles[system][0] % len(cycle)], styles[system][1]
-            values = [by_step[step][metric] for step in steps]
-            axis.plot(
-                [int(s) for s in steps], values, marker="o", color=colour, linestyle=style, label=system
-            )
+            axis.plot(steps, values, marker="o", color=colour, linestyle=style, label=system)
         axis.set_xscale("log")
         axis.set_title(f"{dataset}: held-out {metric}")
         axis.set_xlabel("step")
