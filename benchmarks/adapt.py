@@ -287,9 +287,10 @@ def over_reference(settings: Settings, runs: dict, metric: str, variants: dict) 
     difference (each query's score averaged over the seeds in each setting). A variant the reference did not
     score is left out."""
     results = {}
+    # The reference's cache names in the other --work: each label's own, or all those of --against_variant.
+    fixed = runs[settings.against_variant][1] if settings.against_variant else None
     for label, (scores, systems) in runs.items():
-        if settings.against_variant:
-            systems = runs[settings.against_variant][1]  # the same cache names in the other --work
+        systems = fixed or systems
         files = {seed: Path(settings.against) / "eval" / f"{systems[seed]}-per-query.json" for seed in scores}
         if not all(f.exists() for f in files.values()):
             continue

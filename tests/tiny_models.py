@@ -92,14 +92,9 @@ def make_tiny_bert(dir: str | Path, hidden: int = 32, num_layers: int = 2, num_h
     return out
 
 
-def make_tiny_llama(
-    dir: str | Path, num_layers: int = 2, num_heads: int = 4, num_kv_heads: int = 2, hidden: int = 32
-) -> Path:
-    """Save a tiny Llama (``LlamaForCausalLM``, GQA) plus a ChatML tokenizer; return the dir.
-
-    eos = pad = ``<|im_end|>``; no BOS is added; ``apply_chat_template`` works.
-    """
-    out = Path(dir)
+def _save_chatml_tokenizer(out: Path) -> dict[str, int]:
+    """Save the tiny decoders' ChatML tokenizer (eos = pad = ``<|im_end|>``, no BOS added) into ``out``;
+    return its vocabulary."""
     out.mkdir(parents=True, exist_ok=True)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
     tok, vocab = _wordpiece(specials, "<unk>")
@@ -115,6 +110,18 @@ def make_tiny_llama(
     )
     tokenizer.chat_template = CHATML_TEMPLATE
     tokenizer.save_pretrained(out)
+    return vocab
+
+
+def make_tiny_llama(
+    dir: str | Path, num_layers: int = 2, num_heads: int = 4, num_kv_heads: int = 2, hidden: int = 32
+) -> Path:
+    """Save a tiny Llama (``LlamaForCausalLM``, GQA) plus a ChatML tokenizer; return the dir.
+
+    eos = pad = ``<|im_end|>``; no BOS is added; ``apply_chat_template`` works.
+    """
+    out = Path(dir)
+    vocab = _save_chatml_tokenizer(out)
 
     config = LlamaConfig(
         vocab_size=len(vocab),
@@ -138,11 +145,9 @@ def make_tiny_gemma3(dir: str | Path, sliding_window: int, hidden: int = 32) -> 
     """Save a tiny Gemma 3 text model (layer 0 sliding-window attention, layer 1 full; 4 query heads, 1
     key-value head) with the tiny Llama's ChatML tokenizer; return the dir."""
     out = Path(dir)
-    llama = make_tiny_llama(out / "tokenizer-source")
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(llama)
-    tokenizer.save_pretrained(out)
+    vocab = _save_chatml_tokenizer(out)
     config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=len(vocab),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=2,
@@ -152,9 +157,9 @@ def make_tiny_gemma3(dir: str | Path, sliding_window: int, hidden: int = 32) -> 
         max_position_embeddings=256,
         sliding_window=sliding_window,
         layer_types=["sliding_attention", "full_attention"],
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=vocab["<|im_start|>"],
+        eos_token_id=vocab["<|im_end|>"],
+        pad_token_id=vocab["<|im_end|>"],
     )
     torch.manual_seed(0)
     Gemma3ForCausalLM(config).eval().save_pretrained(out)

@@ -50,10 +50,7 @@ def plot_training_curves(
     runs = {name: read_log_rows(path) for name, path in logs.items()}
     shown = [m for m in metrics if any(m in row for rows in runs.values() for row in rows)]
     # One colour per run (or group) in every panel, also where a run lacks a metric.
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    styles = run_styles(list(runs), groups)
-    colours = {name: cycle[index % len(cycle)] for name, (index, _) in styles.items()}
-    line_styles = {name: style for name, (_, style) in styles.items()}
+    looks = _looks(list(runs), groups)
     columns = max(1, min(len(runs), 4))
     legend_rows = -(-len(runs) // columns)
     figure, axes = plt.subplots(
@@ -69,23 +66,15 @@ def plot_training_curves(
             if not points:
                 continue
             steps, values = zip(*points, strict=True)
-            smooth = _smooth(list(values), 10)
-            axis.plot(steps, smooth, label=name, color=colours[name], linestyle=line_styles[name])
-            axis.plot(steps, values, alpha=0.2, color=colours[name])
+            colour, style = looks[name]
+            axis.plot(steps, _smooth(list(values), 10), label=name, color=colour, linestyle=style)
+            axis.plot(steps, values, alpha=0.2, color=colour)
         axis.set_title(metric)
         axis.set_xlabel("step")
         if metric == "grad_norm":
             axis.set_yscale("log")
         axis.grid(alpha=0.3)
-    handles = [
-        plt.Line2D([], [], color=colours[name], linestyle=line_styles[name], label=name) for name in runs
-    ]
-    # Below the panels, so that it never hides a curve.
-    figure.legend(handles=handles, loc="outside lower center", ncol=columns, frameon=False)
-    with atomic_path(out) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    plt.close(figure)
-    return Path(out)
+    return _save_with_legend(figure, out, looks)
 
 
 def plot_metric_by_step(
@@ -101,42 +90,54 @@ def plot_metric_by_step(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    systems = list(dict.fromkeys(system for by_system in curves.values() for system in by_system))
     # Every point read before a figure is opened: a missing metric raises without leaving one behind.
     points = {
         dataset: {
-            system: (
-                [int(s) for s in sorted(by_step, key=int)],
-                [by_step[s][metric] for s in sorted(by_step, key=int)],
-            )
+            system: [(int(step), by_step[step][metric]) for step in sorted(by_step, key=int)]
             for system, by_step in by_system.items()
         }
         for dataset, by_system in curves.items()
     }
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    styles = run_styles(systems, groups)
+    systems = list(dict.fromkeys(system for by_system in curves.values() for system in by_system))
+    looks = _looks(systems, groups)
     figure, axes = plt.subplots(
         1, len(curves), figsize=(5.0 * len(curves), 3.8), squeeze=False, layout="constrained"
     )
     for axis, (dataset, by_system) in zip(axes[0], points.items(), strict=True):
-        for system, (steps, values) in by_system.items():
-            colour, style = cycle[styles[system][0] % len(cycle)], styles[system][1]
+        for system, steps_values in by_system.items():
+            steps, values = zip(*steps_values, strict=True)
+            colour, style = looks[system]
             axis.plot(steps, values, marker="o", color=colour, linestyle=style, label=system)
         axis.set_xscale("log")
         axis.set_title(f"{dataset}: held-out {metric}")
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
-    figure.legend(
-        handles=[
-            plt.Line2D(
-                [], [], color=cycle[styles[s][0] % len(cycle)], linestyle=styles[s][1], marker="o", label=s
-            )
-            for s in systems
-        ],
-        loc="outside lower center",
-        ncol=max(1, min(len(systems), 4)),
-        frameon=False,
-    )
+    return _save_with_legend(figure, out, looks, marker="o")
+
+
+def _looks(names: list[str], groups: Mapping[str, str] | None) -> dict[str, tuple[str, str]]:
+    """(colour, line style) per run from matplotlib's colour cycle: see ``run_styles``."""
+    import matplotlib.pyplot as plt
+
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {
+        name: (cycle[index % len(cycle)], style) for name, (index, style) in run_styles(names, groups).items()
+    }
+
+
+def _save_with_legend(
+    figure, out: str | Path, looks: Mapping[str, tuple[str, str]], marker: str | None = None
+) -> Path:
+    """One legend entry per run (its colour and line style) below the panels, so that it never hides a
+    curve; the figure written atomically as a PNG and closed."""
+    import matplotlib.pyplot as plt
+
+    handles = [
+        plt.Line2D([], [], color=colour, linestyle=style, marker=marker, label=name)
+        for name, (colour, style) in looks.items()
+    ]
+    columns = max(1, min(len(looks), 4))
+    figure.legend(handles=handles, loc="outside lower center", ncol=columns, frameon=False)
     with atomic_path(out) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
     plt.close(figure)

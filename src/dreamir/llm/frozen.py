@@ -125,17 +125,21 @@ class FrozenLLM(FrozenCausalLM):
         pad = pad if pad is not None else self.tokenizer.eos_token_id
         if isinstance(prompts[0], ParallelPrompt):
             batch = collate_parallel(prompts, pad, self.prompt.inject_query_rows)
-            span = int(batch.position_ids.max()) + 1
-            if self.sliding_window is not None and span > self.sliding_window:
-                # The parallel layout's masks are its own and leave the window out: exact only while every
-                # prompt fits inside it.
-                raise ValueError(
-                    f"the parallel layout does not apply sliding-window attention: a prompt spans {span} "
-                    f"positions, more than this LLM's window of {self.sliding_window}; use the sequential "
-                    "layout (--document-layout sequential) or fewer tokens (--max-document-tokens)"
-                )
+            if self.sliding_window is not None:
+                self._check_fits_the_window(batch)
             return batch.to(self.device)
         return collate_prompts(prompts, pad, self.prompt.inject_query_rows).to(self.device)
+
+    def _check_fits_the_window(self, batch: ParallelBatch) -> None:
+        """The parallel layout's masks are its own and leave the sliding window out: exact only while every
+        prompt fits inside it."""
+        span = int(batch.position_ids.max()) + 1
+        if span > self.sliding_window:
+            raise ValueError(
+                f"the parallel layout does not apply sliding-window attention: a prompt spans {span} "
+                f"positions, more than this LLM's window of {self.sliding_window}; use the sequential "
+                "layout (--document-layout sequential) or fewer tokens (--max-document-tokens)"
+            )
 
     def cache_documents(self, documents: Sequence[tuple[str, str]]) -> BuildStats:
         """Put (title, text) documents in the parallel layout's document cache now; what is there already
