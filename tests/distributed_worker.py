@@ -26,6 +26,7 @@ from tests.test_dream_objective import CORPUS, EXAMPLES
 
 # "dream-batch": in-batch candidates (the pool of every process's queries).
 # "dream-proximal": DREAM's proximal target (KL towards the starting distribution moved by the LLM).
+# "dream-uniform": DREAM's target at uniform p (KL towards the LLM's judgement at a fixed point).
 # "dream-uneven": targets of very different lengths, so each process's mean covers another number of tokens.
 UNEVEN_EXAMPLES = [
     TrainingExample(e.query, e.target + " is the capital" * (3 * i), e.candidate_ids, gold_id=e.gold_id)
@@ -65,6 +66,9 @@ def build(objective: str, bert_dir: str, llama_dir: str):
     if objective == "dream-proximal":
         llm = FrozenLLM.from_pretrained(llama_dir, heads=[(0, 1), (1, 2)])
         return DreamLoss(retriever, llm, target="proximal", proximal_step=30.0)
+    if objective == "dream-uniform":
+        llm = FrozenLLM.from_pretrained(llama_dir, heads=[(0, 1), (1, 2)])
+        return DreamLoss(retriever, llm, target="uniform", proximal_step=30.0)
     return DreamLoss(retriever, FrozenLLM.from_pretrained(llama_dir, heads=[(0, 1), (1, 2)]))
 
 

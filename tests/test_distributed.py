@@ -72,8 +72,10 @@ def _assert_close(a: dict, b: dict, atol: float) -> None:
 
 # dream-uneven: targets of unequal lengths, so the processes' means cover unequal token counts;
 # dream-batch: in-batch candidates, whose pool holds every process's candidates; dream-proximal: a mean of
-# per-query KL terms, each process's share of it.
-@pytest.mark.parametrize("objective", ["infonce", "dream", "dream-uneven", "dream-batch", "dream-proximal"])
+# per-query KL terms, each process's share of it (dream-uniform likewise, towards the judgement at uniform p).
+@pytest.mark.parametrize(
+    "objective", ["infonce", "dream", "dream-uneven", "dream-batch", "dream-proximal", "dream-uniform"]
+)
 def test_two_processes_with_batch_b_step_like_one_process_with_batch_2b(
     objective, tmp_path, tiny_bert_dir, tiny_llama_dir
 ):

@@ -69,7 +69,12 @@ class PromptBatch:
     @property
     def target_tokens(self) -> int:
         """Target tokens the LLM predicts (the count its mean loss is taken over)."""
-        return int((self.labels[:, 1:] != -100).sum())
+        return int(self.target_tokens_per_example.sum())
+
+    @property
+    def target_tokens_per_example(self) -> Tensor:
+        """[B] target tokens each example's mean loss is taken over."""
+        return (self.labels[:, 1:] != -100).sum(-1)
 
     def to(self, device: torch.device | str) -> PromptBatch:
         moved = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.__dict__.items()}

@@ -9,7 +9,15 @@ With ``target="proximal"`` the LLM's judgement is not followed as a gradient but
 starting retriever's own distribution over the candidates, moved one exponentiated-gradient step along the
 LLM's -dL/dp, q = softmax(log p_start + eta * (-dL/dp)), and the loss is KL(q || p). To first order it is
 DREAM's step (scaled by eta); unlike DREAM its optimum stays a bounded step from where the retriever started,
-so many steps cannot carry p further than the LLM's one judgement of each example."""
+so many steps cannot carry p further than the LLM's one judgement of each example.
+
+With ``target="uniform"`` the LLM judges the candidates at a fixed point, uniform p, whatever the retriever's
+current p: q = softmax(-eta * n * dL/dp at uniform p), n the example's target tokens, and the loss is
+KL(q || p). Since L at one-hot e_k is, to first order, L(uniform) + dL/dp_k - mean_j dL/dp_j, eta 1 makes q
+the first-order estimate of REPLUG-LSR's q (softmax of the sum of log P(target | d_k)) from one DREAM pass
+over all candidates instead of one pass per candidate. Why: at a peaked p, -dL/dp ranks the gold below
+passages that hold little of p far more often than at uniform p (docs/experiments.md, the teacher
+diagnostic), so the gradient target teaches less as the retriever sharpens; this judgement does not move."""
 
 from __future__ import annotations
 
@@ -33,8 +41,8 @@ from dreamir.options import at_least, non_negative, positive
 from dreamir.retriever import Retriever
 
 # What DREAM's loss is: the LLM's loss itself, or KL to the proximal target (module docstring).
-DreamTarget = Literal["gradient", "proximal"]
-DREAM_TARGETS: tuple[str, ...] = ("gradient", "proximal")
+DreamTarget = Literal["gradient", "proximal", "uniform"]
+DREAM_TARGETS: tuple[str, ...] = ("gradient", "proximal", "uniform")
 
 
 @dataclass
@@ -75,14 +83,17 @@ class DreamOptions:
         metadata={
             "help": "gradient: the LLM's loss trains the retriever through p (the paper's DREAM); proximal: "
             "KL(q || p) towards q = softmax(log p_start + eta * (-dL/dp)), the starting retriever's "
-            "distribution moved one step by the LLM (eta: --proximal-step)"
+            "distribution moved one step by the LLM (eta: --proximal-step); uniform: KL(q || p) towards "
+            "q = softmax(-eta * n * dL/dp at uniform p), n the target's tokens: the LLM's judgement at a "
+            "fixed point, to first order REPLUG-LSR's q at eta 1, from one pass over all candidates"
         },
     )
     proximal_step: float = field(
         default=1.0,
         metadata={
-            "help": "eta of --dream-target proximal: how far one judgement moves p_start (1: to first order "
-            "DREAM's own step at the same learning rate)"
+            "help": "eta of --dream-target proximal or uniform: how far the LLM's judgement moves the target "
+            "(proximal: 1 is to first order DREAM's own step at the same learning rate; uniform: 1 is to "
+            "first order REPLUG-LSR's q with beta 1)"
         },
     )
 
@@ -151,8 +162,8 @@ class DreamLoss(Objective):
             self.llm.encode(i.query, [(d.title, d.text) for d in i.documents], i.target) for i in instances
         ]
         batch = self.llm.collate(prompts)
-        if self.target == "proximal":
-            loss, target_logs = self.proximal_step_loss(instances, batch, probs, mask)
+        if self.target != "gradient":
+            loss, target_logs = self.target_loss(instances, batch, probs, mask)
         else:
             # A mean over target tokens: weighted by token counts across processes, not averaged per process
             # (the share is exactly 1.0 in one process, and multiplying by it changes no bit).
@@ -175,26 +186,44 @@ class DreamLoss(Objective):
             logs["pool_size"] = float(scores.shape[1])
         return ObjectiveOutput(loss, logs)
 
+    def slope_at(self, batch: Any, point: Tensor) -> tuple[Tensor, Tensor]:
+        """dL_b/dp at the given p (no gradient to the retriever), each example's own target loss L_b, and
+        those losses [B]."""
+        point = point.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            losses = self.llm.target_loss(batch, point, reduction="example", reuse_prefix=self.reuse_prefix)
+            (slope,) = torch.autograd.grad(losses.sum(), point)
+        return slope, losses.detach()
+
     def proximal_target(
         self, instances: list[TrainingInstance], batch: Any, probs: Tensor, mask: Tensor
     ) -> tuple[Tensor, Tensor]:
         """q = softmax(log p_start + eta * (-dL_b/dp)) for every query b (no gradient), with each example's
         own target loss L_b taken at the current p, and those losses [B]."""
-        point = probs.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            losses = self.llm.target_loss(batch, point, reuse_prefix=self.reuse_prefix, reduction="example")
-            (slope,) = torch.autograd.grad(losses.sum(), point)
+        slope, losses = self.slope_at(batch, probs)
         logits = self.starting_scores(instances, mask) / self.temperature.value.detach()
         start = torch.log_softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
         moved = (start - self.proximal_step * slope).masked_fill(~mask, float("-inf"))
-        return torch.softmax(moved, dim=-1).detach(), losses.detach()
+        return torch.softmax(moved, dim=-1).detach(), losses
 
-    def proximal_step_loss(
+    def uniform_target(self, batch: Any, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """q = softmax(-eta * n_b * dL_b/dp at uniform p) for every query b (no gradient), n_b its target
+        tokens, and the losses L_b at uniform p [B]."""
+        uniform = mask / mask.sum(-1, keepdim=True)
+        slope, losses = self.slope_at(batch, uniform.to(torch.float32))
+        tokens = batch.target_tokens_per_example[:, None].to(slope)
+        judged = (-self.proximal_step * tokens * slope).masked_fill(~mask, float("-inf"))
+        return torch.softmax(judged, dim=-1).detach(), losses
+
+    def target_loss(
         self, instances: list[TrainingInstance], batch: Any, probs: Tensor, mask: Tensor
     ) -> tuple[Tensor, dict[str, float]]:
-        """KL(q || p) averaged over queries (each query weighs the same, over every process's queries), and
-        what it logs beside forward's common entries."""
-        target, losses = self.proximal_target(instances, batch, probs, mask)
+        """KL(q || p) towards the proximal or uniform target, averaged over queries (each query weighs the
+        same, over every process's queries), and what it logs beside forward's common entries."""
+        if self.target == "proximal":
+            target, losses = self.proximal_target(instances, batch, probs, mask)
+        else:
+            target, losses = self.uniform_target(batch, mask)
         terms = torch.xlogy(target, target) - torch.xlogy(target, probs.clamp_min(1e-30))
         loss = terms.masked_fill(~mask, 0.0).sum(-1).mean() * share_of_mean(len(instances))
         logs = {
