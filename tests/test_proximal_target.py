@@ -84,8 +84,10 @@ def test_a_small_step_is_dreams_step_scaled_by_eta(tiny_bert_dir, tiny_llama_dir
     assert torch.linalg.vector_norm(flat - reference) <= 1e-2 * torch.linalg.vector_norm(reference)
 
 
-def test_a_descent_step_moves_p_towards_the_target(tiny_bert_dir, tiny_llama_dir):
-    objective = _dream(tiny_bert_dir, tiny_llama_dir, target="proximal", proximal_step=3.0)
+@pytest.mark.parametrize(("target", "eta"), [("proximal", 3.0), ("uniform", 30.0)])
+def test_a_descent_step_moves_p_towards_the_target(tiny_bert_dir, tiny_llama_dir, target, eta):
+    """For both KL targets (the uniform one is tests/test_uniform_target.py's)."""
+    objective = _dream(tiny_bert_dir, tiny_llama_dir, target=target, proximal_step=eta)
     instances = _instances()
     before = float(objective(instances).loss.detach())
     optimiser = torch.optim.SGD(objective.retriever.parameters(), lr=0.5)

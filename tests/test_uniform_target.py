@@ -73,18 +73,6 @@ def test_the_target_does_not_follow_the_retriever(tiny_bert_dir, tiny_llama_dir)
     torch.testing.assert_close(after, before, rtol=1e-6, atol=1e-7)
 
 
-def test_a_descent_step_moves_p_towards_the_target(tiny_bert_dir, tiny_llama_dir):
-    objective = _dream(tiny_bert_dir, tiny_llama_dir, target="uniform", proximal_step=ETA)
-    instances = _instances()
-    before = float(objective(instances).loss.detach())
-    optimiser = torch.optim.SGD(objective.retriever.parameters(), lr=0.5)
-    for _ in range(3):
-        optimiser.zero_grad()
-        objective(instances).loss.backward()
-        optimiser.step()
-    assert float(objective(instances).loss.detach()) < before
-
-
 def test_the_options_accept_it():
     assert DreamOptions(dream_target="uniform").dream_target == "uniform"
     from dreamir.adapt.arguments import AdaptArguments
