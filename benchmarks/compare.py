@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -312,8 +313,8 @@ def check_cached_run(path: Path, run_settings: dict) -> None:
     """
     if path.exists():
         defaults = {section: field_defaults(*classes) for section, classes in RUN_SETTING_SECTIONS.items()}
-        cached = with_defaults(read_json(path), defaults)
-        differences = settings_differences(cached, json.loads(json.dumps(run_settings)))
+        cached = _absolute_heads(with_defaults(read_json(path), defaults))
+        differences = settings_differences(cached, _absolute_heads(json.loads(json.dumps(run_settings))))
         if differences:
             raise SystemExit(
                 f"{path.parent} was trained with other settings ({path}: {'; '.join(differences)}); "
@@ -321,6 +322,15 @@ def check_cached_run(path: Path, run_settings: dict) -> None:
             )
     else:
         write_json_atomic(path, run_settings)
+
+
+def _absolute_heads(run_settings: dict) -> dict:
+    """The head file named by its absolute path (from the working directory), so that a run cached by an
+    invocation with an absolute --work is the same run for one with the relative path (and the reverse)."""
+    heads = run_settings.get("dream", {}).get("heads")
+    if heads:
+        run_settings["dream"]["heads"] = os.path.abspath(heads)
+    return run_settings
 
 
 RUN_SETTING_SECTIONS = {

@@ -44,3 +44,20 @@ def test_a_cached_run_is_refused_with_another_learning_rate_naming_it(compare, t
     compare.check_cached_run(path, _run_settings(compare, learning_rate=5e-4))
     with pytest.raises(SystemExit, match=r"training\.learning_rate: checkpoint 0\.0005, now 0\.001"):
         compare.check_cached_run(path, _run_settings(compare, learning_rate=1e-3))
+
+
+def test_a_cached_run_is_the_same_run_whether_work_was_given_absolute_or_relative(
+    compare, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "run_settings.json"
+    absolute = _run_settings(compare)
+    absolute["dream"]["heads"] = str(tmp_path / "work" / "heads_qr_parallel.json")
+    compare.check_cached_run(path, absolute)
+    relative = _run_settings(compare)
+    relative["dream"]["heads"] = "work/heads_qr_parallel.json"
+    compare.check_cached_run(path, relative)  # reused: no SystemExit
+    elsewhere = _run_settings(compare)
+    elsewhere["dream"]["heads"] = "other/heads_qr_parallel.json"
+    with pytest.raises(SystemExit, match=r"dream\.heads"):
+        compare.check_cached_run(path, elsewhere)

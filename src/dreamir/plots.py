@@ -139,6 +139,7 @@ def _save_with_legend(
     columns = max(1, min(len(looks), 4))
     figure.legend(handles=handles, loc="outside lower center", ncol=columns, frameon=False)
     with atomic_path(out) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
+        # "tight": a legend wider than one narrow panel is grown into, not cut at the figure's edges.
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
     return Path(out)
