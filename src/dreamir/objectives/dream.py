@@ -40,7 +40,7 @@ from dreamir.objectives.base import (
 from dreamir.options import at_least, non_negative, positive
 from dreamir.retriever import Retriever
 
-# What DREAM's loss is: the LLM's loss itself, or KL to the proximal target (module docstring).
+# What DREAM's loss is: the LLM's loss itself, or KL to the proximal or the uniform target (module docstring).
 DreamTarget = Literal["gradient", "proximal", "uniform"]
 DREAM_TARGETS: tuple[str, ...] = ("gradient", "proximal", "uniform")
 
