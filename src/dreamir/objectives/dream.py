@@ -210,7 +210,7 @@ class DreamLoss(Objective):
         """q = softmax(-eta * n_b * dL_b/dp at uniform p) for every query b (no gradient), n_b its target
         tokens, and the losses L_b at uniform p [B]."""
         uniform = mask / mask.sum(-1, keepdim=True)
-        slope, losses = self.slope_at(batch, uniform.to(torch.float32))
+        slope, losses = self.slope_at(batch, uniform)
         tokens = batch.target_tokens_per_example[:, None].to(slope)
         judged = (-self.proximal_step * tokens * slope).masked_fill(~mask, float("-inf"))
         return torch.softmax(judged, dim=-1).detach(), losses
