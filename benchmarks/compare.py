@@ -23,6 +23,10 @@ the raw backbone with compress pooling (5 learnt tokens, the paper's templates) 
                                              # make compare-raw-long: the raw set-up for 1,000 steps
     python benchmarks/compare.py --setups raw --objectives dream,infonce,replug,autoregembed
                                              # AutoRegEmbed beside the others
+    python benchmarks/compare.py --setups raw --steps 1000 --lora-seeds 0,1 --eval-steps 100,250,500 \
+        --objectives dream-batch-uniform,replug --paired-against replug ...
+                                             # and each row's gain over REPLUG-LSR (and over its own
+                                             # 100 steps), paired by query, with bootstrap intervals
     python benchmarks/compare.py --jobs 2 --threads 1
                                              # two systems at a time, one core each
 
@@ -61,7 +65,7 @@ from dreamir.cli import ArgumentParser
 from dreamir.data.beir import load_beir
 from dreamir.data.training import write_training_file
 from dreamir.datasets.factbook import build_factbook
-from dreamir.evaluation import format_results_table
+from dreamir.evaluation import format_results_table, mean_metrics, paired_bootstrap_gain, per_query_metrics
 from dreamir.io import read_log_rows, write_json_atomic
 from dreamir.models import MINILM, SMOLLM2
 from dreamir.objectives import options_classes
@@ -69,13 +73,13 @@ from dreamir.plots import plot_metric_by_step, plot_training_curves
 from dreamir.stages import Stages
 from dreamir.trainer import RetrieverSnapshots
 from dreamir.workflow import (
-    evaluate_model,
     load_corpus,
     load_retriever,
     objective_record_classes,
     objective_settings,
     prepare_training_examples,
     read_json,
+    retrieval_run,
     select_heads,
     train_retriever,
 )
@@ -152,6 +156,15 @@ class Settings:
     # Each run keeps its retriever at these steps (runs/<name>/snapshots/) and each is evaluated: the curve
     # shows a peak the final model hides. Runs trained (and cached) without them are refused.
     eval_steps: str = option("", "also evaluate every run at these steps, comma-separated (e.g. 100,250,500)")
+    # Intervals, not only means: two LoRA seeds of one raw row differ by more than most rows do. Models
+    # evaluated before per-query scores were cached are scored again (one pass over the corpus each).
+    paired_against: str = option(
+        "",
+        "an objective (e.g. replug): every other objective's final nDCG@10 against its final, and every "
+        "objective's final against its first --eval-steps, paired by query (bootstrap 95%% intervals, "
+        "over the LoRA seeds together and each seed alone)",
+    )
+    resamples: int = option(10_000, "bootstrap resamples of the --paired-against intervals")
 
 
 def prepare(settings: Settings) -> tuple[Path, Path, Path]:
@@ -357,10 +370,107 @@ def evaluate_system(settings: Settings, name: str, model: str, datasets: dict) -
         dataset_name: STAGES.json(
             f"eval {dataset_name}-{name}",
             Path(settings.work) / "eval" / f"{dataset_name}-{name}.json",
-            lambda dataset=dataset: evaluate_model(model, dataset),
+            lambda dataset_name=dataset_name, dataset=dataset: mean_metrics(
+                per_query_scores(settings, f"{dataset_name}-{name}", model, dataset)
+            ),
         )
         for dataset_name, dataset in datasets.items()
     }
+
+
+def per_query_scores(settings: Settings, key: str, model: str, dataset) -> dict[str, dict[str, float]]:
+    """Every query's metrics of ``model`` (per_query_metrics), cached beside its mean as
+    WORK/eval/<key>-per-query.json."""
+    path = Path(settings.work) / "eval" / f"{key}-per-query.json"
+    return STAGES.json(
+        f"eval {path.stem}", path, lambda: per_query_metrics(dataset.qrels, retrieval_run(model, dataset))
+    )
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """A model evaluated under WORK/eval: the name its scores are cached by, where it is, and the datasets
+    it was evaluated on (a set-up's, see --scifact-setups)."""
+
+    name: str
+    model: str
+    datasets: tuple[str, ...]
+
+
+# Row without its LoRA seed ("raw/dream-batch") -> LoRA seed -> step -> the model evaluated there.
+Registry = dict[str, dict[int, dict[int, Evaluated]]]
+
+
+def paired_comparisons(settings: Settings, registry: Registry) -> list[tuple[str, int, str, int]]:
+    """(row, step, reference row, reference step) pairs --paired-against asks for: each row's final
+    against the reference objective's final in its set-up, and each row's final against its first
+    evaluated step (did training past it help?)."""
+    pairs = []
+    for row, by_seed in registry.items():
+        setup = row.split("/")[0]
+        reference = f"{setup}/{settings.paired_against}"
+        if reference not in registry:
+            raise SystemExit(
+                f"--paired-against {settings.paired_against}: no row {reference} in --objectives"
+            )
+        if row != reference:
+            pairs.append((row, settings.steps, reference, settings.steps))
+        steps = sorted({step for by_step in by_seed.values() for step in by_step})
+        if len(steps) > 1:
+            pairs.append((row, settings.steps, row, steps[0]))
+    return pairs
+
+
+def paired_intervals(settings: Settings, registry: Registry, datasets: dict) -> dict[str, dict[str, dict]]:
+    """``{dataset: {"row@step - reference@step": {...}}}``: the nDCG@10 gain's mean and paired bootstrap
+    95% interval over the LoRA seeds both rows have (each query's score averaged over the seeds), and
+    the same for each seed alone."""
+
+    def scores(dataset_name: str, row: str, seed: int, step: int) -> dict[str, float]:
+        evaluated = registry[row][seed][step]
+        per_query = per_query_scores(
+            settings, f"{dataset_name}-{evaluated.name}", evaluated.model, datasets[dataset_name]
+        )
+        return {query: metrics["ndcg@10"] for query, metrics in per_query.items()}
+
+    def averaged(runs: list[dict[str, float]]) -> dict[str, float]:
+        return {query: sum(run[query] for run in runs) / len(runs) for query in runs[0]}
+
+    def interval(base: dict[str, float], systems: list[dict[str, float]]) -> dict:
+        low, high = paired_bootstrap_gain(base, systems, resamples=settings.resamples, seed=settings.seed)
+        gain = sum(averaged(systems).values()) / len(base) - sum(base.values()) / len(base)
+        return {"gain": gain, "ci95": [low, high]}
+
+    results: dict[str, dict[str, dict]] = {}
+    for row, step, reference, reference_step in paired_comparisons(settings, registry):
+        seeds = sorted(
+            seed
+            for seed in set(registry[row]) & set(registry[reference])
+            if step in registry[row][seed] and reference_step in registry[reference][seed]
+        )
+        if not seeds:
+            continue
+        label = f"{row}@{step} - {reference}@{reference_step}"
+        for dataset_name in registry[row][seeds[0]][step].datasets:
+            systems = {seed: scores(dataset_name, row, seed, step) for seed in seeds}
+            bases = {seed: scores(dataset_name, reference, seed, reference_step) for seed in seeds}
+            entry = interval(averaged(list(bases.values())), list(systems.values()))
+            entry["seeds"] = {str(seed): interval(bases[seed], [systems[seed]]) for seed in seeds}
+            results.setdefault(dataset_name, {})[label] = entry
+    return results
+
+
+def paired_lines(paired: dict[str, dict[str, dict]]) -> list[str]:
+    def gain(entry: dict) -> str:
+        return f"{entry['gain']:+.4f} [{entry['ci95'][0]:+.4f}, {entry['ci95'][1]:+.4f}]"
+
+    return [
+        f"{dataset_name} {label} nDCG@10: {gain(entry)} over seeds {','.join(entry['seeds'])} ("
+        + "; ".join(f"seed {seed} {gain(e)}" for seed, e in entry["seeds"].items())
+        + ")"
+        for dataset_name, comparisons in paired.items()
+        for label, entry in comparisons.items()
+    ]
 
 
 def datasets_for(settings: Settings, data: Path) -> dict:
@@ -395,18 +505,27 @@ def system_arguments(
     return SystemArguments.from_flat({**base, **overrides})
 
 
-def evaluate_snapshots(
-    settings: Settings, name: str, final: Path, datasets: dict
-) -> dict[str, dict[str, dict[str, float]]]:
-    """``{dataset: {step: metrics}}`` of a run's snapshots (--eval-steps) and its final model."""
-    curve: dict[str, dict[str, dict[str, float]]] = {d: {} for d in datasets}
+def evaluated_models(settings: Settings, name: str, final: Path, datasets: dict) -> dict[int, Evaluated]:
+    """A run's models by step: its snapshots (--eval-steps) and its final model."""
     snapshots = RetrieverSnapshots(eval_steps(settings), final.parent / "snapshots")
-    for step in sorted(snapshots.steps):
-        path = snapshots.path(step)
-        for dataset_name, metrics in evaluate_system(settings, f"{name}@{step}", str(path), datasets).items():
+    models = {
+        step: Evaluated(f"{name}@{step}", str(snapshots.path(step)), tuple(datasets))
+        for step in sorted(snapshots.steps)
+    }
+    models[settings.steps] = Evaluated(name, str(final), tuple(datasets))
+    return models
+
+
+def evaluate_snapshots(
+    settings: Settings, models: dict[int, Evaluated], datasets: dict
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{dataset: {step: metrics}}`` of a run's models by step (evaluated_models)."""
+    curve: dict[str, dict[str, dict[str, float]]] = {d: {} for d in datasets}
+    for step, evaluated in models.items():
+        for dataset_name, metrics in evaluate_system(
+            settings, evaluated.name, evaluated.model, datasets
+        ).items():
             curve[dataset_name][str(step)] = metrics
-    for dataset_name, metrics in evaluate_system(settings, name, str(final), datasets).items():
-        curve[dataset_name][str(settings.steps)] = metrics
     return curve
 
 
@@ -417,6 +536,7 @@ def report(
     logs: dict,
     title: str,
     curves: dict | None = None,
+    paired: dict | None = None,
 ) -> None:
     table = {
         d: {s: {**m, "train_s": train_seconds.get(s, 0.0)} for s, m in systems.items()}
@@ -427,6 +547,9 @@ def report(
         for system, by_step in systems.items():
             points = ", ".join(f"{step}: {m['ndcg@10']:.4f}" for step, m in by_step.items())
             print(f"{dataset_name} {system} nDCG@10 by step: {points}")
+    if paired:
+        print("paired by query, gain and bootstrap 95% interval:")
+        print("\n".join(paired_lines(paired)))
     meta = {
         "settings": asdict(settings),
         "date": datetime.date.today().isoformat(),
@@ -435,6 +558,8 @@ def report(
     document = {"results": results, "train_seconds": train_seconds, "meta": meta}
     if curves:
         document["by_step"] = curves
+    if paired:
+        document["paired"] = paired
     write_json_atomic(settings.out, document)
     if logs:
         png = Path(settings.out).with_name(Path(settings.out).stem + "_curves.png")
@@ -470,6 +595,7 @@ def main() -> None:
     train_seconds: dict[str, float] = {}
     logs: dict[str, Path] = {}
     curves: dict[str, dict[str, dict]] = {name: {} for name in datasets}
+    registry: Registry = {}
 
     def record(system: str, metrics: dict) -> None:
         for dataset_name, values in metrics.items():
@@ -510,10 +636,13 @@ def main() -> None:
                     train_seconds[system] = seconds
                     logs[system] = final.parent / "log.jsonl"
                     record(system, evaluate_system(settings, name, str(final), on))
+                    models = evaluated_models(settings, name, final, on)
+                    registry.setdefault(system.split("/lora")[0], {})[lora_seed] = models
                     if settings.eval_steps:
-                        for dataset_name, by_step in evaluate_snapshots(settings, name, final, on).items():
+                        for dataset_name, by_step in evaluate_snapshots(settings, models, on).items():
                             curves[dataset_name][system] = by_step
-    report(settings, results, train_seconds, logs, "compare", curves if settings.eval_steps else None)
+    paired = paired_intervals(settings, registry, datasets) if settings.paired_against else None
+    report(settings, results, train_seconds, logs, "compare", curves if settings.eval_steps else None, paired)
 
 
 def train_in_workers(settings: Settings, setup: str, lora_seeds: list[int]) -> None:

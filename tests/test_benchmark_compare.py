@@ -61,3 +61,52 @@ def test_a_cached_run_is_the_same_run_whether_work_was_given_absolute_or_relativ
     elsewhere["dream"]["heads"] = "other/heads_qr_parallel.json"
     with pytest.raises(SystemExit, match=r"dream\.heads"):
         compare.check_cached_run(path, elsewhere)
+
+
+def _cached_scores(compare, work: Path, name: str, scores: list[float]) -> "compare.Evaluated":
+    """A model whose per-query nDCG@10 is already cached under WORK/eval (nothing is scored again)."""
+    per_query = {f"q{i}": {"ndcg@10": score} for i, score in enumerate(scores)}
+    path = work / "eval" / f"factbook-{name}-per-query.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(per_query))
+    return compare.Evaluated(name, f"models/{name}", ("factbook",))
+
+
+def test_paired_intervals_pair_rows_by_query_over_seeds_and_each_seed(compare, tmp_path):
+    settings = compare.Settings(work=str(tmp_path), steps=1000, paired_against="replug", resamples=2000)
+    scores = {
+        ("replug", 0, 1000): [0.0, 0.5, 0.2, 0.1],
+        ("replug", 1, 1000): [0.1, 0.3, 0.2, 0.0],
+        ("dream", 0, 100): [0.0, 0.2, 0.1, 0.1],
+        ("dream", 0, 1000): [0.2, 0.6, 0.3, 0.1],
+        ("dream", 1, 100): [0.1, 0.1, 0.1, 0.1],
+        ("dream", 1, 1000): [0.1, 0.4, 0.4, 0.2],
+    }
+    registry = {}
+    for (objective, seed, step), values in scores.items():
+        evaluated = _cached_scores(compare, tmp_path, f"raw-{objective}-lora{seed}@{step}", values)
+        registry.setdefault(f"raw/{objective}", {}).setdefault(seed, {})[step] = evaluated
+
+    assert compare.paired_comparisons(settings, registry) == [
+        ("raw/dream", 1000, "raw/replug", 1000),
+        ("raw/dream", 1000, "raw/dream", 100),
+    ]
+    paired = compare.paired_intervals(settings, registry, {"factbook": None})["factbook"]
+
+    against_replug = paired["raw/dream@1000 - raw/replug@1000"]
+    # Per query, seeds averaged: dream (0.15, 0.5, 0.35, 0.15), replug (0.05, 0.4, 0.2, 0.05).
+    assert against_replug["gain"] == pytest.approx(0.1125, rel=1e-9)
+    low, high = against_replug["ci95"]
+    assert 0.1 - 1e-9 <= low <= 0.1125 <= high <= 0.15 + 1e-9  # every query gains 0.1 or 0.15
+    assert against_replug["seeds"]["0"]["gain"] == pytest.approx(0.1, rel=1e-9)
+    assert against_replug["seeds"]["1"]["gain"] == pytest.approx(0.125, rel=1e-9)
+    assert paired["raw/dream@1000 - raw/dream@100"]["gain"] == pytest.approx(0.1875, rel=1e-9)
+    lines = compare.paired_lines({"factbook": paired})
+    assert lines[0].startswith("factbook raw/dream@1000 - raw/replug@1000 nDCG@10: +0.1125 [")
+
+
+def test_paired_against_an_objective_not_compared_is_refused_by_name(compare, tmp_path):
+    settings = compare.Settings(work=str(tmp_path), paired_against="infonce")
+    registry = {"raw/dream": {0: {100: _cached_scores(compare, tmp_path, "raw-dream", [0.5])}}}
+    with pytest.raises(SystemExit, match="--paired-against infonce: no row raw/infonce"):
+        compare.paired_comparisons(settings, registry)
