@@ -24,7 +24,7 @@ the raw backbone with compress pooling (5 learnt tokens, the paper's templates) 
     python benchmarks/compare.py --setups raw --objectives dream,infonce,replug,autoregembed
                                              # AutoRegEmbed beside the others
     python benchmarks/compare.py --setups raw --steps 1000 --lora-seeds 0,1 --eval-steps 100,250,500 \
-        --objectives dream-batch-uniform,replug --paired-against replug ...
+        --objectives dream-batch-uniform,replug --paired-against replug --paired-from-step 100 ...
                                              # and each row's gain over REPLUG-LSR (and over its own
                                              # 100 steps), paired by query, with bootstrap intervals
     python benchmarks/compare.py --jobs 2 --threads 1
@@ -160,9 +160,12 @@ class Settings:
     # evaluated before per-query scores were cached are scored again (one pass over the corpus each).
     paired_against: str = option(
         "",
-        "an objective (e.g. replug): every other objective's final nDCG@10 against its final, and every "
-        "objective's final against its first --eval-steps, paired by query (bootstrap 95%% intervals, "
-        "over the LoRA seeds together and each seed alone)",
+        "an objective (e.g. replug): every other objective's final nDCG@10 against its final, paired by "
+        "query (bootstrap 95%% intervals, over the LoRA seeds together and each seed alone)",
+    )
+    paired_from_step: int = option(
+        0,
+        "with --paired-against, also each objective's final against its own model at this --eval-steps step",
     )
     resamples: int = option(10_000, "bootstrap resamples of the --paired-against intervals")
 
@@ -403,8 +406,10 @@ Registry = dict[str, dict[int, dict[int, Evaluated]]]
 
 def paired_comparisons(settings: Settings, registry: Registry) -> list[tuple[str, int, str, int]]:
     """(row, step, reference row, reference step) pairs --paired-against asks for: each row's final
-    against the reference objective's final in its set-up, and each row's final against its first
-    evaluated step (did training past it help?)."""
+    against the reference objective's final in its set-up, and with --paired-from-step each row's final
+    against its model at that step (did training past it help?)."""
+    if settings.paired_from_step and settings.paired_from_step not in eval_steps(settings):
+        raise SystemExit(f"--paired-from-step {settings.paired_from_step} is not one of --eval-steps")
     pairs = []
     for row, by_seed in registry.items():
         setup = row.split("/")[0]
@@ -415,9 +420,8 @@ def paired_comparisons(settings: Settings, registry: Registry) -> list[tuple[str
             )
         if row != reference:
             pairs.append((row, settings.steps, reference, settings.steps))
-        steps = sorted({step for by_step in by_seed.values() for step in by_step})
-        if len(steps) > 1:
-            pairs.append((row, settings.steps, row, steps[0]))
+        if settings.paired_from_step:
+            pairs.append((row, settings.steps, row, settings.paired_from_step))
     return pairs
 
 

@@ -73,7 +73,14 @@ def _cached_scores(compare, work: Path, name: str, scores: list[float]) -> "comp
 
 
 def test_paired_intervals_pair_rows_by_query_over_seeds_and_each_seed(compare, tmp_path):
-    settings = compare.Settings(work=str(tmp_path), steps=1000, paired_against="replug", resamples=2000)
+    settings = compare.Settings(
+        work=str(tmp_path),
+        steps=1000,
+        eval_steps="100",
+        paired_against="replug",
+        paired_from_step=100,
+        resamples=2000,
+    )
     scores = {
         ("replug", 0, 1000): [0.0, 0.5, 0.2, 0.1],
         ("replug", 1, 1000): [0.1, 0.3, 0.2, 0.0],
@@ -88,6 +95,7 @@ def test_paired_intervals_pair_rows_by_query_over_seeds_and_each_seed(compare, t
         registry.setdefault(f"raw/{objective}", {}).setdefault(seed, {})[step] = evaluated
 
     assert compare.paired_comparisons(settings, registry) == [
+        ("raw/replug", 1000, "raw/replug", 100),
         ("raw/dream", 1000, "raw/replug", 1000),
         ("raw/dream", 1000, "raw/dream", 100),
     ]
@@ -109,4 +117,9 @@ def test_paired_against_an_objective_not_compared_is_refused_by_name(compare, tm
     settings = compare.Settings(work=str(tmp_path), paired_against="infonce")
     registry = {"raw/dream": {0: {100: _cached_scores(compare, tmp_path, "raw-dream", [0.5])}}}
     with pytest.raises(SystemExit, match="--paired-against infonce: no row raw/infonce"):
+        compare.paired_comparisons(settings, registry)
+    settings = compare.Settings(
+        work=str(tmp_path), eval_steps="100", paired_against="dream", paired_from_step=250
+    )
+    with pytest.raises(SystemExit, match="--paired-from-step 250 is not one of --eval-steps"):
         compare.paired_comparisons(settings, registry)
