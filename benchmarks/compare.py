@@ -411,7 +411,7 @@ def paired_comparisons(settings: Settings, registry: Registry) -> list[tuple[str
     if settings.paired_from_step and settings.paired_from_step not in eval_steps(settings):
         raise SystemExit(f"--paired-from-step {settings.paired_from_step} is not one of --eval-steps")
     pairs = []
-    for row, by_seed in registry.items():
+    for row in registry:
         setup = row.split("/")[0]
         reference = f"{setup}/{settings.paired_against}"
         if reference not in registry:
