@@ -119,7 +119,7 @@ def test_paired_against_an_objective_not_compared_is_refused_by_name(compare, tm
     with pytest.raises(SystemExit, match="--paired-against infonce: no row raw/infonce"):
         compare.paired_comparisons(settings, registry)
     settings = compare.Settings(
-        work=str(tmp_path), eval_steps="100", paired_against="dream", paired_from_step=250
+        work=str(tmp_path), steps=1000, eval_steps="100", paired_against="dream", paired_from_step=250
     )
     with pytest.raises(SystemExit, match="--paired-from-step 250 is not one of --eval-steps"):
         compare.paired_comparisons(settings, registry)
