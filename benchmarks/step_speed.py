@@ -16,10 +16,13 @@ Times, on SmolLM2-135M with K candidates of (up to) 128 tokens and a target of a
   (e) the document cache's build rate: the same candidates encoded once (--precision, batches of 8) and stored,
   (f) (d) with in-batch candidates (--dream-candidates batch): every prompt holds every distinct candidate of
       the batch (batch size x K here, none shared) and p covers all of them; the same documents are read from
-      the cache, the suffix attends to more cached keys.
-(a), (b), (d), (d') and (f) include the retriever's forward and backward (all-MiniLM-L6-v2; float32 in (a) and
+      the cache, the suffix attends to more cached keys,
+  (g) (f) with DREAM's target at uniform p (--dream-target uniform): the LLM's slope is taken at uniform p
+      (a backward through the suffix to p alone) and the retriever's loss is KL to it, with no LLM pass at
+      the retriever's p.
+(a), (b), (d), (d'), (f) and (g) include the retriever's forward and backward (all-MiniLM-L6-v2; float32 in (a) and
 (b)) in training mode, as the trainer runs it (dropout on; on a CPU eager attention). The steps are
-interleaved: each batch goes through (a), (b), (c), the retriever alone, (d), (d') and (f) in turn, so that all
+interleaved: each batch goes through (a), (b), (c), the retriever alone, (d), (d'), (f) and (g) in turn, so that all
 of them meet the process in the same state. The processor (its vector instruction set, whether bf16 is
 native) and every dtype are printed and recorded. Peak memory is the growth of the heap in use (glibc mallinfo2,
 sampled every 5 ms) over its level before each measurement on CPU, or torch.cuda.max_memory_allocated on a
@@ -186,14 +189,20 @@ def main() -> None:
     build = builder.cache_documents(documents)
     del builder
 
-    def cached_objective(retriever_precision: str, candidates: str = "own") -> DreamLoss:
+    def cached_objective(
+        retriever_precision: str, candidates: str = "own", target: str = "gradient"
+    ) -> DreamLoss:
         """(d) with the retriever at this precision: a fresh LLM instance whose memory is empty, so every
         entry is read from the shards on disk (as in a long run)."""
         cached_llm = FrozenLLM(
             llm.model, llm.tokenizer, llm.heads, **parallel, document_cache_dir=cache_dir.name
         )
         loss = DreamLoss(
-            retriever, cached_llm, retriever_precision=retriever_precision, candidates=candidates
+            retriever,
+            cached_llm,
+            retriever_precision=retriever_precision,
+            candidates=candidates,
+            target=target,
         )
         return loss.train()
 
@@ -222,6 +231,7 @@ def main() -> None:
     retriever_dtypes = [dtype, other] if compute.native_bf16(device) else [dtype]
     cached = {p: cached_objective(p) for p in retriever_dtypes}
     in_batch = cached_objective(dtype, "batch")  # (f)
+    in_batch_uniform = cached_objective(dtype, "batch", "uniform")  # (g)
     steps = {
         "reference": lambda i, b: step(False, b),
         "optimized": lambda i, b: step(True, b),
@@ -229,6 +239,7 @@ def main() -> None:
         "retriever": retriever_only,
         **{f"cached_{p}": (lambda i, b, loss=loss: step(True, b, loss)) for p, loss in cached.items()},
         "cached_in_batch": lambda i, b: step(True, b, in_batch),
+        "cached_in_batch_uniform": lambda i, b: step(True, b, in_batch_uniform),
     }
     if dtype != "float32":
         steps["floor_same_dtype"] = floor_in(FrozenLLM(llm.model, llm.tokenizer, precision=dtype))
@@ -263,6 +274,7 @@ def main() -> None:
     cached_s, cached_mem = measured[f"cached_{dtype}"]
     other_s, other_mem = measured.get(f"cached_{other}", (float("nan"), 0))
     in_batch_s, in_batch_mem = measured["cached_in_batch"]
+    uniform_s, uniform_mem = measured["cached_in_batch_uniform"]
     # (d) divided by a floor of its own dtype family (c' where bf16, c where float32).
     same_floor_s = measured["floor_same_dtype"][0] if dtype != "float32" else floor_s
     cache_dir.cleanup()
@@ -287,6 +299,9 @@ def main() -> None:
         "cached_in_batch_over_cached": in_batch_s / cached_s,
         "cached_in_batch_peak_mb": in_batch_mem / 2**20,
         "in_batch_pool_size": len({d.doc_id for x in batches[0] for d in x.documents}),
+        "cached_in_batch_uniform_s": uniform_s,
+        "cached_in_batch_uniform_over_in_batch": uniform_s / in_batch_s,
+        "cached_in_batch_uniform_peak_mb": uniform_mem / 2**20,
         "cache_build_docs_per_s": build.documents_per_second,
         "cache_bytes_per_doc": build.bytes_per_document,
         "cache_documents_built": build.documents,
@@ -336,6 +351,11 @@ def main() -> None:
     print(
         f"(f) (d) with in-batch candidates ({result['in_batch_pool_size']} per prompt) median {in_batch_s:7.3f} s   "
         f"peak +{result['cached_in_batch_peak_mb']:8.1f} MB   f/d = {result['cached_in_batch_over_cached']:.2f}"
+    )
+    print(
+        f"(g) (f) with the target at uniform p median {uniform_s:7.3f} s   "
+        f"peak +{result['cached_in_batch_uniform_peak_mb']:8.1f} MB   g/f = "
+        f"{result['cached_in_batch_uniform_over_in_batch']:.2f}"
     )
     print(f"cached_over_floor d/c = {result['cached_over_floor']:.2f}   (goal <= 0.3; both {dtype})")
     if dtype != "float32":
