@@ -404,12 +404,22 @@ class Evaluated:
 Registry = dict[str, dict[int, dict[int, Evaluated]]]
 
 
+def check_paired_options(settings: Settings) -> None:
+    """Refuse --paired-against / --paired-from-step that cannot be served, before any training."""
+    if settings.paired_from_step and not settings.paired_against:
+        raise SystemExit("--paired-from-step needs --paired-against")
+    if settings.paired_against and settings.paired_against not in settings.objectives.split(","):
+        raise SystemExit(
+            f"--paired-against {settings.paired_against}: not one of --objectives {settings.objectives}"
+        )
+    if settings.paired_from_step and settings.paired_from_step not in eval_steps(settings):
+        raise SystemExit(f"--paired-from-step {settings.paired_from_step} is not one of --eval-steps")
+
+
 def paired_comparisons(settings: Settings, registry: Registry) -> list[tuple[str, int, str, int]]:
     """(row, step, reference row, reference step) pairs --paired-against asks for: each row's final
     against the reference objective's final in its set-up, and with --paired-from-step each row's final
     against its model at that step (did training past it help?)."""
-    if settings.paired_from_step and settings.paired_from_step not in eval_steps(settings):
-        raise SystemExit(f"--paired-from-step {settings.paired_from_step} is not one of --eval-steps")
     pairs = []
     for row in registry:
         setup = row.split("/")[0]
@@ -591,6 +601,7 @@ def parse(settings_class=Settings, description: str | None = __doc__) -> Setting
 
 def main() -> None:
     settings = parse()
+    check_paired_options(settings)
     # The shared stages (data, heads, BM25 and base evaluations) run here while no worker does: every core.
     torch.set_num_threads(settings.threads * settings.jobs)
     data, train, heads = prepare(settings)

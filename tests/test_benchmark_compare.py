@@ -113,13 +113,14 @@ def test_paired_intervals_pair_rows_by_query_over_seeds_and_each_seed(compare, t
     assert lines[0].startswith("factbook raw/dream@1000 - raw/replug@1000 nDCG@10: +0.1125 [")
 
 
-def test_paired_against_an_objective_not_compared_is_refused_by_name(compare, tmp_path):
-    settings = compare.Settings(work=str(tmp_path), paired_against="infonce")
-    registry = {"raw/dream": {0: {100: _cached_scores(compare, tmp_path, "raw-dream", [0.5])}}}
-    with pytest.raises(SystemExit, match="--paired-against infonce: no row raw/infonce"):
-        compare.paired_comparisons(settings, registry)
-    settings = compare.Settings(
-        work=str(tmp_path), steps=1000, eval_steps="100", paired_against="dream", paired_from_step=250
-    )
+def test_paired_options_that_cannot_be_served_are_refused_by_name_before_training(compare, tmp_path):
+    def check(**options):
+        compare.check_paired_options(compare.Settings(work=str(tmp_path), steps=1000, **options))
+
+    check(objectives="dream,replug", paired_against="replug", eval_steps="100", paired_from_step=100)
+    with pytest.raises(SystemExit, match="--paired-against infonce: not one of --objectives dream,replug"):
+        check(objectives="dream,replug", paired_against="infonce")
     with pytest.raises(SystemExit, match="--paired-from-step 250 is not one of --eval-steps"):
-        compare.paired_comparisons(settings, registry)
+        check(objectives="dream", paired_against="dream", eval_steps="100", paired_from_step=250)
+    with pytest.raises(SystemExit, match="--paired-from-step needs --paired-against"):
+        check(eval_steps="100", paired_from_step=100)
