@@ -1,4 +1,5 @@
-"""benchmarks/compare.py's cache of trained runs: reused across settings that do not change what is trained."""
+"""benchmarks/compare.py: its cache of trained runs (reused across settings that do not change what is trained)
+and its paired intervals between rows."""
 
 import importlib.util
 import json
@@ -109,6 +110,7 @@ def test_paired_intervals_pair_rows_by_query_over_seeds_and_each_seed(compare, t
     assert against_replug["seeds"]["0"]["gain"] == pytest.approx(0.1, rel=1e-9)
     assert against_replug["seeds"]["1"]["gain"] == pytest.approx(0.125, rel=1e-9)
     assert paired["raw/dream@1000 - raw/dream@100"]["gain"] == pytest.approx(0.1875, rel=1e-9)
+    assert "raw/replug@1000 - raw/replug@100" not in paired  # no seed of REPLUG-LSR has a 100-step model
     lines = compare.paired_lines({"factbook": paired})
     assert lines[0].startswith("factbook raw/dream@1000 - raw/replug@1000 nDCG@10: +0.1125 [")
 
