@@ -113,6 +113,7 @@ class Settings:
     anchor_weight: float | None = option(None, "default: adapt's")
     dream_target: str | None = option(None, "default: adapt's")
     proximal_step: float | None = option(None, "default: adapt's")
+    target_text: str | None = option(None, "default: adapt's")
     validation_examples: int | None = option(None, "default: adapt's")
     validation_docs: int | None = option(None, "default: adapt's")
     validate_every: int | None = option(None, "default: adapt's")
@@ -221,6 +222,7 @@ def adapt_arguments(settings: Settings, corpus: Path, out: Path, objective: str,
             "anchor_weight",
             "dream_target",
             "proximal_step",
+            "target_text",
             "validation_examples",
             "validation_docs",
             "validate_every",

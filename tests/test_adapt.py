@@ -583,3 +583,43 @@ def test_adapt_warns_when_the_held_out_examples_outnumber_the_training_ones(
     printed = capsys.readouterr().out
     assert f"fewer training examples ({report['examples']['train']}) than held-out ones (18)" in printed
     assert "lower --validation-examples" in printed
+
+
+def test_adapt_with_the_query_as_target_asks_the_llm_for_the_query_from_the_candidates_alone(
+    tmp_path, tiny_bert_dir, tiny_llama_dir
+):
+    """--target-text query: the same examples, each training target replaced by its query, and the frozen
+    LLM's prompt holds no question; the stages before training are shared with the default's."""
+    from dreamir.llm.prompt import QUERY_TARGET_INSTRUCTION
+
+    write_corpus(tmp_path / "corpus", make_corpus(30))
+
+    class Seen:
+        def on_train_begin(self, trainer):
+            self.pairs = [(e.query, e.target) for e in trainer.examples]
+            self.prompt = trainer.objective.llm.prompt
+
+        def on_step_end(self, trainer):
+            return {}
+
+    seen = {}
+    for target_text in ("opening", "query"):
+        seen[target_text] = Seen()
+        out = tmp_path / target_text
+        adapt(
+            _adapt_args(
+                tmp_path, tiny_bert_dir, tiny_llama_dir, out=str(out), target_text=target_text, max_steps=2
+            ),
+            [seen[target_text]],
+        )
+    opening, query = seen["opening"], seen["query"]
+    assert opening.prompt.show_query and not query.prompt.show_query
+    assert query.prompt.instruction == QUERY_TARGET_INSTRUCTION != opening.prompt.instruction
+    assert [q for q, _ in query.pairs] == [q for q, _ in opening.pairs]
+    assert all(target == q for q, target in query.pairs)
+    assert any(target != q for q, target in opening.pairs)
+    # The example and head stages are the same files: only the training differs.
+    for name in ("train.jsonl", "heads.json"):
+        assert (tmp_path / "query" / "work" / name).read_text() == (
+            tmp_path / "opening" / "work" / name
+        ).read_text()

@@ -10,7 +10,7 @@ from dreamir.cli import main
 from dreamir.llm.frozen import FrozenLLM
 from dreamir.llm.heads import HeadSet
 from dreamir.llm.parallel import ParallelBatch, block_mask
-from dreamir.llm.prompt import PromptSettings
+from dreamir.llm.prompt import QUERY_TARGET_INSTRUCTION, PromptSettings
 from tests.tiny_models import make_tiny_llama
 
 DOCS = [
@@ -286,3 +286,32 @@ def test_a_disk_bound_must_be_positive(tmp_path):
 
     with pytest.raises(ValueError, match="max_disk_bytes must be positive"):
         doc_cache.DocumentKVCache(_stand_in_encoder, "fp", directory=tmp_path, max_disk_bytes=0)
+
+
+@pytest.mark.parametrize("layout", ["sequential", "parallel"])
+def test_a_prompt_without_the_query_ends_after_the_candidates_and_predicts_the_query(tiny_llama_dir, layout):
+    """--no-show-query (adapt's --target-text query): the LLM reads the instruction and the candidates
+    alone and predicts the query, so no query token is in the prompt it predicts from."""
+    prompt = PromptSettings(document_layout=layout, show_query=False, instruction=QUERY_TARGET_INSTRUCTION)
+    llm = FrozenLLM.from_pretrained(tiny_llama_dir, heads=HEADS, prompt=prompt)
+    query = "what is the capital of france?"
+    batch = llm.collate([llm.encode(query, DOCS[:3], query)])
+    target = batch.labels[0] != -100
+    decoded_prompt = llm.tokenizer.decode(batch.input_ids[0][~target & batch.attention_mask[0].bool()])
+    assert "Question:" not in decoded_prompt and "capital of france?" not in decoded_prompt
+    assert "paris is the capital" in decoded_prompt and decoded_prompt.count("documents below answer") == 1
+    assert llm.tokenizer.decode(batch.labels[0][target]).startswith(query)
+    assert not batch.query_rows.any() and batch.inject_rows.sum() == target.sum()
+    if layout == "parallel":  # the cached step is still exact
+        loss_full, grad_full = _loss_and_grad(llm, _two_queries_as_targets(llm), reuse_prefix=False)
+        loss_cached, grad_cached = _loss_and_grad(llm, _two_queries_as_targets(llm), reuse_prefix=True)
+        torch.testing.assert_close(loss_cached, loss_full, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grad_cached, grad_full, atol=1e-5, rtol=1e-5)
+        assert grad_full.abs().sum() > 0
+
+
+def _two_queries_as_targets(llm):
+    queries = ["what is the capital of france?", "where is madrid?"]
+    return llm.collate(
+        [llm.encode(queries[0], DOCS[:3], queries[0]), llm.encode(queries[1], DOCS[1:], queries[1])]
+    )

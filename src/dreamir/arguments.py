@@ -170,6 +170,17 @@ class LLMArguments:
     inject_query_rows: bool = field(
         default=False, metadata={"help": "also inject into the query's rows, not only the target's"}
     )
+    prompt_instruction: str | None = field(
+        default=None,
+        metadata={"help": "the instruction the LLM's prompt opens with (default: answer the question)"},
+    )
+    show_query: bool = field(
+        default=True,
+        metadata={
+            "help": "--no-show-query: the LLM's prompt holds the instruction and the candidates alone, for a "
+            "target that is the query itself (which candidates make the query likely)"
+        },
+    )
     # parallel + bfloat16: level with sequential float32 over two seeds of the warm comparison, 4.5x cheaper
     document_layout: DocumentLayout = field(default="parallel", metadata={"help": LAYOUT_HELP})
     precision: Precision = field(

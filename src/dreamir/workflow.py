@@ -187,6 +187,8 @@ def _llm_loader(args: LLMArguments):
             max_target_tokens=args.max_target_tokens,
             inject_query_rows=args.inject_query_rows,
             document_layout=args.document_layout,
+            show_query=args.show_query,
+            **({"instruction": args.prompt_instruction} if args.prompt_instruction else {}),
         )
         options = {
             "prompt": prompt,

@@ -83,6 +83,16 @@ class AdaptArguments:
             "unrelated fields)"
         },
     )
+    # opening: the LLM can copy the target from the source passage, so its judgement is close to one-hot on
+    # that passage; query: a query-likelihood judgement, which also credits other passages the query asks
+    # about (docs/experiments.md, "The query as the LLM's target").
+    target_text: Literal["opening", "query"] = field(
+        default="opening",
+        metadata={
+            "help": "what the frozen LLM predicts: opening, the first --target-words of the source passage "
+            "after the query; query, the query itself from the candidates alone (no question in its prompt)"
+        },
+    )
     validation_examples: int = field(default=200, metadata={"help": "examples held out for validation"})
     validation_docs: int = field(
         default=3000, metadata={"help": "corpus passages the validation searches (all when fewer)"}

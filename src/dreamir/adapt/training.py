@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from dreamir.adapt.validation import PseudoGoldValidator
 from dreamir.arguments import LLMArguments, ModelArguments, ObjectiveArguments, SamplingArguments
 from dreamir.data.beir import Document
 from dreamir.data.training import TrainingExample
+from dreamir.llm.prompt import QUERY_TARGET_INSTRUCTION
 from dreamir.objectives import DreamOptions, objective_class
 from dreamir.trainer import Trainer, TrainerCallback, TrainingArguments
 from dreamir.workflow import build_objective, load_retriever
@@ -31,6 +33,8 @@ def build_trainer(
     """The retriever, the objective and its frozen LLM, the validation (and refresh) callbacks, the trainer."""
     train_dir = work / "train"
     full_corpus = {**corpus, **derived}
+    if args.target_text == "query":
+        train = [dataclasses.replace(example, target=example.query) for example in train]
     # An objective that trains one pooling (autoregembed-ic: compress tokens) gets it.
     model = ModelArguments(
         retriever=args.retriever,
@@ -54,6 +58,8 @@ def build_trainer(
             # Parallel layout: keys and values are built for the step that reads them (not ahead for unread
             # examples), in memory, and on disk within --document-cache-gb.
             document_layout=args.document_layout,
+            show_query=args.target_text != "query",
+            prompt_instruction=QUERY_TARGET_INSTRUCTION if args.target_text == "query" else None,
             document_cache=str(work / "document_cache") if args.document_cache_gb else None,
             document_cache_gb=args.document_cache_gb or None,
         ),

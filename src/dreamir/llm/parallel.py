@@ -65,7 +65,7 @@ def encode_parallel_prompt(
     tokenised apart, split where the sequential prompt has a blank line."""
     query = _truncate(tokenizer, query, settings.max_query_tokens)
     head = settings.instruction + "\n\n"
-    question = QUESTION + query
+    question = QUESTION + query if settings.show_query else ""
     rendered = tokenizer.apply_chat_template(
         [{"role": "user", "content": head + question}], tokenize=False, add_generation_prompt=True
     )
@@ -84,7 +84,9 @@ def encode_parallel_prompt(
     ]
     suffix = tokenizer(rendered[split:], add_special_tokens=False, return_offsets_mapping=True)
     suffix_ids = list(suffix["input_ids"])
-    query_span = token_span(suffix["offset_mapping"], len(QUESTION), len(question))
+    query_span = (
+        token_span(suffix["offset_mapping"], len(QUESTION), len(question)) if settings.show_query else (0, 0)
+    )
     target_start = len(suffix_ids)
     if target is not None:
         suffix_ids += target_token_ids(tokenizer, target, settings)

@@ -16,6 +16,8 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 DEFAULT_INSTRUCTION = "Answer the question using the documents below. Reply with a short answer only."
+# For a prompt without the query, whose target is the query itself (query likelihood).
+QUERY_TARGET_INSTRUCTION = "Write a search query that the documents below answer. Reply with the query only."
 # sequential: documents one after another, each attending to those before it; parallel: every document a
 # continuation of the instruction alone, all at the same positions (see dreamir.llm.parallel).
 DocumentLayout = Literal["sequential", "parallel"]
@@ -30,6 +32,9 @@ class PromptSettings:
     max_target_tokens: int = 16
     # Injected rows: those predicting target tokens; optionally also the query's rows.
     inject_query_rows: bool = False
+    # False: the user turn ends after the documents (the target is then the query itself, predicted from
+    # the documents alone, so the LLM judges which documents the query asks about).
+    show_query: bool = True
     document_layout: DocumentLayout = "sequential"
 
     def __post_init__(self) -> None:
@@ -127,9 +132,11 @@ def encode_prompt(
         block_chars.append((position, position + len(block)))
         pieces += [block, "\n\n"]
         position += len(block) + 2
-    pieces.append("Question: ")
-    query_chars = (position + len("Question: "), position + len("Question: ") + len(query))
-    pieces.append(query)
+    query_chars = (position, position)
+    if settings.show_query:
+        pieces.append("Question: ")
+        query_chars = (position + len("Question: "), position + len("Question: ") + len(query))
+        pieces.append(query)
     user_turn = "".join(pieces)
 
     rendered = tokenizer.apply_chat_template(
