@@ -603,7 +603,7 @@ def test_adapt_with_the_query_as_target_asks_the_llm_for_the_query_from_the_cand
             return {}
 
     seen = {}
-    for target_text in ("opening", "query"):
+    for target_text in ("passage", "query"):
         seen[target_text] = Seen()
         out = tmp_path / target_text
         adapt(
@@ -612,14 +612,14 @@ def test_adapt_with_the_query_as_target_asks_the_llm_for_the_query_from_the_cand
             ),
             [seen[target_text]],
         )
-    opening, query = seen["opening"], seen["query"]
-    assert opening.prompt.show_query and not query.prompt.show_query
-    assert query.prompt.instruction == QUERY_TARGET_INSTRUCTION != opening.prompt.instruction
-    assert [q for q, _ in query.pairs] == [q for q, _ in opening.pairs]
+    passage, query = seen["passage"], seen["query"]
+    assert passage.prompt.show_query and not query.prompt.show_query
+    assert query.prompt.instruction == QUERY_TARGET_INSTRUCTION != passage.prompt.instruction
+    assert [q for q, _ in query.pairs] == [q for q, _ in passage.pairs]
     assert all(target == q for q, target in query.pairs)
-    assert any(target != q for q, target in opening.pairs)
+    assert any(target != q for q, target in passage.pairs)
     # The example and head stages are the same files: only the training differs.
     for name in ("train.jsonl", "heads.json"):
         assert (tmp_path / "query" / "work" / name).read_text() == (
-            tmp_path / "opening" / "work" / name
+            tmp_path / "passage" / "work" / name
         ).read_text()
