@@ -4,7 +4,8 @@ reranker of the retriever's own top passages, on real labelled queries (issue 30
 For every test query, the base retriever's top --depth passages are scored by the frozen LLM's mean
 log P(query | passage), read with the prompt `dreamir adapt --target-text query` trains with (instruction and
 one passage, no question; the query is the assistant's reply; one passage per prompt, so read in one pass in
-the sequential layout, which differs from the parallel one only by the passage's number). Three rankings of the same top --depth:
+the sequential layout, which differs from the parallel one only by the passage's number). Three rankings of
+the same top --depth:
   base          the retriever's own order;
   llm           the query likelihood alone;
   base + llm    the sum of the two scores, each standardised over the query's --depth passages.
