@@ -2,13 +2,13 @@
 reranker of the retriever's own top passages, on real labelled queries (issue 30's teacher question).
 
 For every test query, the base retriever's top --depth passages are scored by the frozen LLM's mean
-log P(query | passage), read with the prompt `dreamir adapt --target-text query` trains with (instruction and
-one passage, no question; the query is the assistant's reply; one passage per prompt, so read in one pass in
-the sequential layout, which differs from the parallel one only by the passage's number). Three rankings of
-the same top --depth:
+log P(query | passage), read by dreamir.reranking (the prompt `dreamir adapt --target-text query` trains with:
+instruction and one passage, no question; the query is the assistant's reply). Three rankings of the same
+top --depth:
   base          the retriever's own order;
   llm           the query likelihood alone;
-  base + llm    the sum of the two scores, each standardised over the query's --depth passages.
+  base + llm    the sum of the two scores, each standardised over the query's --depth passages (what
+                `dreamir search` and `dreamir eval` do with --rerank-llm).
 Passages below --depth keep the base's order after them, so Recall@100 is the base's. Gains are paired over
 queries against the base, with a bootstrap 95% interval. Labels are read only to score: nothing is tuned.
 
@@ -22,7 +22,6 @@ import argparse
 import datetime
 import random
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +33,8 @@ from dreamir.data.beir import BeirDataset, load_beir
 from dreamir.datasets.factbook import build_factbook
 from dreamir.evaluation import encoder_run, mean_metrics, paired_bootstrap_gain, per_query_metrics
 from dreamir.io import write_json_atomic
-from dreamir.llm.frozen import FrozenLLM
-from dreamir.llm.prompt import QUERY_TARGET_INSTRUCTION, PromptSettings
 from dreamir.models import MINILM, SMOLLM2, resolve_model
+from dreamir.reranking import QueryLikelihoodReranker, reordered, standardised
 from dreamir.retriever import Retriever
 from dreamir.stages import Stages
 
@@ -86,34 +84,9 @@ def sampled(dataset: BeirDataset, count: int, seed: int) -> BeirDataset:
     return BeirDataset(name=dataset.name, corpus=dataset.corpus, queries=queries, qrels=qrels)
 
 
-def query_log_likelihood(
-    llm: FrozenLLM, query: str, passages: list[tuple[str, str]], batch_size: int
-) -> list[float]:
-    """Mean log P(query | passage) per passage, the query as the assistant's reply to the passage alone."""
-    scores: list[float] = []
-    for start in range(0, len(passages), batch_size):
-        chunk = passages[start : start + batch_size]
-        batch = llm.collate([llm.encode("", [passage], query) for passage in chunk])
-        with torch.no_grad():
-            scores += (-llm.target_loss(batch, None, reduction="example")).tolist()
-    return scores
-
-
-def standardised(values: np.ndarray) -> np.ndarray:
-    return (values - values.mean()) / (values.std() + 1e-9)
-
-
-def reranked(base: Mapping[str, float], top: list[str], scores: np.ndarray) -> dict[str, float]:
-    """``top`` scored by ``scores`` (higher first), every other passage after them in the base's order."""
-    floor = float(scores.min()) - 1.0
-    ranked = {doc_id: float(score) for doc_id, score in zip(top, scores, strict=True)}
-    below = sorted((d for d in base if d not in ranked), key=base.get, reverse=True)
-    for position, doc_id in enumerate(below):
-        ranked[doc_id] = floor - 1.0 - position
-    return ranked
-
-
-def evaluate(name: str, args: argparse.Namespace, retriever: Retriever, llm: FrozenLLM) -> dict:
+def evaluate(
+    name: str, args: argparse.Namespace, retriever: Retriever, reranker: QueryLikelihoodReranker
+) -> dict:
     dataset = sampled(load_dataset(name, args), args.max_queries, args.seed)
     started = time.perf_counter()
     with torch.no_grad(), compute.autocast(args.precision, retriever.device):
@@ -122,13 +95,15 @@ def evaluate(name: str, args: argparse.Namespace, retriever: Retriever, llm: Fro
     runs: dict[str, Run] = {"base": base_run, "llm": {}, "base + llm": {}}
     started = time.perf_counter()
     for query_id, base in tqdm(base_run.items(), desc=f"{name}: query likelihood", mininterval=10):
-        top = sorted(base, key=base.get, reverse=True)[: args.depth]
-        passages = [(dataset.corpus[d].title, dataset.corpus[d].text) for d in top]
-        likelihood = np.array(query_log_likelihood(llm, dataset.queries[query_id], passages, args.batch_size))
-        retriever_scores = np.array([base[d] for d in top])
-        runs["llm"][query_id] = reranked(base, top, likelihood)
-        runs["base + llm"][query_id] = reranked(
-            base, top, standardised(likelihood) + standardised(retriever_scores)
+        hits = sorted(base.items(), key=lambda hit: -hit[1])
+        top = hits[: reranker.depth]
+        passages = [(dataset.corpus[d].title, dataset.corpus[d].text) for d, _ in top]
+        likelihood = reranker.query_log_likelihood(dataset.queries[query_id], passages)
+        retriever_scores = np.array([score for _, score in top])
+        runs["llm"][query_id] = dict(reordered(hits, likelihood))
+        # what `dreamir search/eval --rerank-llm` computes
+        runs["base + llm"][query_id] = dict(
+            reordered(hits, standardised(likelihood) + standardised(retriever_scores))
         )
     llm_seconds = time.perf_counter() - started
     per_query = {system: per_query_metrics(dataset.qrels, run) for system, run in runs.items()}
@@ -155,19 +130,15 @@ def evaluate(name: str, args: argparse.Namespace, retriever: Retriever, llm: Fro
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    llm_prompt = PromptSettings(
-        instruction=QUERY_TARGET_INSTRUCTION,
-        show_query=False,
-        max_target_tokens=64,
-        document_layout="sequential",
+    reranker = QueryLikelihoodReranker.from_pretrained(
+        args.llm, precision=args.precision, depth=args.depth, batch_size=args.batch_size
     )
-    llm = FrozenLLM.from_pretrained(args.llm, prompt=llm_prompt, precision=args.precision)
     retriever = Retriever.from_pretrained(resolve_model(args.retriever))
     results = {
         "date": datetime.date.today().isoformat(),
         "machine": compute.machine_record(llm=args.precision, retriever=args.precision),
         "settings": vars(args),
-        "datasets": {name: evaluate(name, args, retriever, llm) for name in args.datasets.split(",")},
+        "datasets": {name: evaluate(name, args, retriever, reranker) for name in args.datasets.split(",")},
     }
     write_json_atomic(args.out, results)
     print(f"written {args.out}")

@@ -1,7 +1,7 @@
 """Dependencies point one way: CLI -> {adapt, quickstart} -> workflow -> arguments -> trainer -> objectives ->
 {retriever, frozen LLM} -> data, with small leaf modules (io, options, distributed, stages, ...) under all;
-search knows no model, and the commands around it (indexing, export, mteb bridge) know no training; inside the
-adapt package, the pipeline -> the stages -> their arguments."""
+search knows no model, and the commands around it (indexing, export, mteb bridge) know no training and no LLM
+(the CLI hands search the LLM reranker); inside the adapt package, the pipeline -> the stages -> their arguments."""
 
 import ast
 import graphlib
@@ -75,7 +75,22 @@ FORBIDDEN = {
         "torch",
     ],
     "progress": ["dreamir"],
-    "indexing": ["dreamir.llm", "dreamir.objectives", "dreamir.trainer", *_ORCHESTRATION],
+    "indexing": [
+        "dreamir.llm",
+        "dreamir.reranking",
+        "dreamir.objectives",
+        "dreamir.trainer",
+        *_ORCHESTRATION,
+    ],
+    # The LLM second stage: a frozen LLM over hits, handed to search and eval by the CLI.
+    "reranking": [
+        "dreamir.retriever",
+        "dreamir.objectives",
+        "dreamir.trainer",
+        "dreamir.indexing",
+        "dreamir.evaluation",
+        *_ORCHESTRATION,
+    ],
     "mteb_bridge": [*_MODEL_LAYERS, *_ORCHESTRATION],
     # export reads the checkpoint layout the trainer writes, to describe a trained model.
     "export": ["dreamir.llm", "dreamir.objectives", *_ORCHESTRATION],

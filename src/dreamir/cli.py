@@ -81,10 +81,20 @@ def run_train(model, data, sampling, objective, llm, runtime, training, *options
         print(f"trained {result.steps} steps (resumed from {result.resumed_from}) -> {result.final_dir}")
 
 
+def _reranker(args) -> Callable | None:
+    """``--rerank-llm``'s reranker as the callable search and eval take (None without the option)."""
+    if not args.rerank_llm:
+        return None
+    from dreamir.reranking import QueryLikelihoodReranker
+
+    reranker = QueryLikelihoodReranker.from_pretrained(args.rerank_llm, depth=args.rerank_depth)
+    return lambda queries, hits, passages: reranker.rerank_all(queries, hits, passages, args.show_progress)
+
+
 def run_eval(args) -> None:
     from dreamir import indexing
 
-    print(indexing.format_evaluation(indexing.run_evaluation(args)))
+    print(indexing.format_evaluation(indexing.run_evaluation(args, _reranker(args))))
 
 
 def run_index(args) -> None:
@@ -97,7 +107,7 @@ def run_index(args) -> None:
 def run_search(args) -> None:
     from dreamir import indexing
 
-    print(indexing.format_search_results(indexing.search(args), args.json))
+    print(indexing.format_search_results(indexing.search(args, _reranker(args)), args.json))
 
 
 def run_export(args) -> None:

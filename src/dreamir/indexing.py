@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +43,7 @@ from dreamir.search import (
     ExactIndex,
     FaissIndex,
     FusionMethod,
+    Hits,
     HybridIndex,
     Run,
     SearchIndex,
@@ -56,6 +57,15 @@ from dreamir.search.runs import write_trec_run
 from dreamir.similarity import SIMILARITIES
 
 IndexKind = Literal["flat", "hnsw", "exact"]
+# Reorders each query's hits given the queries and the documents' (title, text) (dreamir.reranking builds one;
+# this module knows no LLM).
+Reranker = Callable[[Sequence[str], Hits, Mapping[str, tuple[str, str]]], Hits]
+RERANK_DEPTH = 20
+RERANK_HELP = (
+    "rerank the top --rerank-depth hits with this frozen LLM (e.g. smollm2-135m-instruct): its likelihood "
+    "of the query given each passage, fused with the first stage's score (one LLM pass per hit)"
+)
+RERANK_DEPTH_HELP = "with --rerank-llm: the first stage's hits the LLM rereads per query"
 INDEX_HELP = "flat: FAISS exact inner product; hnsw: FAISS graph (fast, approximate); exact: numpy"
 HYBRID_HELP = "also rank with BM25 and fuse the two rankings (--fusion)"
 FUSION_HELP = (
@@ -230,12 +240,25 @@ class SearchArguments:
     fusion_weight: float | None = field(
         default=None, metadata={"help": "hybrid index: " + WEIGHT_HELP + " (default: the index's own)"}
     )
+    rerank_llm: str | None = field(default=None, metadata={"help": RERANK_HELP})
+    rerank_depth: int = field(default=RERANK_DEPTH, metadata={"help": RERANK_DEPTH_HELP})
+    corpus: str | None = field(
+        default=None,
+        metadata={
+            "help": "with --rerank-llm: the corpus the index was built from (BEIR directory or corpus.jsonl), "
+            "whose texts the LLM reads"
+        },
+    )
     json: bool = field(default=False, metadata={"help": 'one JSON object per query: {"query", "hits"}'})
     threads: int | None = field(default=2, metadata={"help": "CPU threads for encoding the queries"})
     show_progress: bool = field(default=True, metadata={"help": "progress while loading the model"})
 
     def __post_init__(self) -> None:
-        at_least(self, 1, "k", "threads")
+        at_least(self, 1, "k", "threads", "rerank_depth")
+        if self.rerank_llm and not self.corpus:
+            raise ValueError("--rerank-llm reads the hits' texts: give --corpus, the index's corpus")
+        if self.corpus and not self.rerank_llm:
+            raise ValueError("--corpus is read only to rerank: add --rerank-llm (e.g. smollm2-135m-instruct)")
         if isinstance(self.queries, str):  # one query given as a string (e.g. in --config), not its letters
             self.queries = [self.queries]
         if not self.queries:
@@ -261,12 +284,23 @@ def with_fusion(
     return index.with_fusion(method, weight)
 
 
-def search(args: SearchArguments) -> list[dict[str, Any]]:
-    """Each query with its hits: ``{"query", "hits": [{"id", "score", "title"}]}``."""
+def search(args: SearchArguments, rerank: Reranker | None = None) -> list[dict[str, Any]]:
+    """Each query with its hits: ``{"query", "hits": [{"id", "score", "title"}]}``; with ``rerank`` (built
+    from ``--rerank-llm`` by the caller) the top ``--rerank-depth`` hits are reranked before the top k."""
+    if args.rerank_llm and rerank is None:
+        raise ValueError("--rerank-llm: no reranker was given to search with")
     _set_threads(args.threads)
     index = with_fusion(open_index(args.index), args.index, args.fusion, args.fusion_weight)
     title_of = dict(zip(index.doc_ids, read_titles(args.index, len(index.doc_ids)), strict=True))
-    hits = index.search(args.queries, args.k)
+    if rerank is None:
+        hits = index.search(args.queries, args.k)
+    else:
+        assert args.corpus is not None
+        corpus = _corpus(args.corpus)
+        check_corpus(args.index, getattr(index, "manifest", None), index.doc_ids, corpus, args.corpus)
+        passages = {doc_id: (doc.title, doc.text) for doc_id, doc in corpus.items()}
+        first_stage = index.search(args.queries, max(args.k, args.rerank_depth))
+        hits = [ranked[: args.k] for ranked in rerank(args.queries, first_stage, passages)]
     return [
         {
             "query": query,
@@ -346,6 +380,8 @@ class EvalArguments:
         metadata={"help": FUSION_HELP + f" (default: {DEFAULT_FUSION}, or a hybrid --index's own)"},
     )
     fusion_weight: float | None = field(default=None, metadata={"help": WEIGHT_HELP})
+    rerank_llm: str | None = field(default=None, metadata={"help": RERANK_HELP})
+    rerank_depth: int = field(default=RERANK_DEPTH, metadata={"help": RERANK_DEPTH_HELP})
     batch_size: int = field(default=64, metadata={"help": "texts per encoding batch"})
     out: str | None = field(
         default=None, metadata={"help": "also write the metrics here as JSON (a new file or an earlier one)"}
@@ -366,9 +402,11 @@ class EvalArguments:
     )
 
     def __post_init__(self) -> None:
-        at_least(self, 1, "batch_size", "threads")
-        if self.engine == "mteb" and (self.model == "bm25" or self.index or self.hybrid):
-            raise ValueError("--engine mteb evaluates a dense retriever: not with bm25, --index or --hybrid")
+        at_least(self, 1, "batch_size", "threads", "rerank_depth")
+        if self.engine == "mteb" and (self.model == "bm25" or self.index or self.hybrid or self.rerank_llm):
+            raise ValueError(
+                "--engine mteb evaluates a dense retriever: not with bm25, --index, --hybrid or --rerank-llm"
+            )
         if self.hybrid and self.index:
             raise ValueError("--hybrid builds BM25 beside the model; an --index is searched as it was built")
         _check_fusion_options(self.hybrid, self.fusion, self.fusion_weight, self.model)
@@ -403,9 +441,12 @@ def _model_of_index(args: EvalArguments) -> tuple[str, str | None]:
     return name, None if built_with == "bm25" else built_with
 
 
-def run_evaluation(args: EvalArguments) -> dict[str, Any]:
+def run_evaluation(args: EvalArguments, rerank: Reranker | None = None) -> dict[str, Any]:
     """Evaluate and write metrics.json and run.trec together (one directory, renamed into place whole,
-    with a manifest), return the summary."""
+    with a manifest), return the summary. ``rerank`` (built from ``--rerank-llm`` by the caller) reorders
+    each query's top ``--rerank-depth`` hits before they are scored."""
+    if args.rerank_llm and rerank is None:
+        raise ValueError("--rerank-llm: no reranker was given to evaluate with")
     if args.out:  # before the slow evaluation, not after it
         replaceable_file(
             args.out, _is_metrics_file, "a metrics file written by `dreamir eval --out`", args.overwrite
@@ -416,12 +457,22 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
     dataset = load_beir(args.beir, args.split)
     name = Path(args.beir).resolve().name
     slug = f"{model}-hybrid" if args.hybrid else args.index or model
+    slug += "-reranked" if args.rerank_llm else ""
     out_dir = Path(args.out_dir) if args.out_dir else default_eval_dir(slug, name, args.split)
     check_output_directory(out_dir, "eval", args.overwrite)
     _set_threads(args.threads)
     with artefact_directory(out_dir, "eval", args.overwrite) as tmp:
         summary = _evaluate(args, model, model_path, dataset, name, tmp)
         run = summary.pop("run")
+        if rerank is not None:
+            started = time.perf_counter()
+            run = reranked_run(dataset, run, rerank)
+            summary["metrics"] = compute_metrics(dataset.qrels, run)
+            summary["rerank"] = {
+                "llm": args.rerank_llm,
+                "depth": args.rerank_depth,
+                "seconds": round(time.perf_counter() - started, 1),
+            }
         if summary.get("mteb_result"):  # where it will be once the directory is in place
             summary["mteb_result"] = str(out_dir / Path(summary["mteb_result"]).relative_to(tmp))
         write_json_atomic(tmp / "metrics.json", summary)
@@ -510,6 +561,15 @@ def _evaluate(
     }
 
 
+def reranked_run(dataset: BeirDataset, run: Run, rerank: Reranker) -> Run:
+    """Every query's hits in ``run`` reranked (they stay a run: {query id: {doc id: score}})."""
+    query_ids = [query_id for query_id in dataset.queries if query_id in run]
+    hits = [sorted(run[q].items(), key=lambda hit: -hit[1]) for q in query_ids]
+    passages = {doc_id: (doc.title, doc.text) for doc_id, doc in dataset.corpus.items()}
+    reranked = rerank([dataset.queries[q] for q in query_ids], hits, passages)
+    return {**run, **{q: dict(ranked) for q, ranked in zip(query_ids, reranked, strict=True)}}
+
+
 def _fusion_record(index: HybridIndex) -> dict[str, Any]:
     return {"method": index.method, "weight": index.weight, "rrf_k": index.rrf_k, "depth": index.depth}
 
@@ -521,6 +581,9 @@ def format_evaluation(summary: dict[str, Any]) -> str:
         fusion = summary["fusion"]
         how = f"{fusion['method']}, dense weight {fusion['weight']}"
         searched += f" fused with bm25 ({how})"
+    if summary.get("rerank"):
+        rerank = summary["rerank"]
+        searched += f", top {rerank['depth']} reranked by {rerank['llm']} ({rerank['seconds']} s)"
     return (
         f"{summary['dataset']} {summary['split']} ({summary['queries']} queries, {summary['documents']} documents), "
         f"model {summary['model']}{searched}, {summary['engine']} engine: {metrics}\n"
