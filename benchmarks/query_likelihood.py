@@ -1,10 +1,10 @@
 """Does the frozen LLM know something about relevance that the retriever does not? Its query likelihood as a
 reranker of the retriever's own top passages, on real labelled queries (issue 30's teacher question).
 
-For every test query, the base retriever's top --depth passages are scored by the frozen LLM's mean
-log P(query | passage), read by dreamir.reranking (the prompt `dreamir adapt --target-text query` trains with:
-instruction and one passage, no question; the query is the assistant's reply). Three rankings of the same
-top --depth:
+For every test query, the base retriever's top --depth passages (with --first-stage hybrid: BM25 and the
+retriever fused, `dreamir index --hybrid`'s default) are scored by the frozen LLM's mean log P(query |
+passage), read by dreamir.reranking (the prompt `dreamir adapt --target-text query` trains with: instruction
+and one passage, no question; the query is the assistant's reply). Three rankings of the same top --depth:
   base          the retriever's own order;
   llm           the query likelihood alone;
   base + llm    the sum of the two scores, each standardised over the query's --depth passages (what
@@ -14,6 +14,7 @@ queries against the base, with a bootstrap 95% interval. Labels are read only to
 
     python benchmarks/query_likelihood.py --quick          # a smoke run: 20 SciFact queries
     python benchmarks/query_likelihood.py --out results/query_likelihood.json
+    python benchmarks/query_likelihood.py --first-stage hybrid --out results/query_likelihood_hybrid.json
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dreamir.io import write_json_atomic
 from dreamir.models import MINILM, SMOLLM2, resolve_model
 from dreamir.reranking import QueryLikelihoodReranker, reordered, standardised
 from dreamir.retriever import Retriever
+from dreamir.search import BM25Index, ExactIndex, HybridIndex
 from dreamir.stages import Stages
 
 Run = dict[str, dict[str, float]]
@@ -49,6 +51,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--beir", default="../shared/data/beir/scifact")
     parser.add_argument("--retriever", default=MINILM)
     parser.add_argument("--llm", default=SMOLLM2)
+    parser.add_argument(
+        "--first-stage",
+        choices=("dense", "hybrid"),
+        default="dense",
+        help="the ranking reranked: the retriever's, or BM25 and the retriever fused (`--hybrid`'s default)",
+    )
     parser.add_argument("--depth", type=int, default=20, help="the retriever's top passages reranked")
     parser.add_argument("--max-queries", type=int, default=300, help="a seeded sample of each test set")
     parser.add_argument("--batch-size", type=int, default=10, help="passages per LLM forward")
@@ -90,7 +98,12 @@ def evaluate(
     dataset = sampled(load_dataset(name, args), args.max_queries, args.seed)
     started = time.perf_counter()
     with torch.no_grad(), compute.autocast(args.precision, retriever.device):
-        base_run: Run = encoder_run(dataset, retriever.encode_queries, retriever.encode_documents, k=100)
+        if args.first_stage == "dense":
+            base_run: Run = encoder_run(dataset, retriever.encode_queries, retriever.encode_documents, k=100)
+        else:  # `dreamir index --hybrid`'s default fusion of BM25 and the retriever
+            embeddings = retriever.encode_documents([doc.full_text for doc in dataset.corpus.values()])
+            dense = ExactIndex(list(dataset.corpus), np.asarray(embeddings), retriever.encode_queries)
+            base_run = HybridIndex(BM25Index.from_corpus(dataset.corpus), dense).run(dataset.queries, k=100)
     encode_seconds = time.perf_counter() - started
     runs: dict[str, Run] = {"base": base_run, "llm": {}, "base + llm": {}}
     started = time.perf_counter()
