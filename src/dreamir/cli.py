@@ -82,13 +82,18 @@ def run_train(model, data, sampling, objective, llm, runtime, training, *options
 
 
 def _reranker(args) -> Callable | None:
-    """``--rerank-llm``'s reranker as the callable search and eval take (None without the option)."""
+    """``--rerank-llm``'s reranker as the callable search and eval take (None without the option); the LLM
+    is loaded at the first call, so a refused index, corpus or output is reported before that wait."""
     if not args.rerank_llm:
         return None
-    from dreamir.reranking import QueryLikelihoodReranker
 
-    reranker = QueryLikelihoodReranker.from_pretrained(args.rerank_llm, depth=args.rerank_depth)
-    return lambda queries, hits, passages: reranker.rerank_all(queries, hits, passages, args.show_progress)
+    def rerank(queries, hits, passages):
+        from dreamir.reranking import QueryLikelihoodReranker
+
+        reranker = QueryLikelihoodReranker.from_pretrained(args.rerank_llm, depth=args.rerank_depth)
+        return reranker.rerank_all(queries, hits, passages, args.show_progress)
+
+    return rerank
 
 
 def run_eval(args) -> None:
