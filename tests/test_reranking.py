@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from dreamir.artefacts import directory_sha256
 from dreamir.cli import main
 from dreamir.data.beir import load_beir
 from dreamir.reranking import QueryLikelihoodReranker, reordered, standardised
@@ -125,6 +127,7 @@ def test_eval_with_the_llm_reranker_scores_the_reranked_run_and_depth_one_change
     }
     assert summary["one"]["metrics"] == summary["plain"]["metrics"]
     assert summary["four"]["rerank"]["depth"] == 4 and summary["four"]["rerank"]["llm"] == tiny_llama_dir
+    assert summary["four"]["rerank"]["llm_sha256"] == directory_sha256(Path(tiny_llama_dir))
     plain = read_trec_run(tmp_path / "plain" / "run.trec")
     four = read_trec_run(tmp_path / "four" / "run.trec")
     dataset = load_beir(beir_dir)

@@ -468,8 +468,11 @@ def run_evaluation(args: EvalArguments, rerank: Reranker | None = None) -> dict[
             started = time.perf_counter()
             run = reranked_run(dataset, run, rerank)
             summary["metrics"] = compute_metrics(dataset.qrels, run)
+            llm_dir = resolve_model(args.rerank_llm)
             summary["rerank"] = {
                 "llm": args.rerank_llm,
+                "llm_path": str(llm_dir.resolve()),
+                "llm_sha256": directory_sha256(llm_dir),  # which files, not only which name
                 "depth": args.rerank_depth,
                 "seconds": round(time.perf_counter() - started, 1),
             }
