@@ -35,7 +35,7 @@ from dreamir.datasets.factbook import build_factbook
 from dreamir.evaluation import encoder_run, mean_metrics, paired_bootstrap_gain, per_query_metrics
 from dreamir.io import write_json_atomic
 from dreamir.models import MINILM, SMOLLM2, resolve_model
-from dreamir.reranking import QueryLikelihoodReranker, reordered, standardised
+from dreamir.reranking import QueryLikelihoodReranker, fused, reordered
 from dreamir.retriever import Retriever
 from dreamir.search import BM25Index, ExactIndex, HybridIndex
 from dreamir.stages import Stages
@@ -112,12 +112,8 @@ def evaluate(
         top = hits[: reranker.depth]
         passages = [(dataset.corpus[d].title, dataset.corpus[d].text) for d, _ in top]
         likelihood = reranker.query_log_likelihood(dataset.queries[query_id], passages)
-        retriever_scores = np.array([score for _, score in top])
         runs["llm"][query_id] = dict(reordered(hits, likelihood))
-        # what `dreamir search/eval --rerank-llm` computes
-        runs["base + llm"][query_id] = dict(
-            reordered(hits, standardised(likelihood) + standardised(retriever_scores))
-        )
+        runs["base + llm"][query_id] = dict(fused(hits, likelihood))  # what --rerank-llm computes
     llm_seconds = time.perf_counter() - started
     per_query = {system: per_query_metrics(dataset.qrels, run) for system, run in runs.items()}
     ndcg = {system: {q: m["ndcg@10"] for q, m in scores.items()} for system, scores in per_query.items()}

@@ -94,6 +94,11 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _passages(corpus: Mapping[str, Document]) -> dict[str, tuple[str, str]]:
+    """Each document's (title, text), what a reranker reads."""
+    return {doc_id: (doc.title, doc.text) for doc_id, doc in corpus.items()}
+
+
 def _corpus(path: str | Path) -> dict[str, Document]:
     """A BEIR directory or a corpus.jsonl file."""
     path = Path(path)
@@ -298,7 +303,7 @@ def search(args: SearchArguments, rerank: Reranker | None = None) -> list[dict[s
         assert args.corpus is not None
         corpus = _corpus(args.corpus)
         check_corpus(args.index, getattr(index, "manifest", None), index.doc_ids, corpus, args.corpus)
-        passages = {doc_id: (doc.title, doc.text) for doc_id, doc in corpus.items()}
+        passages = _passages(corpus)
         first_stage = index.search(args.queries, max(args.k, args.rerank_depth))
         hits = [ranked[: args.k] for ranked in rerank(args.queries, first_stage, passages)]
     return [
@@ -568,8 +573,7 @@ def reranked_run(dataset: BeirDataset, run: Run, rerank: Reranker) -> Run:
     """Every query's hits in ``run`` reranked (they stay a run: {query id: {doc id: score}})."""
     query_ids = [query_id for query_id in dataset.queries if query_id in run]
     hits = [sorted(run[q].items(), key=lambda hit: -hit[1]) for q in query_ids]
-    passages = {doc_id: (doc.title, doc.text) for doc_id, doc in dataset.corpus.items()}
-    reranked = rerank([dataset.queries[q] for q in query_ids], hits, passages)
+    reranked = rerank([dataset.queries[q] for q in query_ids], hits, _passages(dataset.corpus))
     return {**run, **{q: dict(ranked) for q, ranked in zip(query_ids, reranked, strict=True)}}
 
 

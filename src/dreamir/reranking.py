@@ -54,6 +54,13 @@ def reordered(hits: Ranked, top_scores: np.ndarray) -> Ranked:
     return top + below
 
 
+def fused(hits: Ranked, likelihood: np.ndarray) -> Ranked:
+    """``hits`` with the first ``len(likelihood)`` reordered by the standardised sum of their first-stage
+    scores and the LLM's ``likelihood`` of the query given each."""
+    first_stage = np.asarray([score for _, score in hits[: len(likelihood)]], dtype=np.float64)
+    return reordered(hits, standardised(likelihood) + standardised(first_stage))
+
+
 class QueryLikelihoodReranker:
     """Rerank hits by the first stage's score fused with the frozen LLM's query likelihood."""
 
@@ -91,9 +98,7 @@ class QueryLikelihoodReranker:
         top = hits[: self.depth]
         if len(top) < 2:  # nothing to reorder
             return list(hits)
-        likelihood = self.query_log_likelihood(query, [passage_of[doc_id] for doc_id, _ in top])
-        first_stage = np.asarray([score for _, score in top], dtype=np.float64)
-        return reordered(hits, standardised(likelihood) + standardised(first_stage))
+        return fused(hits, self.query_log_likelihood(query, [passage_of[doc_id] for doc_id, _ in top]))
 
     def rerank_all(
         self,
