@@ -114,6 +114,12 @@ class Settings:
     dream_target: str | None = option(None, "default: adapt's")
     proximal_step: float | None = option(None, "default: adapt's")
     target_text: str | None = option(None, "default: adapt's")
+    query_examples: str | None = option(
+        None, "genq: worked (passage, query) examples shown to the generator, JSONL (default: adapt's)"
+    )
+    query_instruction: str | None = option(
+        None, "genq: the instruction asking for a query (default: adapt's)"
+    )
     validation_examples: int | None = option(None, "default: adapt's")
     validation_docs: int | None = option(None, "default: adapt's")
     validate_every: int | None = option(None, "default: adapt's")
@@ -223,6 +229,8 @@ def adapt_arguments(settings: Settings, corpus: Path, out: Path, objective: str,
             "dream_target",
             "proximal_step",
             "target_text",
+            "query_examples",
+            "query_instruction",
             "validation_examples",
             "validation_docs",
             "validate_every",
