@@ -126,3 +126,20 @@ def test_paired_options_that_cannot_be_served_are_refused_by_name_before_trainin
         check(objectives="dream", paired_against="dream", eval_steps="100", paired_from_step=250)
     with pytest.raises(SystemExit, match="--paired-from-step needs --paired-against"):
         check(eval_steps="100", paired_from_step=100)
+
+
+@pytest.mark.parametrize(
+    "row",
+    ["dream-batch", "replug-batch", "dream-uniform", "dream-batch-uniform", "dream-batch-uniform-learnt-tau"],
+)
+def test_every_objective_variant_builds_its_system_with_the_options_it_names(compare, tmp_path, row):
+    settings = compare.Settings(work=str(tmp_path))
+    trains, variant = compare.base_objective(row)
+    system = compare.system_arguments(
+        settings, tmp_path / "train.jsonl", tmp_path, tmp_path / "heads.json", objective=trains, **variant
+    )
+    record = system.record()
+    assert system.objective.objective == trains
+    for option, value in variant.items():
+        assert record[option] == value
+    assert system.objective.learn_temperature is (row == "dream-batch-uniform-learnt-tau")
