@@ -289,6 +289,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="the training batch: the in-batch pool")
     parser.add_argument("--num-heads", type=int, default=16)
     parser.add_argument("--calibration-examples", type=int, default=32, help="to score Factbook heads")
+    parser.add_argument(
+        "--llm",
+        default=SMOLLM2,
+        help="the frozen LLM judged (packaged name or local directory); another LLM than compare.py's needs "
+        "--heads scored on it (dreamir heads --llm)",
+    )
     parser.add_argument("--retriever", default=MINILM)
     parser.add_argument("--temperature", type=float, default=0.05, help="tau of the retriever's p")
     parser.add_argument("--beta", type=float, default=1.0, help="REPLUG-LSR's temperature")
@@ -315,8 +321,10 @@ def main() -> None:
         fallback = sets[0].heads if sets else Path(args.heads or "")
         scifact = scifact_set(args, fallback)
         sets += [scifact] if scifact is not None else []
+    if args.llm != SMOLLM2 and not args.heads:
+        raise SystemExit(f"--llm {args.llm}: give --heads scored on it (dreamir heads --llm {args.llm})")
     llm = FrozenLLM.from_pretrained(
-        SMOLLM2, prompt=PromptSettings(document_layout=args.document_layout), precision=args.precision
+        args.llm, prompt=PromptSettings(document_layout=args.document_layout), precision=args.precision
     )
     retriever = Retriever.from_pretrained(resolve_model(args.retriever)).eval()
     common = {"temperature": args.temperature, "retriever_precision": args.precision}
