@@ -96,8 +96,9 @@ AUTOREGEMBED = "autoregembed"
 # Objectives with another candidate pool: each query's prompt (DREAM) or pool (REPLUG-LSR) holds every distinct
 # candidate of the batch (issue 29's in-batch candidates); rows "<setup>/dream-batch", "<setup>/replug-batch".
 # "-uniform": DREAM's loss is KL towards the LLM's judgement at uniform p (--dream-target uniform).
-# "-learnt-tau": the softmax temperature is trained with the retriever (--learn-temperature; issue 29's
-# temperature lever: the raw backbone's embeddings are anisotropic, so a fixed tau bounds how peaked p can get).
+# "-learnt-tau": the softmax temperature is trained with the retriever (--learn-temperature); "-tau02": fixed
+# at 0.02 instead of 0.05. Issue 29's temperature lever: the raw backbone's embeddings are anisotropic, so tau
+# bounds how peaked p can get for the score gaps they give.
 OBJECTIVE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "dream-batch": ("dream", {"dream_candidates": "batch"}),
     "replug-batch": ("replug", {"replug_candidates": "batch"}),
@@ -106,6 +107,10 @@ OBJECTIVE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "dream-batch-uniform-learnt-tau": (
         "dream",
         {"dream_candidates": "batch", "dream_target": "uniform", "learn_temperature": True},
+    ),
+    "dream-batch-uniform-tau02": (
+        "dream",
+        {"dream_candidates": "batch", "dream_target": "uniform", "temperature": 0.02},
     ),
 }
 # Learning rates per set-up (full fine-tuning of a trained model vs fresh LoRA adapters); identical across
@@ -135,8 +140,8 @@ class Settings:
     objectives: str = option(
         "dream,infonce,replug",
         "objectives, comma-separated; dream-batch, replug-batch: in-batch candidates; dream-uniform, "
-        "dream-batch-uniform: DREAM's target at uniform p; dream-batch-uniform-learnt-tau: and tau trained; "
-        "autoregembed: its two stages (raw set-up)",
+        "dream-batch-uniform: DREAM's target at uniform p; dream-batch-uniform-learnt-tau, -tau02: and tau "
+        "trained, or fixed at 0.02; autoregembed: its two stages (raw set-up)",
     )
     eval_scifact: bool = option(True, "also evaluate on SciFact")
     # The raw set-up's 6-layer decoder is ~2.3x slower to encode than all-MiniLM-L6-v2 (3 vs 1.3 min per
