@@ -115,7 +115,9 @@ def scifact_set(args: argparse.Namespace, fallback_heads: Path) -> LabelledSet |
     derived, source_of = read_derived(work / "derived.jsonl")
     corpus = {**corpus, **derived}
     examples = [e for e in read_training_file(work / "train.jsonl") if e.gold_id in corpus]
-    heads = work / "heads.json" if (work / "heads.json").exists() else fallback_heads
+    # An adapt run's heads are SmolLM2's: another --llm is read with the heads given for it.
+    own_heads = work / "heads.json"
+    heads = own_heads if own_heads.exists() and args.llm == SMOLLM2 else fallback_heads
     return LabelledSet("scifact", _sample(examples, args), corpus, source_of, heads, max_target_tokens=32)
 
 
@@ -315,14 +317,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
+    if args.llm != SMOLLM2 and not args.heads:
+        raise SystemExit(f"--llm {args.llm}: give --heads scored on it (dreamir heads --llm {args.llm})")
     chosen = args.datasets.split(",")
     sets = [factbook_set(args)] if "factbook" in chosen else []
     if "scifact" in chosen:
         fallback = sets[0].heads if sets else Path(args.heads or "")
         scifact = scifact_set(args, fallback)
         sets += [scifact] if scifact is not None else []
-    if args.llm != SMOLLM2 and not args.heads:
-        raise SystemExit(f"--llm {args.llm}: give --heads scored on it (dreamir heads --llm {args.llm})")
     llm = FrozenLLM.from_pretrained(
         args.llm, prompt=PromptSettings(document_layout=args.document_layout), precision=args.precision
     )
