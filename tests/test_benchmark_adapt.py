@@ -1,22 +1,18 @@
 """benchmarks/adapt.py: each run is `dreamir adapt` with the benchmark's options passed through."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.benchmark_modules import benchmark_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    spec = importlib.util.spec_from_file_location("adapt_benchmark", ROOT / "benchmarks" / "adapt.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through it
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with benchmark_module("adapt") as module:
+        yield module
 
 
 def test_the_generator_options_reach_adapt_and_unset_ones_keep_adapts_defaults(benchmark, tmp_path):

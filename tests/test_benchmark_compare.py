@@ -1,27 +1,20 @@
 """benchmarks/compare.py: its cache of trained runs (reused across settings that do not change what is trained)
 and its paired intervals between rows."""
 
-import importlib.util
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from dreamir.arguments import ModelArguments, SamplingArguments, TrainingArguments, field_defaults
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchmark_modules import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def compare():
-    spec = importlib.util.spec_from_file_location("compare_benchmark", ROOT / "benchmarks" / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through it
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with benchmark_module("compare") as module:
+        yield module
 
 
 def _run_settings(compare, **training) -> dict:
