@@ -112,6 +112,8 @@ OBJECTIVE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "dream",
         {"dream_candidates": "batch", "dream_target": "uniform", "temperature": 0.02},
     ),
+    # InfoNCE at DREAM's raw-backbone tau, so the two meet at one temperature.
+    "infonce-tau02": ("infonce", {"temperature": 0.02}),
 }
 # Learning rates per set-up (full fine-tuning of a trained model vs fresh LoRA adapters); identical across
 # objectives so that only the objective differs.
@@ -141,7 +143,8 @@ class Settings:
         "dream,infonce,replug",
         "objectives, comma-separated; dream-batch, replug-batch: in-batch candidates; dream-uniform, "
         "dream-batch-uniform: DREAM's target at uniform p; dream-batch-uniform-learnt-tau, -tau02: and tau "
-        "trained, or fixed at 0.02; autoregembed: its two stages (raw set-up)",
+        "trained, or fixed at 0.02; infonce-tau02: InfoNCE at tau 0.02; autoregembed: its two stages (raw "
+        "set-up)",
     )
     eval_scifact: bool = option(True, "also evaluate on SciFact")
     # The raw set-up's 6-layer decoder is ~2.3x slower to encode than all-MiniLM-L6-v2 (3 vs 1.3 min per
