@@ -519,6 +519,9 @@ def system_arguments(
         "heads": str(head_file),
         "num_heads": settings.num_heads,
         "threads": settings.threads,
+        # Every row was cached when each question's own candidates were DREAM's default; a row that wants
+        # in-batch candidates says so (OBJECTIVE_VARIANTS), so "dream" keeps its meaning in every table.
+        "dream_candidates": "own",
     }
     # Only what differs from the defaults, so that runs cached before these options existed still match.
     if settings.document_layout != "sequential":

@@ -124,6 +124,7 @@ def test_paired_options_that_cannot_be_served_are_refused_by_name_before_trainin
 @pytest.mark.parametrize(
     "row",
     [
+        "dream",
         "dream-batch",
         "replug-batch",
         "dream-uniform",
@@ -143,5 +144,6 @@ def test_every_objective_variant_builds_its_system_with_the_options_it_names(com
     assert system.objective.objective == trains
     for option, value in variant.items():
         assert record[option] == value
+    assert record["dream_candidates"] == variant.get("dream_candidates", "own")  # "dream" keeps its meaning
     assert system.objective.learn_temperature is (row == "dream-batch-uniform-learnt-tau")
     assert system.objective.temperature == (0.02 if row.endswith("tau02") else 0.05)

@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
+from dreamir.arguments import field_defaults
 from dreamir.data.sampling import SamplingArguments, step_instances
 from dreamir.llm.frozen import FrozenLLM
 from dreamir.llm.prompt import PromptSettings
@@ -122,9 +123,12 @@ def test_cached_in_batch_step_equals_its_one_pass_reference(tiny_bert_dir, tiny_
 
 
 def test_the_default_keeps_each_querys_own_candidates_bit_for_bit(tiny_bert_dir, tiny_llama_dir):
-    """Defaults: own candidates for both objectives; and the default step is exactly the step written out
-    as it was before the option existed (scores over the own candidates, p, one prompt per query)."""
-    assert DreamOptions().dream_candidates == "own" and ReplugOptions().replug_candidates == "own"
+    """Defaults: in-batch candidates for DREAM's command-line options (a run recorded before the option
+    existed counts as own candidates), own for REPLUG-LSR's and for the loss module; and the module's
+    default step is exactly the step written out as it was before the option existed (scores over the own
+    candidates, p, one prompt per query)."""
+    assert DreamOptions().dream_candidates == "batch" and ReplugOptions().replug_candidates == "own"
+    assert field_defaults(DreamOptions)["dream_candidates"] == "own"
     default = _dream(tiny_bert_dir, tiny_llama_dir)
     assert default.candidates == "own"
     instances = _instances()

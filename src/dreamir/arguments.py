@@ -45,11 +45,19 @@ LAYOUT_HELP = (
 )
 
 
+# Options whose default changed after they were added: the value every run recorded before the option
+# existed trained with. A record lacking such a setting is filled from here, not from today's default, so
+# an older run is not taken for one trained with the new default.
+BEFORE_THE_OPTION_EXISTED: dict[str, Any] = {"dream_candidates": "own"}
+
+
 def field_defaults(*arguments_classes: type) -> dict[str, Any]:
-    """The JSON form of every field of these dataclasses that has a default (what a run record holds for
-    an option the record predates)."""
+    """The JSON form of every field of these dataclasses that has a default: what a run record holds for
+    an option the record predates (for an option whose default changed, its value before it existed)."""
     defaults = {
-        f.name: f.default if f.default_factory is MISSING else f.default_factory()
+        f.name: BEFORE_THE_OPTION_EXISTED.get(
+            f.name, f.default if f.default_factory is MISSING else f.default_factory()
+        )
         for arguments_class in arguments_classes
         for f in fields(arguments_class)
         if f.default is not MISSING or f.default_factory is not MISSING

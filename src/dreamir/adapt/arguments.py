@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dreamir import precision as compute
+from dreamir.arguments import BEFORE_THE_OPTION_EXISTED
 from dreamir.data.corpus_examples import CorpusExampleSettings
 from dreamir.models import MINILM, SMOLLM2
 from dreamir.objectives import OBJECTIVES
@@ -230,12 +231,6 @@ class AdaptArguments:
             short_passage_titles=self.short_passage_titles,
             seed=self.seed,
         )
-
-
-# Options whose default changed after they were added: the value every run written before the option
-# existed trained with. A resume fills a setting its checkpoint lacks from here, not from today's default,
-# so such a run is not taken for one trained with the new default.
-BEFORE_THE_OPTION_EXISTED = {"dream_candidates": "own"}
 
 
 def run_setting_defaults(args: AdaptArguments) -> dict:

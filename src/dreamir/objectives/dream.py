@@ -3,7 +3,10 @@ and the LLM's next-token loss on the target is the retriever's loss. No relevanc
 
 With ``dream_candidates="batch"`` a query's prompt holds every distinct candidate of the batch (its own and the
 other queries'), and p is the softmax over all of them: the LLM's judgement then also pushes away passages
-that do not help this query, not only its own BM25 neighbours.
+that do not help this query, not only its own BM25 neighbours. It is the default of ``dreamir train`` and
+``dreamir adapt`` (their parallel layout reads each candidate once, whatever the prompts holding it);
+``DreamLoss`` itself keeps ``candidates="own"``, the paper's step, since its frozen LLM may read candidates
+one after another, where every prompt of a batch would hold the whole batch's candidates.
 
 With ``target="proximal"`` the LLM's judgement is not followed as a gradient but turned into a target: the
 starting retriever's own distribution over the candidates, moved one exponentiated-gradient step along the
@@ -59,8 +62,10 @@ class DreamOptions:
     reference_step: bool = field(
         default=False, metadata={"help": "full-prompt step instead of the cached one (slower, same loss)"}
     )
+    # "batch" became the default once it beat "own" on the raw and warm set-ups (docs/experiments.md); runs
+    # recorded before the option existed count as "own" (dreamir.arguments.BEFORE_THE_OPTION_EXISTED).
     dream_candidates: CandidateSource = field(
-        default="own",
+        default="batch",
         metadata={
             "help": "own: a query's prompt holds its own K candidates; batch: every distinct candidate of the "
             "batch (all processes' queries), p the softmax over all of them, so the LLM's judgement also "
