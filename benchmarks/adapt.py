@@ -103,6 +103,7 @@ class Settings:
     bootstrap_seed: int = option(0, "seeds protocol: seeds the bootstrap")
     recipe: str | None = option(None, "how examples are made from a corpus: genq, ict (default: adapt's)")
     max_steps: int | None = option(None, "default: adapt's")
+    lora: bool | None = option(None, "train LoRA adapters instead of all weights (default: adapt's)")
     max_passages: int | None = option(None, "default: adapt's")
     learning_rate: float | None = option(None, "default: adapt's")
     refresh_every: int | None = option(None, "default: adapt's")
@@ -218,6 +219,7 @@ def adapt_arguments(settings: Settings, corpus: Path, out: Path, objective: str,
         for k in (
             "recipe",
             "max_steps",
+            "lora",
             "max_passages",
             "learning_rate",
             "refresh_every",

@@ -28,6 +28,16 @@ def test_the_generator_options_reach_adapt_and_unset_ones_keep_adapts_defaults(b
     assert default.query_examples is None and default.query_instruction is None
 
 
+def test_lora_reaches_adapt_only_when_asked(benchmark, tmp_path):
+    lora = benchmark.Settings(lora=True, learning_rate=2e-4)
+    arguments = benchmark.adapt_arguments(lora, tmp_path / "corpus", tmp_path / "out", "dream", seed=0)
+    assert (arguments.lora, arguments.learning_rate) == (True, 2e-4)
+    default = benchmark.adapt_arguments(
+        benchmark.Settings(), tmp_path / "corpus", tmp_path / "out", "dream", seed=0
+    )
+    assert default.lora is False
+
+
 def test_the_worked_claim_examples_are_a_valid_query_examples_file():
     from dreamir.data.corpus_examples import read_query_examples
 
