@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= runs/quickstart
 
-.PHONY: install quickstart test lint compare compare-raw-long ablate step-speed encode-speed clean
+.PHONY: install quickstart test lint compare compare-raw-long compare-raw-tau ablate step-speed encode-speed clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ compare-raw-long: $(STAMP)
 		--objectives dream,infonce,replug --document-layout parallel --precision bfloat16 \
 		--retriever-precision bfloat16 --no-eval-scifact --work runs/compare-raw-long \
 		--jobs 2 --threads 1 --out results/compare_raw_long.json
+
+# The raw backbone's comparison as it stands: DREAM (in-batch candidates, target at uniform p, tau 0.02)
+# against InfoNCE on the gold labels at tau 0.05 and at 0.02, two LoRA seeds, float32, paired by query; each
+# system about 40 min on one core of an AMX machine (docs/experiments.md). Cached runs are reused.
+compare-raw-tau: $(STAMP)
+	$(BIN)/python benchmarks/compare.py --setups raw --steps 1000 --lora-seeds 0,1 \
+		--objectives dream-batch-uniform-tau02,infonce,infonce-tau02 --document-layout parallel \
+		--no-eval-scifact --eval-steps 100 --work runs/compare-raw-batch --jobs 2 --threads 1 \
+		--paired-against infonce-tau02 --out results/compare_raw_tau02.json
 
 ablate: $(STAMP)
 	$(BIN)/python benchmarks/ablate.py

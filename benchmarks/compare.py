@@ -689,6 +689,9 @@ def train_in_workers(settings: Settings, setup: str, lora_seeds: list[int]) -> N
             "lora_seeds": str(lora_seed),
             "jobs": 1,
             "out": str(jobs_dir / f"{name}.json"),
+            # A worker trains one objective; the parent pairs the systems once all are done.
+            "paired_against": "",
+            "paired_from_step": 0,
         }
         command = [sys.executable, __file__] + [
             item for key, value in worker.items() for item in (f"--{key}", str(value))

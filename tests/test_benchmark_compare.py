@@ -147,3 +147,33 @@ def test_every_objective_variant_builds_its_system_with_the_options_it_names(com
     assert record["dream_candidates"] == variant.get("dream_candidates", "own")  # "dream" keeps its meaning
     assert system.objective.learn_temperature is (row == "dream-batch-uniform-learnt-tau")
     assert system.objective.temperature == (0.02 if row.endswith("tau02") else 0.05)
+
+
+def test_workers_accept_the_options_they_are_started_with_when_the_parent_pairs(
+    compare, tmp_path, monkeypatch
+):
+    """--jobs 2 with --paired-against: each worker trains one objective, so it must not be asked to pair
+    against another (which it would refuse); the parent pairs once every worker is done."""
+    commands = []
+
+    def run(command, **_):
+        commands.append(command)
+        return type("Completed", (), {"returncode": 0})()
+
+    monkeypatch.setattr(compare.subprocess, "run", run)
+    settings = compare.Settings(
+        work=str(tmp_path),
+        steps=1000,
+        objectives="dream-batch-uniform-tau02,infonce-tau02",
+        paired_against="infonce-tau02",
+        eval_steps="100",
+        paired_from_step=100,
+        jobs=2,
+    )
+    compare.train_in_workers(settings, "raw", [0, 1])
+    assert len(commands) == 4
+    for command in commands:
+        monkeypatch.setattr(compare.sys, "argv", command[1:])
+        worker = compare.parse()
+        compare.check_paired_options(worker)  # no SystemExit
+        assert (worker.paired_against, worker.jobs, len(worker.objectives.split(","))) == ("", 1, 1)
