@@ -122,7 +122,7 @@ def test_cached_in_batch_step_equals_its_one_pass_reference(tiny_bert_dir, tiny_
     assert_close_to_scale(flat, expected_flat, rtol=1e-5)
 
 
-def test_the_default_keeps_each_querys_own_candidates_bit_for_bit(tiny_bert_dir, tiny_llama_dir):
+def test_the_loss_module_keeps_each_querys_own_candidates_bit_for_bit(tiny_bert_dir, tiny_llama_dir):
     """Defaults: in-batch candidates for DREAM's command-line options (a run recorded before the option
     existed counts as own candidates), own for REPLUG-LSR's and for the loss module; and the module's
     default step is exactly the step written out as it was before the option existed (scores over the own
