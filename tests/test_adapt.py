@@ -25,6 +25,7 @@ from dreamir.data.errors import DataFormatError
 from dreamir.data.training import TrainingExample, read_training_file
 from dreamir.evaluation import pseudo_gold_success
 from dreamir.retriever import Retriever
+from tests.tiny_models import make_tiny_gemma3
 
 WORDS = [
     "capital",
@@ -486,14 +487,22 @@ def test_adapt_cli_names_the_bad_line_of_a_query_examples_file(tmp_path, capsys)
     assert not (tmp_path / "out" / "work" / "examples.json").exists()
 
 
-def test_query_generator_continuing_the_shared_prefix_equals_generating_each_prompt_whole(tiny_llama_dir):
+@pytest.mark.parametrize("model", ["llama", "gemma3 window 6", "gemma3 window 128"])
+def test_query_generator_continuing_the_shared_prefix_equals_generating_each_prompt_whole(
+    model, tiny_llama_dir, tmp_path
+):
+    """Also for sliding-window attention layers (Gemma 3's), with a window shorter than every prompt
+    (6 tokens) and one longer (128)."""
     import torch
-    from transformers import DynamicCache
 
     from dreamir.llm.generate import GenerationSettings, QueryGenerator
 
+    if model == "llama":
+        directory = tiny_llama_dir
+    else:
+        directory = make_tiny_gemma3(tmp_path / "gemma3", sliding_window=int(model.split()[-1]))
     settings = GenerationSettings(max_new_tokens=8, batch_size=4, precision="float32")
-    generator = QueryGenerator(tiny_llama_dir, settings, show_progress=False)
+    generator = QueryGenerator(directory, settings, show_progress=False)
     words = ["the", "river", "city", "mountain", "country", "moon", "fire", "water", "people", "language"]
     # passages of different lengths, so that a batch pads its shorter suffixes
     passages = [Document(f"d{n}", f"title {n}", " ".join(words[: 2 + 2 * n]) + ".") for n in range(4)]
@@ -508,9 +517,14 @@ def test_query_generator_continuing_the_shared_prefix_equals_generating_each_pro
         for p in passages
     ]
     assert len({len(s) for s in suffixes}) == 4
-    shared_cache = DynamicCache(config=generator.model.config)
+    shared_cache, prefix_mask = generator._prefix_cache_and_mask(len(shared))
     with torch.no_grad():
-        generator.model(input_ids=torch.tensor([shared]), past_key_values=shared_cache, use_cache=True)
+        generator.model(
+            input_ids=torch.tensor([shared]),
+            attention_mask=prefix_mask,
+            past_key_values=shared_cache,
+            use_cache=True,
+        )
         batched = generator._continue(len(shared), shared_cache, suffixes)
         assert all(len(reply) > 1 for reply in batched)
         for suffix, reply in zip(suffixes, batched, strict=True):

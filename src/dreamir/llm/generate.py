@@ -13,12 +13,14 @@ from tqdm.auto import tqdm
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    Cache,
     DynamicCache,
     LogitsProcessorList,
     StaticCache,
     TemperatureLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.cache_utils import StaticLayer
 
 from dreamir import precision as compute
 from dreamir.models import resolve_model, use_safetensors
@@ -134,8 +136,10 @@ class QueryGenerator:
         head, tail = self._render_around_passage()
         shared_text = head.rstrip(" ")  # the space goes with the passage's first word, as in one string
         shared_ids = self.tokenizer(shared_text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        shared_cache = DynamicCache(config=self.model.config)
-        self.model(input_ids=shared_ids, past_key_values=shared_cache, use_cache=True)
+        shared_cache, prefix_mask = self._prefix_cache_and_mask(shared_ids.shape[1])
+        self.model(
+            input_ids=shared_ids, attention_mask=prefix_mask, past_key_values=shared_cache, use_cache=True
+        )
         spacing = head[len(shared_text) :]
         suffixes = [
             self.tokenizer(spacing + self._passage_text(p) + tail, add_special_tokens=False)["input_ids"]
@@ -173,7 +177,14 @@ class QueryGenerator:
             suffix_mask[row, width - len(ids) :] = True
         positions = (shared_length + suffix_mask.long().cumsum(1) - 1).clamp(min=shared_length)
         slots = shared_length + width + settings.max_new_tokens
-        cache = StaticCache(config=self.model.config, max_cache_len=slots)
+        window = self._sliding_window
+        if window is None:
+            cache = StaticCache(config=self.model.config, max_cache_len=slots)
+        else:
+            # A sliding-window layer's static cache holds only the window, in a rolling order the masks below
+            # do not know: every layer gets a full cache, and the window is applied by the mask instead.
+            layer_count = len(shared_cache.layers)
+            cache = Cache(layers=[StaticLayer(max_cache_len=slots) for _ in range(layer_count)])
         for layer, shared in zip(cache.layers, shared_cache.layers, strict=True):
             expand = (rows, -1, -1, -1)
             layer.update(shared.keys.expand(expand), shared.values.expand(expand))
@@ -183,17 +194,27 @@ class QueryGenerator:
         written[:, :shared_length] = True
         written[:, shared_length : shared_length + width] = suffix_mask
         slot_index = torch.arange(slots)
+        # The position each slot's key was written at (pads skipped), for the sliding window.
+        slot_positions = slot_index.expand(rows, slots).clone()
+        slot_positions[:, shared_length : shared_length + width] = positions
 
-        def mask_for(query_slots: torch.Tensor) -> torch.Tensor:
+        def mask_for(
+            query_slots: torch.Tensor, query_positions: torch.Tensor
+        ) -> torch.Tensor | dict[str, torch.Tensor]:
             causal = slot_index[None, :] <= query_slots[:, None]  # [queries, slots]
-            return written[:, None, None, :] & causal[None, None]  # [rows, 1, queries, slots]
+            full = written[:, None, None, :] & causal[None, None]  # [rows, 1, queries, slots]
+            if window is None:
+                return full
+            # As alone: a query sees the keys fewer than `window` positions behind its own.
+            near = slot_positions[:, None, :] > query_positions[:, :, None] - window  # [rows, queries, slots]
+            return {"full_attention": full, "sliding_attention": full & near[:, None]}
 
         query_slots = torch.arange(shared_length, shared_length + width)
         # Only the last position's logits are read: the output projection over the whole vocabulary at
         # every prompt position would be about a fifth of the prompt's cost.
         logits = self.model(
             input_ids=input_ids,
-            attention_mask=mask_for(query_slots),
+            attention_mask=mask_for(query_slots, positions),
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
@@ -212,15 +233,45 @@ class QueryGenerator:
                 break
             slot = shared_length + width + step
             written[:, slot] = True
+            slot_positions[:, slot] = next_position
             logits = self.model(
                 input_ids=token[:, None],
-                attention_mask=mask_for(torch.tensor([slot])),
+                attention_mask=mask_for(torch.tensor([slot]), next_position[:, None]),
                 position_ids=next_position[:, None],
                 past_key_values=cache,
                 use_cache=True,
             ).logits[:, -1]
             next_position = next_position + 1
         return replies
+
+    def _prefix_cache_and_mask(self, length: int) -> tuple[DynamicCache, dict[str, torch.Tensor] | None]:
+        """The cache the shared prefix is read into, and the mask to read it with (None: the model's own).
+
+        A sliding-window layer's own cache would keep only the window's last keys; every key is kept
+        instead, and the window applied by the mask, so that the continuations can be masked alike.
+        """
+        window = self._sliding_window
+        if window is None:
+            return DynamicCache(config=self.model.config), None
+        index = torch.arange(length)
+        causal = index[None, :] <= index[:, None]
+        near = index[None, :] > index[:, None] - window
+        return DynamicCache(), {
+            "full_attention": causal[None, None],
+            "sliding_attention": (causal & near)[None, None],
+        }
+
+    @property
+    def _sliding_window(self) -> int | None:
+        """The window of the model's sliding-window attention layers (Gemma 3's kind), or None."""
+        config = self.model.config.get_text_config(decoder=True)
+        if "sliding_attention" not in (getattr(config, "layer_types", None) or []):
+            return None
+        if set(config.layer_types) - {"sliding_attention", "full_attention"}:
+            raise ValueError(
+                f"query generation supports full and sliding-window attention, not {config.layer_types}"
+            )
+        return config.sliding_window
 
     @property
     def _stop_ids(self) -> set[int]:
