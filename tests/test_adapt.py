@@ -517,14 +517,8 @@ def test_query_generator_continuing_the_shared_prefix_equals_generating_each_pro
         for p in passages
     ]
     assert len({len(s) for s in suffixes}) == 4
-    shared_cache, prefix_mask = generator._prefix_cache_and_mask(len(shared))
     with torch.no_grad():
-        generator.model(
-            input_ids=torch.tensor([shared]),
-            attention_mask=prefix_mask,
-            past_key_values=shared_cache,
-            use_cache=True,
-        )
+        shared_cache = generator._read_shared_prefix(torch.tensor([shared]))
         batched = generator._continue(len(shared), shared_cache, suffixes)
         assert all(len(reply) > 1 for reply in batched)
         for suffix, reply in zip(suffixes, batched, strict=True):

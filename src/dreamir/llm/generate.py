@@ -23,6 +23,7 @@ from transformers import (
 from transformers.cache_utils import StaticLayer
 
 from dreamir import precision as compute
+from dreamir.llm.frozen import sliding_window
 from dreamir.models import resolve_model, use_safetensors
 from dreamir.precision import Precision
 
@@ -98,6 +99,13 @@ class QueryGenerator:
         )
         self.show_progress = show_progress
         self._calls = 0
+        config = self.model.config.get_text_config(decoder=True)
+        self.sliding_window = sliding_window(config)
+        supported = {"sliding_attention", "full_attention"}
+        if self.sliding_window is not None and set(config.layer_types) - supported:
+            raise ValueError(
+                f"query generation supports full and sliding-window attention, not {config.layer_types}"
+            )
 
     def _prompt(self, passage: DocumentLike) -> str:
         """The whole chat prompt for one passage (what the model reads; generation splits it in two)."""
@@ -136,10 +144,7 @@ class QueryGenerator:
         head, tail = self._render_around_passage()
         shared_text = head.rstrip(" ")  # the space goes with the passage's first word, as in one string
         shared_ids = self.tokenizer(shared_text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        shared_cache, prefix_mask = self._prefix_cache_and_mask(shared_ids.shape[1])
-        self.model(
-            input_ids=shared_ids, attention_mask=prefix_mask, past_key_values=shared_cache, use_cache=True
-        )
+        shared_cache = self._read_shared_prefix(shared_ids)
         spacing = head[len(shared_text) :]
         suffixes = [
             self.tokenizer(spacing + self._passage_text(p) + tail, add_special_tokens=False)["input_ids"]
@@ -177,7 +182,7 @@ class QueryGenerator:
             suffix_mask[row, width - len(ids) :] = True
         positions = (shared_length + suffix_mask.long().cumsum(1) - 1).clamp(min=shared_length)
         slots = shared_length + width + settings.max_new_tokens
-        window = self._sliding_window
+        window = self.sliding_window
         if window is None:
             cache = StaticCache(config=self.model.config, max_cache_len=slots)
         else:
@@ -203,11 +208,7 @@ class QueryGenerator:
         ) -> torch.Tensor | dict[str, torch.Tensor]:
             causal = slot_index[None, :] <= query_slots[:, None]  # [queries, slots]
             full = written[:, None, None, :] & causal[None, None]  # [rows, 1, queries, slots]
-            if window is None:
-                return full
-            # As alone: a query sees the keys fewer than `window` positions behind its own.
-            near = slot_positions[:, None, :] > query_positions[:, :, None] - window  # [rows, queries, slots]
-            return {"full_attention": full, "sliding_attention": full & near[:, None]}
+            return masks_by_layer_type(full, slot_positions, query_positions, window)
 
         query_slots = torch.arange(shared_length, shared_length + width)
         # Only the last position's logits are read: the output projection over the whole vocabulary at
@@ -244,34 +245,20 @@ class QueryGenerator:
             next_position = next_position + 1
         return replies
 
-    def _prefix_cache_and_mask(self, length: int) -> tuple[DynamicCache, dict[str, torch.Tensor] | None]:
-        """The cache the shared prefix is read into, and the mask to read it with (None: the model's own).
-
-        A sliding-window layer's own cache would keep only the window's last keys; every key is kept
-        instead, and the window applied by the mask, so that the continuations can be masked alike.
-        """
-        window = self._sliding_window
+    def _read_shared_prefix(self, shared_ids: torch.Tensor) -> DynamicCache:
+        """The shared prefix's keys and values, every one of them: a sliding-window layer's own cache would
+        keep only the window's last keys, so such a model reads the prefix into plain layers, the window
+        applied by the mask, and its continuations are masked alike."""
+        window = self.sliding_window
         if window is None:
-            return DynamicCache(config=self.model.config), None
-        index = torch.arange(length)
-        causal = index[None, :] <= index[:, None]
-        near = index[None, :] > index[:, None] - window
-        return DynamicCache(), {
-            "full_attention": causal[None, None],
-            "sliding_attention": (causal & near)[None, None],
-        }
-
-    @property
-    def _sliding_window(self) -> int | None:
-        """The window of the model's sliding-window attention layers (Gemma 3's kind), or None."""
-        config = self.model.config.get_text_config(decoder=True)
-        if "sliding_attention" not in (getattr(config, "layer_types", None) or []):
-            return None
-        if set(config.layer_types) - {"sliding_attention", "full_attention"}:
-            raise ValueError(
-                f"query generation supports full and sliding-window attention, not {config.layer_types}"
-            )
-        return config.sliding_window
+            cache, mask = DynamicCache(config=self.model.config), None
+        else:
+            cache = DynamicCache()
+            index = torch.arange(shared_ids.shape[1])
+            causal = (index[None, :] <= index[:, None])[None, None]
+            mask = masks_by_layer_type(causal, index[None], index[None], window)
+        self.model(input_ids=shared_ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        return cache
 
     @property
     def _stop_ids(self) -> set[int]:
@@ -288,6 +275,18 @@ class QueryGenerator:
         )
         scores = warpers(None, logits.float())  # these warpers read only the scores
         return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(-1)
+
+
+def masks_by_layer_type(
+    full: torch.Tensor, key_positions: torch.Tensor, query_positions: torch.Tensor, window: int | None
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The attention mask for a model without sliding-window layers (``full``, [rows, 1, queries, keys]), or
+    one per layer type for one with them: there a query sees, as alone, the keys fewer than ``window``
+    positions behind its own (``key_positions`` [rows, keys], ``query_positions`` [rows, queries])."""
+    if window is None:
+        return full
+    near = key_positions[:, None, :] > query_positions[:, :, None] - window  # [rows, queries, keys]
+    return {"full_attention": full, "sliding_attention": full & near[:, None]}
 
 
 def clean_query(text: str) -> str:
