@@ -26,9 +26,10 @@ the queries resampled with replacement. Writes results/adapt_seeds.json, for eac
 by an earlier invocation with other --datasets is kept)
 {"base", "seeds": {seed: metrics}, "mean", "gain_ci95": [low, high], "settings"}. Seed N runs in
 WORK/CORPUS/seeds/OBJECTIVE-seedN, apart from the comparison's runs (WORK/CORPUS/OBJECTIVE; with one seed
-N other than 0, WORK/CORPUS/OBJECTIVE-seedN). "seeds" are the kept checkpoints as trained; what adapt writes
-by default, the kept checkpoint averaged with the base (--base-weight 0.25), is the variant "kept checkpoint,
-base weight 0.25" (--base_weights). --against WORK2 adds, for the seeds and each variant, the paired interval
+N other than 0, WORK/CORPUS/OBJECTIVE-seedN). "seeds" are the checkpoints adapt keeps (--keep: by default the
+last) as trained; averaged with the base they are the variants "last checkpoint, base weight W" (--base_weights;
+with --keep best, "kept checkpoint, base weight W"), and --validated_too / --final_too add the checkpoint adapt
+did not keep. --against WORK2 adds, for the seeds and each variant, the paired interval
 of the gain over the same runs of another setting measured in WORK2 (e.g. --dream_target proximal against
 adapt's default target).
 """
@@ -146,7 +147,7 @@ class Settings:
     base_weights: str = option(
         "0.25",
         "seeds protocol: also score every seed's kept checkpoint averaged with the base at these weights "
-        "(comma-separated; adapt's --base-weight, whose default is 0.25), each with its own interval",
+        "(comma-separated; adapt's --base-weight), each with its own interval",
     )
     against: str | None = option(
         None,
@@ -159,10 +160,16 @@ class Settings:
         "setting ('seeds', or e.g. 'kept checkpoint, base weight 0.5', which this run must score too) instead "
         "of with their namesakes",
     )
+    keep: str | None = option(None, "the checkpoint adapt writes: last, best (default: adapt's)")
     final_too: bool = option(
         False,
-        "seeds protocol: also score every seed's last checkpoint (what a fixed schedule without the "
-        "label-free validation would keep), and its averages with the base at --base_weights",
+        "seeds protocol, with --keep best: also score every seed's last checkpoint (what a fixed schedule "
+        "keeps), and its averages with the base at --base_weights",
+    )
+    validated_too: bool = option(
+        False,
+        "seeds protocol, with --keep last: also score every seed's validated checkpoint (the best by the "
+        "label-free validation), and its averages with the base at --base_weights",
     )
     threads: int = option(2, "CPU threads torch may use")
 
@@ -220,6 +227,7 @@ def adapt_arguments(settings: Settings, corpus: Path, out: Path, objective: str,
             "recipe",
             "max_steps",
             "lora",
+            "keep",
             "max_passages",
             "learning_rate",
             "refresh_every",
@@ -505,25 +513,34 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
                     read_json(train_dir / "labelled_step0.json"),
                     read_json(train_dir / "validation_step0.json"),
                 )
-            # The kept checkpoint as trained (adapt's OUT/model is it averaged with the base by default).
-            system = f"{name}-seeds-{out.name}"
-            scored.setdefault("seeds", {})[seed] = system
-            adapted[seed] = cached_per_query(settings, system, str(out / "work" / "train" / "best"), dataset)
-            checkpoints = {"kept": out / "work" / "train" / "best"}
-            if settings.final_too:
-                checkpoints["last"] = out / "work" / "train" / "final"
-                # The last checkpoint as it is: weight 0 of the average.
-                scored.setdefault(("last", 0.0), {})[seed] = f"{name}-seeds-{out.name}-last"
-                averages.setdefault(("last", 0.0), {})[seed] = cached_per_query(
-                    settings, scored[("last", 0.0)][seed], str(checkpoints["last"]), dataset
-                )
-            for (kind, checkpoint), weight in product(checkpoints.items(), base_weights):
-                averaged = out / f"{'model' if kind == 'kept' else 'last'}-base{weight:g}"
+            # The checkpoint adapt keeps (--keep) as trained; adapt's OUT/model is it averaged with the base
+            # when --base-weight is above 0. The validated checkpoint's cache names predate --keep.
+            train_dir = out / "work" / "train"
+            checkpoints = {"validated": train_dir / "best", "last": train_dir / "final"}
+            cache_names = {"validated": f"{name}-seeds-{out.name}", "last": f"{name}-seeds-{out.name}-last"}
+            kept = "last" if arguments.keep == "last" else "validated"
+            # Variant labels: with --keep best the validated checkpoint is "kept", as before --keep existed.
+            label = {"validated": "kept" if kept == "validated" else "validated", "last": "last"}
+            scored.setdefault("seeds", {})[seed] = cache_names[kept]
+            adapted[seed] = cached_per_query(settings, cache_names[kept], str(checkpoints[kept]), dataset)
+            scoring = [kept]
+            for other, wanted in (("last", settings.final_too), ("validated", settings.validated_too)):
+                if wanted and other != kept:
+                    scoring.append(other)
+                    # The other checkpoint as it is: weight 0 of the average.
+                    variant = (label[other], 0.0)
+                    scored.setdefault(variant, {})[seed] = cache_names[other]
+                    averages.setdefault(variant, {})[seed] = cached_per_query(
+                        settings, cache_names[other], str(checkpoints[other]), dataset
+                    )
+            for kind, weight in product(scoring, base_weights):
+                averaged = out / f"{'model' if kind == 'validated' else 'last'}-base{weight:g}"
                 if not (averaged / "dreamir_manifest.json").exists():
-                    average_checkpoint(replace(arguments, base_weight=weight), checkpoint, averaged)
+                    average_checkpoint(replace(arguments, base_weight=weight), checkpoints[kind], averaged)
                 system = f"{name}-seeds-{averaged.parent.name}-{averaged.name}"
-                scored.setdefault((kind, weight), {})[seed] = system
-                averages.setdefault((kind, weight), {})[seed] = cached_per_query(
+                variant = (label[kind], weight)
+                scored.setdefault(variant, {})[seed] = system
+                averages.setdefault(variant, {})[seed] = cached_per_query(
                     settings, system, str(averaged), dataset
                 )
         if settings.train_only is not None:

@@ -1,6 +1,7 @@
 """Training from a corpus alone: the example builders, the pseudo-gold validation signal, the candidate
 refresh and `dreamir adapt` end to end on tiny models."""
 
+import dataclasses
 import json
 import math
 import random
@@ -294,6 +295,70 @@ def test_a_checkpoint_from_before_dream_candidates_existed_counts_as_own_candida
     assert settings_differences(filled, run_settings(own)) == []
 
 
+def test_a_checkpoint_from_before_adapt_had_lora_counts_as_all_weights():
+    """LoRA became adapt's default after runs that trained all weights lacked the setting: a resume of one
+    must take it for all weights, and the learning rate each run recorded is kept."""
+    from dreamir.adapt.arguments import run_setting_defaults, run_settings
+    from dreamir.checkpoints import settings_differences, with_defaults
+
+    default = AdaptArguments(corpus="c", out="o")
+    assert default.lora and default.learning_rate == 2e-4
+    all_weights = AdaptArguments(corpus="c", out="o", lora=False)
+    assert all_weights.learning_rate == 2e-5
+    assert AdaptArguments(corpus="c", out="o", lora=False, learning_rate=1e-5).learning_rate == 1e-5
+    older = {k: v for k, v in run_settings(all_weights).items() if k != "lora"}
+    filled = with_defaults(older, run_setting_defaults(default))
+    assert settings_differences(filled, run_settings(all_weights)) == []
+    assert "lora: checkpoint False, now True" in settings_differences(filled, run_settings(default))
+
+
+def test_adapt_writes_the_last_checkpoint_unless_told_to_keep_the_validated_one(
+    tmp_path, tiny_bert_dir, tiny_llama_dir, monkeypatch
+):
+    from safetensors.torch import load_file
+
+    from dreamir.adapt.validation import PseudoGoldValidator
+
+    # A validation that only falls: the best checkpoint stays the starting retriever, the last one is trained.
+    measure, falling = PseudoGoldValidator.measure, iter([0.9, 0.8, 0.7])
+
+    def falling_measure(self):
+        score = next(falling)
+        return {**measure(self), "val_success@10": score, "val_mrr@10": score}
+
+    monkeypatch.setattr(PseudoGoldValidator, "measure", falling_measure)
+    write_corpus(tmp_path / "corpus", make_corpus(30))
+    args = _adapt_args(tmp_path, tiny_bert_dir, tiny_llama_dir)
+    report = adapt(args)
+    out, train_dir = tmp_path / "out", tmp_path / "out" / "work" / "train"
+    weights = lambda directory: load_file(directory / "model.safetensors")  # noqa: E731
+    last, best = weights(train_dir / "final"), weights(train_dir / "best")
+    assert any(not torch.equal(last[name], best[name]) for name in last)
+    assert report["validation"] | {"by_step": None} == {
+        "metric": "val_success@10",
+        "start": 0.9,
+        "best": 0.9,
+        "best_step": 0,
+        "kept": "last",
+        "kept_step": 4,
+        "by_step": None,
+    }
+    written = weights(out / "model")
+    assert all(torch.equal(written[name], last[name]) for name in last)
+    assert (
+        "best 0.900 at step 0 (advice only); kept: the last checkpoint, step 4"
+        in (out / "report.md").read_text()
+    )
+    # Which checkpoint is written changes no training: keep best reuses it and writes the validated one.
+    log = (train_dir / "log.jsonl").read_text()
+    again = adapt(dataclasses.replace(args, keep="best"))
+    assert (train_dir / "log.jsonl").read_text() == log
+    assert again["validation"]["kept"] == "best" and again["validation"]["kept_step"] == 0
+    written = weights(out / "model")
+    assert all(torch.equal(written[name], best[name]) for name in best)
+    assert "best 0.900 at step 0 (kept)" in (out / "report.md").read_text()
+
+
 def test_adapt_end_to_end_with_generated_queries(tmp_path, tiny_bert_dir, tiny_llama_dir, monkeypatch):
     import dreamir.llm.generate
 
@@ -336,6 +401,10 @@ def test_adapt_end_to_end_with_generated_queries(tmp_path, tiny_bert_dir, tiny_l
     expected = pseudo_gold_success(start["queries"][kept], start["docs"], kept, start["golds"][kept])
     assert search["systems"]["base"]["success@10"] == pytest.approx(expected["success@10"], rel=1e-12)
     assert search["systems"]["base"]["mrr@10"] == pytest.approx(expected["mrr@10"], rel=1e-12)
+    # The adapted row is the model adapt wrote, by default the last checkpoint: the last validation's encodings.
+    last = np.load(tmp_path / "out" / "work" / "train" / "last_encodings.npz")
+    expected = pseudo_gold_success(last["queries"][kept], last["docs"], kept, last["golds"][kept])
+    assert search["systems"]["adapted"]["mrr@10"] == pytest.approx(expected["mrr@10"], rel=1e-12)
     assert "| bm25+adapted |" in (tmp_path / "out" / "report.md").read_text()
 
 

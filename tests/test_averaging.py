@@ -85,9 +85,12 @@ def test_the_base_weight_is_checked():
         _adapt_args_plain(base_weight=-0.1)
 
 
-def test_the_default_base_weight_is_a_quarter_unless_the_objective_adds_tokens():
-    assert _adapt_args_plain().base_weight == 0.25
-    assert _adapt_args_plain(base_weight=0.0).base_weight == 0.0
+def test_the_default_base_weight_is_a_quarter_for_all_weights_and_zero_with_lora_or_added_tokens():
+    assert _adapt_args_plain(lora=False).base_weight == 0.25
+    assert _adapt_args_plain(lora=False, base_weight=0.0).base_weight == 0.0
+    # Averaging measured below LoRA's own checkpoints on both corpora: LoRA writes its checkpoint as it is.
+    assert _adapt_args_plain().lora and _adapt_args_plain().base_weight == 0.0
+    assert _adapt_args_plain(base_weight=0.25).base_weight == 0.25
     # autoregembed-ic's retriever gains compression tokens: nothing in the base to average them with.
     assert _adapt_args_plain(objective="autoregembed-ic").base_weight == 0.0
     with pytest.raises(ValueError, match=r"--base-weight 0\.5: --objective autoregembed-ic adds compression"):

@@ -28,14 +28,22 @@ def test_the_generator_options_reach_adapt_and_unset_ones_keep_adapts_defaults(b
     assert default.query_examples is None and default.query_instruction is None
 
 
-def test_lora_reaches_adapt_only_when_asked(benchmark, tmp_path):
-    lora = benchmark.Settings(lora=True, learning_rate=2e-4)
-    arguments = benchmark.adapt_arguments(lora, tmp_path / "corpus", tmp_path / "out", "dream", seed=0)
-    assert (arguments.lora, arguments.learning_rate) == (True, 2e-4)
-    default = benchmark.adapt_arguments(
-        benchmark.Settings(), tmp_path / "corpus", tmp_path / "out", "dream", seed=0
+def test_lora_and_keep_reach_adapt_and_unset_ones_keep_adapts_defaults(benchmark, tmp_path):
+    def arguments(**options):
+        settings = benchmark.Settings(**options)
+        return benchmark.adapt_arguments(settings, tmp_path / "corpus", tmp_path / "out", "dream", seed=0)
+
+    default = arguments()
+    assert (default.lora, default.learning_rate, default.base_weight, default.keep) == (
+        True,
+        2e-4,
+        0.0,
+        "last",
     )
-    assert default.lora is False
+    all_weights = arguments(lora=False, keep="best")
+    assert (all_weights.lora, all_weights.learning_rate, all_weights.base_weight) == (False, 2e-5, 0.25)
+    assert all_weights.keep == "best"
+    assert arguments(lora=False, learning_rate=1e-5).learning_rate == 1e-5
 
 
 def test_the_worked_claim_examples_are_a_valid_query_examples_file():

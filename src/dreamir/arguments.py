@@ -48,7 +48,7 @@ LAYOUT_HELP = (
 # Options whose default changed after they were added: the value every run recorded before the option
 # existed trained with. A record lacking such a setting is filled from here, not from today's default, so
 # an older run is not taken for one trained with the new default.
-BEFORE_THE_OPTION_EXISTED: dict[str, Any] = {"dream_candidates": "own"}
+BEFORE_THE_OPTION_EXISTED: dict[str, Any] = {"dream_candidates": "own", "lora": False}
 
 
 def field_defaults(*arguments_classes: type) -> dict[str, Any]:

@@ -196,7 +196,7 @@ def model_card(model: str, retriever: Retriever, provenance: dict[str, Any]) -> 
             f"- data: `{adapt.get('corpus')}` ({adapt.get('passages')} passages), recipe {s.get('recipe')}, "
             f"{adapt.get('examples', {}).get('train')} training examples",
             f"- steps: {adapt.get('steps')} of {s.get('batch_size')}, learning rate {s.get('learning_rate')}",
-            f"- checkpoint kept by label-free validation: step {adapt.get('validation', {}).get('best_step')}",
+            _kept_checkpoint_line(adapt.get("validation", {})),
             "",
             *_settings_table(s),
         ]
@@ -243,3 +243,10 @@ def model_card(model: str, retriever: Retriever, provenance: dict[str, Any]) -> 
         "",
     ]
     return "\n".join(lines)
+
+
+def _kept_checkpoint_line(validation: dict) -> str:
+    # Reports from before adapt's --keep kept the checkpoint the label-free validation scored best.
+    if validation.get("kept", "best") == "last":
+        return f"- checkpoint kept: the last of a fixed schedule, step {validation.get('kept_step')}"
+    return f"- checkpoint kept by label-free validation: step {validation.get('best_step')}"

@@ -13,7 +13,12 @@ from dreamir.adapt.arguments import AdaptArguments
 from dreamir.adapt.averaging import average_checkpoint
 from dreamir.adapt.examples import prepare_examples, read_derived
 from dreamir.adapt.heads import select_heads_label_free
-from dreamir.adapt.report import plot_head_attention_before_after, render_report, search_comparison
+from dreamir.adapt.report import (
+    plot_head_attention_before_after,
+    render_report,
+    search_comparison,
+    validation_line,
+)
 from dreamir.adapt.training import build_trainer
 from dreamir.adapt.validation import VALIDATION_METRIC, PseudoGoldValidator
 from dreamir.artefacts import write_adapt_manifest
@@ -130,15 +135,16 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
     # Before the head-attention picture reads candidates too: what training read.
     document_cache = document_cache_record(args, llm) if isinstance(llm, FrozenLLM) else None
     best = json.loads((train_dir / "best.json").read_text()) if (train_dir / "best.json").exists() else {}
+    kept = result.final_dir if args.keep == "last" else train_dir / "best"
     # Replaces only a model an earlier run wrote there.
     with atomic_path(out / "model", replace_directory=(out / "model" / CONFIG_FILE).exists()) as tmp:
         if args.base_weight:
             _say(
                 f"averaging the kept checkpoint's weights with {args.retriever}'s (base weight {args.base_weight})"
             )
-            average_checkpoint(args, train_dir / "best", tmp)
+            average_checkpoint(args, kept, tmp)
         else:
-            shutil.copytree(train_dir / "best", tmp)
+            shutil.copytree(kept, tmp)
     rows = read_log_rows(result.log_file)
     curve = plot_training_curves(
         {args.objective: result.log_file}, out / "curves.png", metrics=("loss", "p_gold", VALIDATION_METRIC)
@@ -152,7 +158,7 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
             "measuring the injected heads' share of the source passage before and after training",
         )
     validator = next(c for c in trainer.callbacks if isinstance(c, PseudoGoldValidator))
-    search = search_comparison(validator, corpus, train_dir)
+    search = search_comparison(validator, corpus, train_dir, args.keep)
     baseline = json.loads((train_dir / "validation_step0.json").read_text())
     report = {
         "corpus": str(corpus_file),
@@ -164,6 +170,8 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
             "start": baseline[VALIDATION_METRIC],
             "best": best.get(VALIDATION_METRIC, baseline[VALIDATION_METRIC]),
             "best_step": best.get("step", 0),
+            "kept": args.keep,
+            "kept_step": result.steps if args.keep == "last" else best.get("step", 0),
             "by_step": {int(r["step"]): r[VALIDATION_METRIC] for r in rows if VALIDATION_METRIC in r},
         },
         "steps": result.steps,
@@ -180,10 +188,7 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
     write_json_atomic(out / "report.json", report)
     write_text_atomic(out / "report.md", render_report(report))
     write_adapt_manifest(out, args, corpus)
-    _say(
-        f"validation success@10: {report['validation']['start']:.3f} at the start, "
-        f"{report['validation']['best']:.3f} at step {report['validation']['best_step']} (kept) -> {out / 'model'}"
-    )
+    _say(f"{validation_line(report['validation'])} -> {out / 'model'}")
     if search:
         found = ", ".join(f"{name} {m['success@10']:.3f}" for name, m in search["systems"].items())
         _say(f"held-out queries finding their passage in the top 10: {found}")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from dreamir.adapt.arguments import AdaptArguments
-from dreamir.adapt.validation import BEST_ENCODINGS, START_ENCODINGS, PseudoGoldValidator
+from dreamir.adapt.validation import BEST_ENCODINGS, LAST_ENCODINGS, START_ENCODINGS, PseudoGoldValidator
 from dreamir.arguments import ModelArguments
 from dreamir.data.beir import Document
 from dreamir.data.training import TrainingExample
@@ -53,12 +54,15 @@ def plot_head_attention_before_after(
 
 
 def search_comparison(
-    validator: PseudoGoldValidator, corpus: Mapping[str, Document], train_dir: Path
+    validator: PseudoGoldValidator,
+    corpus: Mapping[str, Document],
+    train_dir: Path,
+    keep: Literal["last", "best"],
 ) -> dict | None:
     """success@10 and MRR@10 of the held-out generated queries for their own passage among the validation's
-    searched passages, for BM25, the starting retriever, the kept one and BM25 fused with each (hybrid
-    search's default fusion): label-free, and from the encodings the validation already made. Only the
-    examples whose pseudo-gold is the corpus passage itself count (not ict's, nor a title query's untitled
+    searched passages, for BM25, the starting retriever, the kept one (``keep``) and BM25 fused with each
+    (hybrid search's default fusion): label-free, and from the encodings the validation already made. Only
+    the examples whose pseudo-gold is the corpus passage itself count (not ict's, nor a title query's untitled
     passage, which stand in for their source for that query alone); None when there are none or the
     encodings are absent (a run from before they were kept)."""
     rows = [
@@ -66,10 +70,14 @@ def search_comparison(
         for i in range(len(validator.queries))[validator.generated]
         if validator.gold_texts[i] == validator.doc_texts[validator.gold_rows[i]]
     ]
-    start, best = train_dir / START_ENCODINGS, train_dir / BEST_ENCODINGS
-    if not rows or not start.is_file():
+    start = train_dir / START_ENCODINGS
+    # No best encodings: nothing beat the start, so the starting retriever is the best checkpoint.
+    adapted = train_dir / LAST_ENCODINGS if keep == "last" else train_dir / BEST_ENCODINGS
+    if keep == "best" and not adapted.is_file():
+        adapted = start
+    if not rows or not start.is_file() or not adapted.is_file():
         return None
-    encodings = {"base": np.load(start), "adapted": np.load(best if best.is_file() else start)}
+    encodings = {"base": np.load(start), "adapted": np.load(adapted)}
     queries = [validator.queries[i] for i in rows]
     gold = [validator.doc_ids[validator.gold_rows[i]] for i in rows]
     hits: dict[str, Hits] = {
@@ -132,6 +140,18 @@ def _document_cache_line(cache: dict | None) -> list[str]:
     ]
 
 
+def validation_line(validation: dict) -> str:
+    """The label-free validation's start and best, and which checkpoint was kept (a report from before
+    --keep existed kept the best)."""
+    line = (
+        f"validation success@10: {validation['start']:.3f} at the start, best {validation['best']:.3f} at step "
+        f"{validation['best_step']}"
+    )
+    if validation.get("kept", "best") == "best":
+        return line + " (kept)"
+    return line + f" (advice only); kept: the last checkpoint, step {validation['kept_step']}"
+
+
 def render_report(report: dict) -> str:
     v, e = report["validation"], report["examples"]
     lines = [
@@ -142,8 +162,8 @@ def render_report(report: dict) -> str:
         f"({e['train']} training, {e['validation']} held out); dropped: {e['dropped']}",
         f"- objective: {report['settings']['objective']}, {report['steps']} steps of "
         f"{report['settings']['batch_size']}, lr {report['settings']['learning_rate']}",
-        f"- validation ({v['metric']}: held-out examples whose own passage ranks in the top 10 of "
-        f"the corpus): {v['start']:.3f} before training, best {v['best']:.3f} at step {v['best_step']} (kept)",
+        f"- {validation_line(v)} ({v['metric']}: held-out examples whose own passage ranks in the top 10 of "
+        "the corpus)",
         "- by step: " + ", ".join(f"{s}: {x:.3f}" for s, x in sorted(v["by_step"].items())),
         "- stage seconds: " + ", ".join(f"{k} {s:.0f}" for k, s in report["stage_seconds"].items()),
         "- throughput: " + _throughput_line(report.get("throughput") or {}),

@@ -1,5 +1,5 @@
 """Training's label-free validation signal: how often the held-out examples' pseudo-gold ranks in the
-retriever's top 10 over the corpus; the best checkpoint by it is kept."""
+retriever's top 10 over the corpus; the best checkpoint by it is saved (adapt writes it out with --keep best)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ VALIDATION_METRIC = "val_success@10"
 # golds), beside the checkpoints: the report compares BM25, base, adapted and hybrid search on them.
 START_ENCODINGS = "validation_step0.npz"
 BEST_ENCODINGS = "best_encodings.npz"
+LAST_ENCODINGS = "last_encodings.npz"
 # With a hundred or so held-out examples success@10 moves in steps of 1%: MRR@10 breaks its ties.
 TIE_BREAKER = "val_mrr@10"
 
@@ -127,6 +128,8 @@ class PseudoGoldValidator:
             self.retriever.save(self.best_dir)
             self._save_encodings(self.best_dir.parent / BEST_ENCODINGS)
             write_json_atomic(self.best_dir.parent / "best.json", {"step": trainer.step, **result})
+        if trainer.step == trainer.args.max_steps:
+            self._save_encodings(self.best_dir.parent / LAST_ENCODINGS)
         return result
 
     def _save_encodings(self, path: Path) -> None:
