@@ -290,8 +290,8 @@ COMMANDS = [
     Command(
         "adapt",
         "make a retriever better on your own corpus with no queries and no labels: reads only\n"
-        "CORPUS/corpus.jsonl, has the frozen LLM write training queries, trains with DREAM and keeps the\n"
-        "checkpoint a label-free validation prefers, averaged with the starting retriever (--base-weight);\n"
+        "CORPUS/corpus.jsonl, has the frozen LLM write training queries, trains LoRA adapters with DREAM for\n"
+        "a fixed schedule and keeps its last checkpoint (a label-free validation is reported as advice);\n"
         "writes OUT/model (sentence-transformers), report.md, report.json and curves.png; re-run to resume",
         _adapt_arguments,
         run_adapt,

@@ -20,8 +20,8 @@ from dreamir.retriever import Retriever
 from dreamir.trainer import Trainer
 
 VALIDATION_METRIC = "val_success@10"
-# The encodings behind the first measurement and behind the kept checkpoint's (queries, searched passages,
-# golds), beside the checkpoints: the report compares BM25, base, adapted and hybrid search on them.
+# The encodings behind the first measurement, the best checkpoint's and the last one's (queries, searched
+# passages, golds), beside the checkpoints: the report compares BM25, base, adapted and hybrid search on them.
 START_ENCODINGS = "validation_step0.npz"
 BEST_ENCODINGS = "best_encodings.npz"
 LAST_ENCODINGS = "last_encodings.npz"
