@@ -268,6 +268,7 @@ def test_adapt_end_to_end_reads_only_the_corpus_and_resumes(tmp_path, tiny_bert_
         export_model(ExportArguments(model=str(out / "model"), out=str(tmp_path / "export"))) / "README.md"
     ).read_text()
     assert "objective: dream" in card and "label-free adaptation" in card and "steps: 4 of 2" in card
+    assert "checkpoint kept: the last of a fixed schedule, step 4" in card
     train = read_training_file(out / "work" / "train.jsonl")
     assert all(e.gold_id in e.candidate_ids for e in train)
     # Finished stages are reused: a second run trains nothing and reports the same.
