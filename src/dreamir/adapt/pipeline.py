@@ -160,6 +160,7 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
     validator = next(c for c in trainer.callbacks if isinstance(c, PseudoGoldValidator))
     search = search_comparison(validator, corpus, train_dir, args.keep)
     baseline = json.loads((train_dir / "validation_step0.json").read_text())
+    by_step = {int(r["step"]): r[VALIDATION_METRIC] for r in rows if VALIDATION_METRIC in r}
     report = {
         "corpus": str(corpus_file),
         "passages": len(corpus),
@@ -172,7 +173,7 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
             "best_step": best.get("step", 0),
             "kept": args.keep,
             "kept_step": result.steps if args.keep == "last" else best.get("step", 0),
-            "by_step": {int(r["step"]): r[VALIDATION_METRIC] for r in rows if VALIDATION_METRIC in r},
+            "by_step": by_step,
         },
         "steps": result.steps,
         "stage_seconds": stages.seconds,

@@ -149,7 +149,16 @@ def validation_line(validation: dict) -> str:
     )
     if validation.get("kept", "best") == "best":
         return line + " (kept)"
-    return line + f" (advice only); kept: the last checkpoint, step {validation['kept_step']}"
+    line += f" (advice only); kept: the last checkpoint, step {validation['kept_step']}"
+    by_step = {int(step): value for step, value in validation["by_step"].items()}  # JSON keys are text
+    last = by_step.get(validation["kept_step"], validation["start"])
+    if last < validation["start"]:
+        # A fall came with gains on some runs and with a collapse on one (docs/experiments.md): a warning.
+        line += (
+            f". Warning: the validation ended below its start ({last:.3f}): measure the model on a few labelled "
+            "queries, or keep the validation's best (--keep best)"
+        )
+    return line
 
 
 def render_report(report: dict) -> str:
