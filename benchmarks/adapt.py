@@ -26,10 +26,10 @@ the queries resampled with replacement. Writes results/adapt_seeds.json, for eac
 by an earlier invocation with other --datasets is kept)
 {"base", "seeds": {seed: metrics}, "mean", "gain_ci95": [low, high], "settings"}. Seed N runs in
 WORK/CORPUS/seeds/OBJECTIVE-seedN, apart from the comparison's runs (WORK/CORPUS/OBJECTIVE; with one seed
-N other than 0, WORK/CORPUS/OBJECTIVE-seedN). "seeds" are the checkpoints adapt keeps (--keep: by default the
-last) as trained; averaged with the base they are the variants "last checkpoint, base weight W" (--base_weights;
-with --keep best, "kept checkpoint, base weight W"), and --validated_too / --final_too add the checkpoint adapt
-did not keep. --against WORK2 adds, for the seeds and each variant, the paired interval
+N other than 0, WORK/CORPUS/OBJECTIVE-seedN). "seeds" are the checkpoints adapt kept (--keep; by default the last,
+or the validated one where the validation ended below its start) as trained; averaged with the base they are
+the variants "kept checkpoint, base weight W" (--base_weights), and --validated_too / --final_too add every
+seed's validated / last checkpoint. --against WORK2 adds, for the seeds and each variant, the paired interval
 of the gain over the same runs of another setting measured in WORK2 (e.g. --dream_target proximal against
 adapt's default target).
 """
@@ -160,15 +160,15 @@ class Settings:
         "setting ('seeds', or e.g. 'kept checkpoint, base weight 0.5', which this run must score too) instead "
         "of with their namesakes",
     )
-    keep: str | None = option(None, "the checkpoint adapt writes: last, best (default: adapt's)")
+    keep: str | None = option(None, "the checkpoint adapt writes: auto, last, best (default: adapt's)")
     final_too: bool = option(
         False,
-        "seeds protocol, with --keep best: also score every seed's last checkpoint (what a fixed schedule "
+        "seeds protocol, unless --keep last: also score every seed's last checkpoint (what a fixed schedule "
         "keeps), and its averages with the base at --base_weights",
     )
     validated_too: bool = option(
         False,
-        "seeds protocol, with --keep last: also score every seed's validated checkpoint (the best by the "
+        "seeds protocol, unless --keep best: also score every seed's validated checkpoint (the best by the "
         "label-free validation), and its averages with the base at --base_weights",
     )
     threads: int = option(2, "CPU threads torch may use")
@@ -502,7 +502,8 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
             # Where each run is and what its label-free validation kept (step 0: the base came back).
             runs[str(seed)] = {
                 "out": str(out),
-                "kept_step": report["validation"]["best_step"],
+                "kept": report["validation"].get("kept", "best"),
+                "kept_step": report["validation"].get("kept_step", report["validation"]["best_step"]),
                 VALIDATION_METRIC: [report["validation"]["start"], report["validation"]["best"]],
                 "stage_seconds": report["stage_seconds"],
             }
@@ -513,34 +514,35 @@ def seeds_protocol(settings: Settings, seeds: list[int]) -> None:
                     read_json(train_dir / "labelled_step0.json"),
                     read_json(train_dir / "validation_step0.json"),
                 )
-            # The checkpoint adapt keeps (--keep) as trained; adapt's OUT/model is it averaged with the base
-            # when --base-weight is above 0. The validated checkpoint's cache names predate --keep.
+            # The checkpoint adapt kept (its report says which: with --keep auto it can differ by seed), as
+            # trained; adapt's OUT/model is it averaged with the base when --base-weight is above 0. The
+            # validated checkpoint's cache names predate --keep.
             train_dir = out / "work" / "train"
             checkpoints = {"validated": train_dir / "best", "last": train_dir / "final"}
             cache_names = {"validated": f"{name}-seeds-{out.name}", "last": f"{name}-seeds-{out.name}-last"}
-            kept = "last" if arguments.keep == "last" else "validated"
-            # Variant labels: with --keep best the validated checkpoint is "kept", as before --keep existed.
-            label = {"validated": "kept" if kept == "validated" else "validated", "last": "last"}
+            kept = "last" if report["validation"].get("kept", "best") == "last" else "validated"
             scored.setdefault("seeds", {})[seed] = cache_names[kept]
             adapted[seed] = cached_per_query(settings, cache_names[kept], str(checkpoints[kept]), dataset)
-            scoring = [kept]
-            for other, wanted in (("last", settings.final_too), ("validated", settings.validated_too)):
-                if wanted and other != kept:
-                    scoring.append(other)
-                    # The other checkpoint as it is: weight 0 of the average.
-                    variant = (label[other], 0.0)
-                    scored.setdefault(variant, {})[seed] = cache_names[other]
-                    averages.setdefault(variant, {})[seed] = cached_per_query(
-                        settings, cache_names[other], str(checkpoints[other]), dataset
+            # Variants: "kept checkpoint, base weight W" averages what adapt kept with the base; --final_too and
+            # --validated_too add every seed's last and validated checkpoint, as they are and averaged.
+            scoring = [("kept", kept)]
+            for kind, wanted in (
+                ("last", settings.final_too and arguments.keep != "last"),
+                ("validated", settings.validated_too and arguments.keep != "best"),
+            ):
+                if wanted:
+                    scoring.append((kind, kind))
+                    scored.setdefault((kind, 0.0), {})[seed] = cache_names[kind]
+                    averages.setdefault((kind, 0.0), {})[seed] = cached_per_query(
+                        settings, cache_names[kind], str(checkpoints[kind]), dataset
                     )
-            for kind, weight in product(scoring, base_weights):
+            for (label, kind), weight in product(scoring, base_weights):
                 averaged = out / f"{'model' if kind == 'validated' else 'last'}-base{weight:g}"
                 if not (averaged / "dreamir_manifest.json").exists():
                     average_checkpoint(replace(arguments, base_weight=weight), checkpoints[kind], averaged)
                 system = f"{name}-seeds-{averaged.parent.name}-{averaged.name}"
-                variant = (label[kind], weight)
-                scored.setdefault(variant, {})[seed] = system
-                averages.setdefault(variant, {})[seed] = cached_per_query(
+                scored.setdefault((label, weight), {})[seed] = system
+                averages.setdefault((label, weight), {})[seed] = cached_per_query(
                     settings, system, str(averaged), dataset
                 )
         if settings.train_only is not None:

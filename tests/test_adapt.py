@@ -313,7 +313,7 @@ def test_a_checkpoint_from_before_adapt_had_lora_counts_as_all_weights():
     assert "lora: checkpoint False, now True" in settings_differences(filled, run_settings(default))
 
 
-def test_adapt_writes_the_last_checkpoint_unless_told_to_keep_the_validated_one(
+def test_adapt_keeps_the_validated_checkpoint_after_a_fall_and_what_keep_names_otherwise(
     tmp_path, tiny_bert_dir, tiny_llama_dir, monkeypatch
 ):
     from safetensors.torch import load_file
@@ -330,7 +330,7 @@ def test_adapt_writes_the_last_checkpoint_unless_told_to_keep_the_validated_one(
     monkeypatch.setattr(PseudoGoldValidator, "measure", falling_measure)
     write_corpus(tmp_path / "corpus", make_corpus(30))
     args = _adapt_args(tmp_path, tiny_bert_dir, tiny_llama_dir)
-    report = adapt(args)
+    report = adapt(args)  # --keep auto
     out, train_dir = tmp_path / "out", tmp_path / "out" / "work" / "train"
     weights = lambda directory: load_file(directory / "model.safetensors")  # noqa: E731
     last, best = weights(train_dir / "final"), weights(train_dir / "best")
@@ -340,23 +340,39 @@ def test_adapt_writes_the_last_checkpoint_unless_told_to_keep_the_validated_one(
         "start": 0.9,
         "best": 0.9,
         "best_step": 0,
-        "kept": "last",
-        "kept_step": 4,
+        "keep": "auto",
+        "kept": "best",
+        "kept_step": 0,
         "by_step": None,
     }
+    written = weights(out / "model")
+    assert all(torch.equal(written[name], best[name]) for name in best)
+    said = (out / "report.md").read_text()
+    assert "best 0.900 at step 0; it ended below its start (0.700), so its best is kept" in said
+    # Which checkpoint is written changes no training: each --keep reuses it.
+    log = (train_dir / "log.jsonl").read_text()
+    again = adapt(dataclasses.replace(args, keep="last"))
+    assert (train_dir / "log.jsonl").read_text() == log
+    assert again["validation"]["kept"] == "last" and again["validation"]["kept_step"] == 4
     written = weights(out / "model")
     assert all(torch.equal(written[name], last[name]) for name in last)
     said = (out / "report.md").read_text()
     assert "best 0.900 at step 0 (advice only); kept: the last checkpoint, step 4" in said
     assert "Warning: the validation ended below its start (0.700)" in said
-    # Which checkpoint is written changes no training: keep best reuses it and writes the validated one.
-    log = (train_dir / "log.jsonl").read_text()
     again = adapt(dataclasses.replace(args, keep="best"))
-    assert (train_dir / "log.jsonl").read_text() == log
     assert again["validation"]["kept"] == "best" and again["validation"]["kept_step"] == 0
-    written = weights(out / "model")
-    assert all(torch.equal(written[name], best[name]) for name in best)
+    assert all(torch.equal(weights(out / "model")[name], best[name]) for name in best)
     assert "best 0.900 at step 0 (kept)" in (out / "report.md").read_text()
+
+
+def test_auto_keeps_the_last_checkpoint_unless_the_validation_ended_below_its_start():
+    from dreamir.adapt.pipeline import kept_checkpoint
+
+    assert kept_checkpoint("auto", 0.30, 0.31) == "last"
+    assert kept_checkpoint("auto", 0.30, 0.30) == "last"  # level is no fall
+    assert kept_checkpoint("auto", 0.30, 0.29) == "best"
+    assert kept_checkpoint("auto", 0.30, None) == "last"  # no validation at the last step
+    assert kept_checkpoint("last", 0.30, 0.10) == "last" and kept_checkpoint("best", 0.30, 0.9) == "best"
 
 
 def test_adapt_end_to_end_with_generated_queries(tmp_path, tiny_bert_dir, tiny_llama_dir, monkeypatch):

@@ -38,7 +38,7 @@ def test_lora_and_keep_reach_adapt_and_unset_ones_keep_adapts_defaults(benchmark
         True,
         2e-4,
         0.0,
-        "last",
+        "auto",
     )
     all_weights = arguments(lora=False, keep="best")
     assert (all_weights.lora, all_weights.learning_rate, all_weights.base_weight) == (False, 2e-5, 0.25)

@@ -249,4 +249,6 @@ def _kept_checkpoint_line(validation: dict) -> str:
     # Reports from before adapt's --keep kept the checkpoint the label-free validation scored best.
     if validation.get("kept", "best") == "last":
         return f"- checkpoint kept: the last of a fixed schedule, step {validation.get('kept_step')}"
+    if validation.get("keep") == "auto":
+        return f"- checkpoint kept: the label-free validation's best (it ended below its start), step {validation.get('kept_step')}"
     return f"- checkpoint kept by label-free validation: step {validation.get('best_step')}"

@@ -8,6 +8,7 @@ import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from dreamir.adapt.arguments import AdaptArguments
 from dreamir.adapt.averaging import average_checkpoint
@@ -67,6 +68,14 @@ def document_cache_record(args: AdaptArguments, llm: FrozenLLM) -> dict | None:
         "bound_gb": args.document_cache_gb or None,
         "evicted_shards": stats.evicted_shards,
     }
+
+
+def kept_checkpoint(keep: str, start: float, last: float | None) -> Literal["last", "best"]:
+    """Which checkpoint --keep writes: auto keeps the last one unless the validation ended below its start
+    (``last`` is None when the last step logged no validation: a run from before the last step validated)."""
+    if keep != "auto":
+        return "last" if keep == "last" else "best"
+    return "best" if last is not None and last < start else "last"
 
 
 def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ()) -> dict:
@@ -135,7 +144,11 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
     # Before the head-attention picture reads candidates too: what training read.
     document_cache = document_cache_record(args, llm) if isinstance(llm, FrozenLLM) else None
     best = json.loads((train_dir / "best.json").read_text()) if (train_dir / "best.json").exists() else {}
-    kept = result.final_dir if args.keep == "last" else train_dir / "best"
+    baseline = json.loads((train_dir / "validation_step0.json").read_text())
+    rows = read_log_rows(result.log_file)
+    by_step = {int(r["step"]): r[VALIDATION_METRIC] for r in rows if VALIDATION_METRIC in r}
+    choice = kept_checkpoint(args.keep, baseline[VALIDATION_METRIC], by_step.get(result.steps))
+    kept = result.final_dir if choice == "last" else train_dir / "best"
     # Replaces only a model an earlier run wrote there.
     with atomic_path(out / "model", replace_directory=(out / "model" / CONFIG_FILE).exists()) as tmp:
         if args.base_weight:
@@ -145,7 +158,6 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
             average_checkpoint(args, kept, tmp)
         else:
             shutil.copytree(kept, tmp)
-    rows = read_log_rows(result.log_file)
     curve = plot_training_curves(
         {args.objective: result.log_file}, out / "curves.png", metrics=("loss", "p_gold", VALIDATION_METRIC)
     )
@@ -158,9 +170,7 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
             "measuring the injected heads' share of the source passage before and after training",
         )
     validator = next(c for c in trainer.callbacks if isinstance(c, PseudoGoldValidator))
-    search = search_comparison(validator, corpus, train_dir, args.keep)
-    baseline = json.loads((train_dir / "validation_step0.json").read_text())
-    by_step = {int(r["step"]): r[VALIDATION_METRIC] for r in rows if VALIDATION_METRIC in r}
+    search = search_comparison(validator, corpus, train_dir, choice)
     report = {
         "corpus": str(corpus_file),
         "passages": len(corpus),
@@ -171,8 +181,9 @@ def adapt(args: AdaptArguments, extra_callbacks: Sequence[TrainerCallback] = ())
             "start": baseline[VALIDATION_METRIC],
             "best": best.get(VALIDATION_METRIC, baseline[VALIDATION_METRIC]),
             "best_step": best.get("step", 0),
-            "kept": args.keep,
-            "kept_step": result.steps if args.keep == "last" else best.get("step", 0),
+            "keep": args.keep,
+            "kept": choice,
+            "kept_step": result.steps if choice == "last" else best.get("step", 0),
             "by_step": by_step,
         },
         "steps": result.steps,

@@ -141,19 +141,24 @@ def _document_cache_line(cache: dict | None) -> list[str]:
 
 
 def validation_line(validation: dict) -> str:
-    """The label-free validation's start and best, and which checkpoint was kept (a report from before
+    """The label-free validation's start and best, which checkpoint was kept and why (a report from before
     --keep existed kept the best)."""
     line = (
         f"validation success@10: {validation['start']:.3f} at the start, best {validation['best']:.3f} at step "
         f"{validation['best_step']}"
     )
-    if validation.get("kept", "best") == "best":
-        return line + " (kept)"
-    line += f" (advice only); kept: the last checkpoint, step {validation['kept_step']}"
     by_step = {int(step): value for step, value in validation["by_step"].items()}  # JSON keys are text
-    last = by_step.get(validation["kept_step"], validation["start"])
+    rule, kept = validation.get("keep", "best"), validation.get("kept", "best")
+    if rule == "best":
+        return line + " (kept)"
+    last = by_step.get(max(by_step, default=0), validation["start"])
+    if kept == "best":  # auto, after a fall
+        return line + (
+            f"; it ended below its start ({last:.3f}), so its best is kept rather than the last checkpoint "
+            "(--keep last writes the last)"
+        )
+    line += f" (advice only); kept: the last checkpoint, step {validation['kept_step']}"
     if last < validation["start"]:
-        # A fall came with gains on some runs and with a collapse on one (docs/experiments.md): a warning.
         line += (
             f". Warning: the validation ended below its start ({last:.3f}): measure the model on a few labelled "
             "queries, or keep the validation's best (--keep best)"
