@@ -424,6 +424,32 @@ def test_adapt_end_to_end_with_generated_queries(tmp_path, tiny_bert_dir, tiny_l
     assert "| bm25+adapted |" in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_adapt_generates_with_its_generator_and_judges_with_its_llm(
+    tmp_path, tiny_bert_dir, tiny_llama_dir, monkeypatch
+):
+    import dreamir.llm.generate
+
+    write_corpus(tmp_path / "corpus", make_corpus(30))
+    generators: list[str] = []
+
+    class StandInGenerator:
+        def __init__(self, llm, settings, show_progress=True):
+            generators.append(llm)
+
+        def __call__(self, passages):
+            return [f"which facts are recorded about item {p.doc_id} here" for p in passages]
+
+    monkeypatch.setattr(dreamir.llm.generate, "QueryGenerator", StandInGenerator)
+    writer = str(tmp_path / "another-llm")  # never loaded: the stand-in only records its name
+    args = _adapt_args(
+        tmp_path, tiny_bert_dir, tiny_llama_dir, recipe="genq", max_passages=31, generator=writer
+    )
+    report = adapt(args)
+    assert generators == [writer]
+    assert report["settings"]["generator"] == writer and report["settings"]["llm"] == tiny_llama_dir
+    assert json.loads((tmp_path / "out" / "work" / "heads.json").read_text())["model"] == tiny_llama_dir
+
+
 def test_adapt_refreshes_candidates_with_the_retriever(tmp_path, tiny_bert_dir, tiny_llama_dir):
     write_corpus(tmp_path / "corpus", make_corpus(30))
     args = _adapt_args(

@@ -291,7 +291,8 @@ COMMANDS = [
         "adapt",
         "make a retriever better on your own corpus with no queries and no labels: reads only\n"
         "CORPUS/corpus.jsonl, has the frozen LLM write training queries, trains LoRA adapters with DREAM for\n"
-        "a fixed schedule and keeps its last checkpoint (a label-free validation is reported as advice);\n"
+        "a fixed schedule and keeps its last checkpoint (unless a label-free validation ended below its\n"
+        "start: then its best);\n"
         "writes OUT/model (sentence-transformers), report.md, report.json and curves.png; re-run to resume",
         _adapt_arguments,
         run_adapt,

@@ -10,10 +10,10 @@ picks up where it stopped; training resumes from its last checkpoint):
 3. training (LoRA by default) with a label-free validation signal (how often the held-out examples'
    pseudo-gold ranks in the retriever's top 10 over the corpus), saving the best checkpoint by it, and
    optionally refreshing the candidates with the current retriever's own top-K (mined hard negatives);
-4. ``OUT/model``: the kept checkpoint (``--keep``: the last by default, or the validation's best) as a
-   sentence-transformers directory, its weights averaged with the starting retriever's if
-   ``--base-weight`` is above 0 (``averaging``); ``OUT/report.json``, ``OUT/report.md`` and
-   ``OUT/curves.png``.
+4. ``OUT/model``: the kept checkpoint (``--keep auto``, the default: the last one unless the validation
+   ended below its start, then the validation's best) as a sentence-transformers directory, its weights
+   averaged with the starting retriever's if ``--base-weight`` is above 0 (``averaging``);
+   ``OUT/report.json``, ``OUT/report.md`` and ``OUT/curves.png``.
 
 Only ``CORPUS_DIR/corpus.jsonl`` is read: never queries or qrels.
 

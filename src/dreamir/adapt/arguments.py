@@ -41,7 +41,15 @@ class AdaptArguments:
             "help": "train LoRA adapters (rank 16), merged into the model written (--no-lora: all weights)"
         },
     )
-    llm: str = field(default=SMOLLM2, metadata={"help": "the frozen LLM (judge, and generator for genq)"})
+    llm: str = field(
+        default=SMOLLM2,
+        metadata={"help": "the frozen LLM: DREAM's judge, and genq's generator unless --generator"},
+    )
+    # Apart from the judge: a base model may judge well (its heads and its loss) yet not follow the instruction
+    # to write a query, which only an instruction-tuned model does.
+    generator: str | None = field(
+        default=None, metadata={"help": "genq: the LLM that writes the queries (default: --llm)"}
+    )
     objective: str = field(
         default="dream",
         metadata={

@@ -37,7 +37,7 @@ def build_examples(args: AdaptArguments, corpus: Mapping[str, Document]) -> Corp
         generation.instruction = args.query_instruction
     if args.query_examples:
         generation.examples = read_query_examples(args.query_examples)
-    generator = QueryGenerator(args.llm, generation, show_progress=args.show_progress)
+    generator = QueryGenerator(args.generator or args.llm, generation, show_progress=args.show_progress)
     return build_generated_examples(corpus, settings, generator)
 
 
